@@ -1,0 +1,240 @@
+"""The master's Connection to one msg worker: Buildbot's Connection API as messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot.worker.protocols import base
+from twisted.internet import defer
+from twisted.python import log
+
+from buildbot_worker_msgproto.driver import MessageHandler
+from buildbot_worker_msgproto.driver import SessionDriver
+from buildbot_worker_msgproto.driver import SessionLost
+from buildbot_worker_msgproto.driver import listener
+from buildbot_worker_msgproto.driver import responder
+from buildbot_worker_msgproto.protocol.codec import b64decode
+from buildbot_worker_msgproto.protocol.codec import b64encode
+
+#: Update keys whose value is log text (sent as a plain string on the wire).
+TEXT_KEYS = ("stdout", "stderr", "header")
+
+
+class UnknownCommand(KeyError):
+    """A worker referred to a command id that this connection did not start."""
+
+
+def _jsonable(value: Any) -> Any:
+    """Command arguments as JSON values (tuples become lists, bytes become text)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+class MsgConnection(base.Connection, MessageHandler):
+    """Implements what Buildbot's master calls on a worker connection.
+
+    Commands, file writers and readers are looked up per connection, so a worker
+    can only ever address the commands the master started on its own session.
+    """
+
+    info: Any = None
+
+    def __init__(self, master: Any, worker: Any, driver: SessionDriver) -> None:
+        super().__init__(worker.workername)
+        self.master = master
+        self.worker = worker
+        self.driver = driver
+        self.builders: list[str] = []
+        self._commands: dict[Any, Any] = {}
+        self._writers: dict[Any, Any] = {}
+        self._readers: dict[Any, Any] = {}
+        self._detached = False
+        driver.handler = self
+        if driver.session.is_closed:  # lost while Buildbot was still arbitrating
+            self.master.reactor.callLater(0, self.detached, driver)
+
+    # ---------------------------------------------------------------- lifecycle
+    @defer.inlineCallbacks
+    def attached(self, driver: SessionDriver) -> Any:
+        yield self.worker.attached(self)
+
+    def detached(self, driver: SessionDriver | None = None) -> None:
+        if self._detached:
+            return
+        self._detached = True
+        self._commands.clear()
+        self._writers.clear()
+        self._readers.clear()
+        self.notifyDisconnected()
+
+    def session_ended(self, driver: SessionDriver, code: str, reason: str,
+                      by_peer: bool) -> None:
+        log.msg(f"msgproto: worker {self.worker.workername!r} ({driver.peer}) disconnected: "
+                f"{code}: {reason}")
+        self.detached(driver)
+
+    def loseConnection(self) -> None:  # noqa: N802 - Buildbot's API
+        self.driver.abort()
+
+    def get_peer(self) -> str:
+        return self.driver.peer
+
+    # ---------------------------------------------------------------- master -> worker
+    def remotePrint(self, message: str) -> defer.Deferred:  # noqa: N802
+        return self.driver.request("print", message=str(message))
+
+    def remoteKeepalive(self) -> defer.Deferred:  # noqa: N802
+        return self.driver.request("keepalive")
+
+    @defer.inlineCallbacks
+    def remoteGetWorkerInfo(self) -> Any:  # noqa: N802
+        info = yield self.driver.request("get_worker_info")
+        if not isinstance(info, dict):
+            raise ValueError("worker info is not an object")
+        self.info = info
+        return info
+
+    @defer.inlineCallbacks
+    def remoteSetBuilderList(self, builders: list[tuple[str, str]]) -> Any:  # noqa: N802
+        names = yield self.driver.request(
+            "set_builder_list", builders=[[name, builddir] for name, builddir in builders])
+        self.builders = list(names or [])
+        return self.builders
+
+    @defer.inlineCallbacks
+    def remoteStartCommand(self, remoteCommand: Any, builderName: str,  # noqa: N802,N803
+                           commandId: Any, commandName: str, args: dict[str, Any]) -> Any:  # noqa: N803
+        args = dict(args)
+        writer = args.pop("writer", None)
+        reader = args.pop("reader", None)
+        if writer is not None:
+            self._writers[commandId] = writer
+            args["writer"] = True
+        if reader is not None:
+            self._readers[commandId] = reader
+            args["reader"] = True
+        self._commands[commandId] = remoteCommand
+        try:
+            yield self.driver.request("start_command", builder=builderName, command_id=commandId,
+                                      command=commandName, args=_jsonable(args))
+        except Exception:
+            self._forget(commandId)
+            raise
+
+    @defer.inlineCallbacks
+    def remoteShutdown(self) -> Any:  # noqa: N802
+        try:
+            yield self.driver.request("shutdown")
+        except SessionLost:
+            pass  # the worker went away, as asked
+
+    def remoteStartBuild(self, builderName: str) -> defer.Deferred:  # noqa: N802,N803
+        return defer.succeed(None)
+
+    def remoteInterruptCommand(self, builderName: str, commandId: Any,  # noqa: N802,N803
+                               why: str) -> defer.Deferred:  # noqa: N803
+        return self.driver.request("interrupt_command", builder=builderName,
+                                   command_id=commandId, why=str(why))
+
+    # ---------------------------------------------------------------- worker -> master
+    def _command(self, message: dict[str, Any]) -> Any:
+        command = self._commands.get(message["command_id"])
+        if command is None:
+            raise UnknownCommand(f"no running command {message['command_id']!r} on this "
+                                 "connection")
+        return command
+
+    def _lookup(self, table: dict[Any, Any], message: dict[str, Any], what: str) -> Any:
+        item = table.get(message["command_id"])
+        if item is None:
+            raise UnknownCommand(f"no {what} for command {message['command_id']!r} on this "
+                                 "connection")
+        return item
+
+    def _forget(self, command_id: Any) -> None:
+        self._commands.pop(command_id, None)
+        self._writers.pop(command_id, None)
+        self._readers.pop(command_id, None)
+
+    @listener("update")
+    def on_update(self, message: dict[str, Any]) -> None:
+        try:
+            command = self._command(message)
+        except UnknownCommand as e:
+            log.msg(f"msgproto: ignoring update from {self.worker.workername!r}: {e}")
+            return
+        updates = []
+        for item in message["updates"]:
+            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+                raise ValueError(f"malformed update item {item!r:.200}")
+            key, value = item
+            if key in TEXT_KEYS:
+                if not isinstance(value, str):
+                    raise ValueError(f"update {key!r} must carry text")
+                value = (value,)
+            elif key == "log":
+                if not (isinstance(value, list) and len(value) == 2
+                        and all(isinstance(v, str) for v in value)):
+                    raise ValueError("update 'log' must carry [logname, text]")
+                value = (value[0], (value[1],))
+            updates.append((key, value))
+        command.remote_update_msgpack(updates)
+
+    @listener("complete")
+    def on_complete(self, message: dict[str, Any]) -> None:
+        try:
+            command = self._command(message)
+        except UnknownCommand as e:
+            log.msg(f"msgproto: ignoring completion from {self.worker.workername!r}: {e}")
+            return
+        self._forget(message["command_id"])
+        failure = message.get("failure")
+        if failure is not None:
+            failure = (f"{failure.get('type', 'Error')}: {failure.get('message', '')}\n"
+                       f"{failure.get('traceback', '')}")
+        command.remote_complete(failure)
+
+    @responder("write_file")
+    def on_write_file(self, message: dict[str, Any]) -> Any:
+        writer = self._lookup(self._writers, message, "file writer")
+        return writer.remote_write(b64decode(message["data"]))
+
+    @responder("utime_file")
+    def on_utime_file(self, message: dict[str, Any]) -> Any:
+        writer = self._lookup(self._writers, message, "file writer")
+        return writer.remote_utime((message["access_time"], message["modified_time"]))
+
+    @responder("close_writer")
+    def on_close_writer(self, message: dict[str, Any]) -> Any:
+        return self._lookup(self._writers, message, "file writer").remote_close()
+
+    @responder("unpack_writer")
+    def on_unpack_writer(self, message: dict[str, Any]) -> Any:
+        return self._lookup(self._writers, message, "directory writer").remote_unpack()
+
+    @responder("read_file")
+    @defer.inlineCallbacks
+    def on_read_file(self, message: dict[str, Any]) -> Any:
+        reader = self._lookup(self._readers, message, "file reader")
+        data = yield reader.remote_read(message["length"])
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        return b64encode(data or b"")
+
+    @responder("close_reader")
+    def on_close_reader(self, message: dict[str, Any]) -> Any:
+        return self._lookup(self._readers, message, "file reader").remote_close()
+
+    @responder("request_shutdown")
+    def on_request_shutdown(self, message: dict[str, Any]) -> None:
+        self.worker.messageReceivedFromWorker()
+        self.worker.shutdownRequested()
+
+    @responder("keepalive")
+    def on_keepalive(self, message: dict[str, Any]) -> None:
+        self.worker.messageReceivedFromWorker()

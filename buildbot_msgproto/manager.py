@@ -1,0 +1,200 @@
+"""Ports, registrations and authentication for ``c['protocols']['msg']``.
+
+Follows Buildbot's own managers (``buildbot.worker.protocols.manager``): a manager
+service owns one dispatcher per port; a dispatcher knows the registered workers
+and authenticates both PB logins (through Buildbot's own PB portal) and msg
+sessions (SCRAM, see :mod:`buildbot_worker_msgproto.protocol.auth`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot.process.properties import Properties
+from buildbot.util import bytes2unicode
+from buildbot.util.eventual import eventually
+from buildbot.worker.protocols import base
+from buildbot.worker.protocols.manager.base import BaseManager
+from buildbot.worker.protocols.manager.base import Registration
+from buildbot.worker.protocols.manager.pb import Dispatcher as PBDispatcher
+from twisted.internet import defer
+from twisted.python import log
+from twisted.spread import pb
+
+from buildbot_msgproto.config import ListenerOptions
+from buildbot_msgproto.config import normalize_portstr
+from buildbot_msgproto.connection import MsgConnection
+from buildbot_msgproto.negotiation import NegotiatingServerFactory
+from buildbot_worker_msgproto.driver import MessageHandler
+from buildbot_worker_msgproto.driver import SessionDriver
+from buildbot_worker_msgproto.protocol.auth import ScramCredentials
+from buildbot_worker_msgproto.protocol.events import Authenticated
+from buildbot_worker_msgproto.protocol.events import HelloReceived
+from buildbot_worker_msgproto.protocol.session import Role
+from buildbot_worker_msgproto.protocol.session import Session
+
+
+class MsgDispatcher(PBDispatcher):
+    """One listening port serving msg sessions and, negotiated on the same port, PB."""
+
+    def __init__(self, config_portstr: Any, portstr: str, options: ListenerOptions) -> None:
+        super().__init__(config_portstr, portstr)
+        self.options = options
+        self._credentials: dict[str, tuple[str, ScramCredentials]] = {}
+        self.serverFactory = NegotiatingServerFactory(
+            self.serverFactory, self.new_driver, _reactor(), options.limits.handshake_timeout,
+            serve_pb=options.serve_pb)
+
+    def reconfigure(self, options: ListenerOptions) -> None:
+        """Apply new limits to sessions started from now on."""
+        self.options = options
+        self.serverFactory.negotiation_timeout = options.limits.handshake_timeout
+
+    # ---------------------------------------------------------------- msg sessions
+    def new_driver(self) -> SessionDriver:
+        reactor = self.master.reactor
+        session = Session(Role.MASTER, self.options.limits, now=reactor.seconds())
+        return SessionDriver(session, MasterHandshake(self), reactor, label="msgproto")
+
+    @defer.inlineCallbacks
+    def credentials_for(self, worker_name: str) -> Any:
+        """SCRAM credentials of a registered worker (None if unknown), cached per password."""
+        yield self.master.initLock.acquire()
+        try:
+            if worker_name not in self.users:
+                return None
+            password, _ = self.users[worker_name]
+            props = Properties()
+            props.master = self.master
+            password = yield props.render(password)
+            cached = self._credentials.get(worker_name)
+            if cached is None or cached[0] != password:
+                cached = (password, ScramCredentials.from_password(
+                    password, self.options.limits.auth_iterations))
+                self._credentials[worker_name] = cached
+            return cached[1]
+        finally:
+            eventually(self.master.initLock.release)
+
+    def connection_factory(self, worker_name: str) -> Any:
+        entry = self.users.get(worker_name)
+        return entry[1] if entry else None
+
+    def unregister(self, username: str) -> None:
+        super().unregister(username)
+        self._credentials.pop(username, None)
+
+    # ---------------------------------------------------------------- PB on the same port
+    @defer.inlineCallbacks
+    def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:  # noqa: N802,N803
+        """A legacy PB worker logged in: attach it with Buildbot's own PB connection."""
+        assert interfaces[0] == pb.IPerspective
+        name = None if isinstance(avatarId, tuple) else bytes2unicode(avatarId)
+        if not name or name not in self.users:
+            raise ValueError(f"no perspective for {name!r}")
+        persp = yield self.master.workers.pb._create_connection(mind, name)
+        yield persp.attached(mind)
+        return (pb.IPerspective, persp, lambda: persp.detached(mind))
+
+    def start_listening_port(self) -> Any:
+        port = super().start_listening_port()
+        log.msg(f"msgproto: listening on {self.portstr} "
+                f"({'msg and PB' if self.options.serve_pb else 'msg only'})")
+        return port
+
+
+class MasterHandshake(MessageHandler):
+    """Handles a master session until the worker is authenticated and attached."""
+
+    def __init__(self, dispatcher: MsgDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    def hello_received(self, driver: SessionDriver, event: HelloReceived) -> None:
+        d = self.dispatcher.credentials_for(event.worker)
+        d.addCallback(driver.answer_hello)
+        d.addErrback(self._internal_error, driver, "looking up credentials")
+
+    def authenticated(self, driver: SessionDriver, event: Authenticated) -> None:
+        d = self._attach(driver, event.worker)
+        d.addErrback(self._internal_error, driver, "attaching the worker")
+
+    @defer.inlineCallbacks
+    def _attach(self, driver: SessionDriver, worker_name: str) -> Any:
+        factory = self.dispatcher.connection_factory(worker_name)
+        if factory is None:
+            driver.close("unknown_worker", f"worker {worker_name!r} is no longer configured")
+            return
+        log.msg(f"msgproto: worker {worker_name!r} authenticated from {driver.peer}")
+        try:
+            conn = yield factory(driver, worker_name)
+        except RuntimeError as e:  # Buildbot's "rejecting duplicate worker"
+            log.msg(f"msgproto: rejecting worker {worker_name!r} from {driver.peer}: {e}")
+            driver.close("duplicate_worker", str(e))
+            return
+        if driver.session.is_closed:
+            conn.detached(driver)
+            return
+        yield conn.attached(driver)
+
+    def _internal_error(self, failure: Any, driver: SessionDriver, what: str) -> None:
+        log.err(failure, f"msgproto: error {what} for {driver.peer}")
+        driver.close("internal_error", f"master error while {what}")
+
+
+class MsgManager(BaseManager):
+    """The service owning every msg port of a master (a child of the master)."""
+
+    def __init__(self) -> None:
+        super().__init__("msgproto_manager")
+        self.options: dict[str, ListenerOptions] = {}
+
+    def dispatcher_class(self, config_portstr: Any, portstr: str) -> MsgDispatcher:
+        return MsgDispatcher(config_portstr, portstr, self.options[portstr])
+
+    @defer.inlineCallbacks
+    def register(self, options: ListenerOptions, username: str, password: Any,  # type: ignore[override]
+                 pfactory: Any) -> Any:
+        portstr = normalize_portstr(options.port, options.backlog)
+        self.options[portstr] = options
+        if portstr in self.dispatchers:
+            self.dispatchers[portstr].reconfigure(options)
+            disp = self.dispatchers[portstr]
+        else:
+            disp = self.dispatchers[portstr] = self.dispatcher_class(options.port, portstr)
+            yield disp.setServiceParent(self)
+        disp.register(username, password, pfactory)
+        return Registration(self, portstr, username)
+
+
+class MsgListener(base.UpdateRegistrationListener):
+    """Creates :class:`MsgConnection` objects for authenticated workers (one per master)."""
+
+    name = "MsgProtoListener"
+
+    def __init__(self, master: Any) -> None:
+        super().__init__()
+        self.master = master
+        self.ConnectionClass = MsgConnection
+        self.manager = MsgManager()
+
+    def get_manager(self) -> MsgManager:
+        return self.manager
+
+    def before_connection_setup(self, driver: SessionDriver, worker_name: str) -> None:
+        log.msg(f"worker '{worker_name}' attaching over msgproto from {driver.peer}")
+
+
+@defer.inlineCallbacks
+def get_listener(master: Any) -> Any:
+    """The master's MsgListener, created (and its manager started) on first use."""
+    listener = getattr(master, "msgproto_listener", None)
+    if listener is None:
+        listener = master.msgproto_listener = MsgListener(master)
+        yield listener.manager.setServiceParent(master)
+    return listener
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor

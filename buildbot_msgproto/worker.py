@@ -1,0 +1,44 @@
+"""``MsgWorker``: a ``worker.Worker`` that also registers on ``c['protocols']['msg']``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot.worker import Worker
+from twisted.internet import defer
+
+from buildbot_msgproto.config import parse_options
+from buildbot_msgproto.manager import get_listener
+
+
+class MsgWorker(Worker):
+    """A Buildbot worker reachable over the msg protocol (and PB on the same port).
+
+    Takes exactly the keyword arguments of ``buildbot.plugins.worker.Worker``.  If
+    ``c['protocols']`` also has a ``'pb'`` entry, the worker stays reachable there too.
+    """
+
+    _msg_registered = False
+
+    @defer.inlineCallbacks
+    def reconfigService(self, name: str, password: Any, **kwargs: Any) -> Any:  # noqa: N802
+        yield super().reconfigService(name, password, **kwargs)
+        msg_options = self.master.config.protocols.get("msg")
+        options = parse_options(msg_options) if msg_options is not None else None
+        listener = yield get_listener(self.master)
+        yield listener.updateRegistration(self.workername, self.password, options)
+        self._msg_registered = options is not None
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        if self._msg_registered:
+            listener = yield get_listener(self.master)
+            yield listener.updateRegistration(self.workername, self.password, None)
+            self._msg_registered = False
+        yield super().stopService()
+
+    def get_msg_port(self) -> int:
+        """The TCP port number the msg listener is bound to (useful with port 0 in tests)."""
+        listener = self.master.msgproto_listener
+        _, _, registration = listener._registrations[self.workername]
+        return registration.getPort()

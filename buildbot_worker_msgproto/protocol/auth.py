@@ -1,0 +1,94 @@
+"""SCRAM-SHA-256 style mutual challenge-response (after RFC 5802 / RFC 7677).
+
+No password crosses the wire: the worker proves knowledge of the password with
+``ClientProof`` and the master proves it with ``ServerSignature``, both bound to
+nonces from both sides, so a recorded exchange cannot be replayed and an impostor
+master that does not know the password is detected by the worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import json
+import os
+
+NONCE_BYTES = 24
+SALT_BYTES = 16
+
+
+def _hmac(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b))
+
+
+def new_nonce() -> str:
+    """A fresh random nonce, base64 text."""
+    return base64.b64encode(os.urandom(NONCE_BYTES)).decode("ascii")
+
+
+def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
+    """PBKDF2-HMAC-SHA256 of the password (the expensive, cacheable step)."""
+    return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+
+
+def auth_message(version: int, worker: str, client_nonce: str, nonce: str, salt: str,
+                 iterations: int) -> bytes:
+    """The transcript both proofs are computed over (canonical JSON, unambiguous)."""
+    return json.dumps(["msgproto-scram", version, worker, client_nonce, nonce, salt, iterations],
+                      separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScramCredentials:
+    """What the master keeps to verify a worker: never the password itself on the wire."""
+
+    salt: bytes
+    iterations: int
+    stored_key: bytes
+    server_key: bytes
+
+    @classmethod
+    def from_password(cls, password: str, iterations: int,
+                      salt: bytes | None = None) -> ScramCredentials:
+        salt = os.urandom(SALT_BYTES) if salt is None else salt
+        salted = salted_password(password, salt, iterations)
+        client_key = _hmac(salted, b"Client Key")
+        return cls(salt, iterations, hashlib.sha256(client_key).digest(),
+                   _hmac(salted, b"Server Key"))
+
+    @property
+    def salt_b64(self) -> str:
+        return base64.b64encode(self.salt).decode("ascii")
+
+    def verify_proof(self, message: bytes, proof: bytes) -> bool:
+        """True if ``proof`` is the ClientProof for ``message`` (constant-time)."""
+        if len(proof) != len(self.stored_key):
+            return False
+        client_signature = _hmac(self.stored_key, message)
+        client_key = _xor(proof, client_signature)
+        return hmac.compare_digest(hashlib.sha256(client_key).digest(), self.stored_key)
+
+    def server_signature(self, message: bytes) -> bytes:
+        return _hmac(self.server_key, message)
+
+
+def client_proof(password: str, salt: bytes, iterations: int,
+                 message: bytes) -> tuple[bytes, bytes]:
+    """Worker side: return (ClientProof, expected ServerSignature) for ``message``."""
+    salted = salted_password(password, salt, iterations)
+    client_key = _hmac(salted, b"Client Key")
+    stored_key = hashlib.sha256(client_key).digest()
+    proof = _xor(client_key, _hmac(stored_key, message))
+    expected_server_signature = _hmac(_hmac(salted, b"Server Key"), message)
+    return proof, expected_server_signature
+
+
+def signatures_match(expected: bytes, received: bytes) -> bool:
+    """Constant-time comparison of two signatures."""
+    return hmac.compare_digest(expected, received)

@@ -1,0 +1,80 @@
+"""Events a :class:`~buildbot_worker_msgproto.protocol.session.Session` reports to its owner."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """Base class of all session events."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HelloReceived(Event):
+    """Master side: a worker named itself; answer with ``Session.answer_hello``."""
+
+    worker: str
+    versions: tuple[int, ...]
+    software: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Authenticated(Event):
+    """Both sides: the handshake finished and both peers proved they know the password."""
+
+    worker: str
+    version: int
+    session_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthenticationFailed(Event):
+    """Master side: a worker failed to authenticate (a Closed event follows)."""
+
+    worker: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestReceived(Event):
+    """The peer sent a request; answer with ``send_response`` or ``send_error``."""
+
+    request_id: int
+    type: str
+    message: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class NotificationReceived(Event):
+    """The peer sent a one-way message."""
+
+    type: str
+    message: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseReceived(Event):
+    """A request of ours succeeded."""
+
+    reply_to: int
+    result: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorReceived(Event):
+    """A request of ours failed (``reply_to`` set) or the peer complained about a message."""
+
+    reply_to: int | None
+    code: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Closed(Event):
+    """The session ended; ``by_peer`` tells who ended it.  Flush and drop the transport."""
+
+    code: str
+    reason: str
+    by_peer: bool

@@ -1,0 +1,68 @@
+"""Every limit of the protocol, with its default, in one place.
+
+The defaults are documented in ``docs/protocol.rst`` (section "Limits"); keep the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+#: Version numbers of the message protocol this code speaks, newest last.
+SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+
+#: The banana dialect name a master offers ahead of ``pb`` on a negotiated port.
+MSG_DIALECT = b"msgproto-v1"
+
+KIB = 1024
+MIB = 1024 * KIB
+
+#: No frame limit, local or announced by a peer, may be smaller than this.  Every
+#: control frame the session generates itself (``close``, ``error``, ``ping``, ``ack``;
+#: reasons are capped at 512 characters, at most ~6.2 KB once JSON-escaped) fits in it, so
+#: a peer announcing a tiny ``max_frame_size`` cannot make the session unable to speak.
+MIN_FRAME_SIZE = 8 * KIB
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Tunable limits of one session; every field has a safe default."""
+
+    #: Largest frame accepted once authenticated (bytes of JSON).  16 MiB carries a
+    #: 12 MiB file block in base64; file transfers use far smaller blocks.
+    max_frame_size: int = 16 * MIB
+    #: Largest frame accepted before authentication.  Handshake messages are tiny, so
+    #: an unauthenticated peer cannot make us buffer more than this.
+    max_handshake_frame_size: int = 16 * KIB
+    #: Seconds a peer has from connecting until it is authenticated (slowloris guard).
+    handshake_timeout: float = 30.0
+    #: Seconds of silence after which a side sends a ``ping``.
+    heartbeat_interval: float = 10.0
+    #: Seconds without any frame from the peer after which the peer is declared dead.
+    heartbeat_timeout: float = 30.0
+    #: Send a standalone ``ack`` after this many received frames with nothing to reply.
+    ack_every: int = 64
+    #: PBKDF2 iterations for the SCRAM-SHA-256 style authentication (RFC 7677 minimum).
+    auth_iterations: int = 4096
+    #: Upper bound on iterations a worker accepts from a master (CPU-exhaustion guard).
+    max_auth_iterations: int = 1_000_000
+    #: File-transfer requests a side may have in flight before waiting for replies.
+    transfer_window: int = 16
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value <= 0:
+                raise ValueError(f"limit {field.name} must be positive, got {value!r}")
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError("heartbeat_timeout must be larger than heartbeat_interval")
+        if self.max_handshake_frame_size > self.max_frame_size:
+            raise ValueError("max_handshake_frame_size must not exceed max_frame_size")
+        if self.max_handshake_frame_size < MIN_FRAME_SIZE:
+            raise ValueError(f"max_handshake_frame_size must be at least {MIN_FRAME_SIZE}")
+
+    def replace(self, **changes: object) -> Limits:
+        """Return a copy with ``changes`` applied (validated like the constructor)."""
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULT_LIMITS = Limits()

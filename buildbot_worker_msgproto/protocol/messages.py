@@ -1,0 +1,243 @@
+"""Declarations of every message type: one small spec each, the single source of truth.
+
+The codec validates incoming messages against these specs, the session uses their
+``kind``, ``sender`` and ``phase`` to enforce the state machine, and
+``docs/schemas/*.json`` are generated from them (``python -m
+buildbot_worker_msgproto.protocol.schema``), so code, validation and docs cannot drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class Kind(enum.Enum):
+    """How a message relates to other messages."""
+
+    CONTROL = "control"  # session machinery: handshake, heartbeat, ack, close
+    REQUEST = "request"  # carries an ``id``; exactly one response or error answers it
+    RESPONSE = "response"  # carries ``reply_to``
+    NOTIFICATION = "notification"  # one-way, no answer
+
+
+class Sender(enum.Enum):
+    """Which side may send a message."""
+
+    MASTER = "master"
+    WORKER = "worker"
+    BOTH = "both"
+
+
+class Phase(enum.Enum):
+    """When a message may be sent."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    ANY = "any"
+
+
+#: JSON type names used by field declarations, with the Python types they accept.
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+    "null": (type(None),),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One body field of a message."""
+
+    name: str
+    types: tuple[str, ...]
+    description: str
+    required: bool = True
+    minimum: int | None = None
+
+    def accepts(self, value: Any) -> bool:
+        """True if ``value`` has one of the declared JSON types."""
+        if "any" in self.types:
+            return True
+        for type_name in self.types:
+            python_types = JSON_TYPES[type_name]
+            # bool is an int subclass in Python but not a JSON integer.
+            if isinstance(value, bool) and type_name != "boolean":
+                continue
+            if isinstance(value, python_types):
+                if self.minimum is not None and type_name in ("integer", "number"):
+                    return value >= self.minimum
+                return True
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class MessageSpec:
+    """The declaration of one message type."""
+
+    type: str
+    kind: Kind
+    sender: Sender
+    phase: Phase
+    description: str
+    fields: tuple[Field, ...] = ()
+
+    def may_be_sent_by(self, role: str) -> bool:
+        return self.sender is Sender.BOTH or self.sender.value == role
+
+
+def _f(name: str, types: str, description: str, required: bool = True,
+       minimum: int | None = None) -> Field:
+    return Field(name, tuple(types.split("|")), description, required, minimum)
+
+
+# Envelope fields, present on every frame.
+ENVELOPE_FIELDS: tuple[Field, ...] = (
+    _f("type", "string", "The message type, one of those declared here."),
+    _f("seq", "integer", "Per-direction sequence number of this frame, starting at 1.", minimum=1),
+    _f("ack", "integer", "Highest sequence number received from the peer (cumulative ack).",
+       minimum=0),
+)
+REQUEST_ID = _f("id", "integer", "Request id, unique per sender and session; echoed in the "
+                "answer's reply_to.", minimum=1)
+REPLY_TO = _f("reply_to", "integer", "The id of the request this answers.", minimum=1)
+
+_COMMAND_ID = _f("command_id", "string|integer", "Id of the remote command, chosen by the master.")
+_BLOB = "Base64 (RFC 4648, with padding) of the bytes."
+
+MESSAGES: tuple[MessageSpec, ...] = (
+    # --- handshake -------------------------------------------------------------------------
+    MessageSpec("hello", Kind.CONTROL, Sender.WORKER, Phase.HANDSHAKE,
+                "First message of a session: the worker names itself and offers versions.", (
+                    _f("versions", "array", "Protocol versions the worker speaks (integers)."),
+                    _f("worker", "string", "The worker name, as configured on the master."),
+                    _f("nonce", "string", "Client nonce: at least 18 random bytes, base64."),
+                    _f("software", "object", "Informational: package versions.", False),
+                    _f("max_frame_size", "integer", "Largest frame the worker accepts; the "
+                       "session uses the smaller of both sides' values.", False, minimum=1),
+                )),
+    MessageSpec("challenge", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
+                "The master picks a version and sends the SCRAM salt and combined nonce.", (
+                    _f("version", "integer", "The chosen protocol version.", minimum=1),
+                    _f("salt", "string", "PBKDF2 salt, base64."),
+                    _f("iterations", "integer", "PBKDF2-HMAC-SHA256 iterations.", minimum=1),
+                    _f("nonce", "string", "Client nonce followed by the master's nonce."),
+                )),
+    MessageSpec("authenticate", Kind.CONTROL, Sender.WORKER, Phase.HANDSHAKE,
+                "The worker proves it knows the password without sending it.", (
+                    _f("proof", "string", "SCRAM ClientProof, base64."),
+                )),
+    MessageSpec("welcome", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
+                "The master accepts the worker and proves it knows the password too.", (
+                    _f("signature", "string", "SCRAM ServerSignature, base64."),
+                    _f("session", "string", "Session id, for resuming in later versions."),
+                    _f("heartbeat_interval", "number", "Seconds of silence before a ping."),
+                    _f("heartbeat_timeout", "number", "Seconds of silence before the peer is "
+                       "declared dead."),
+                    _f("max_frame_size", "integer", "Largest frame either side may send.",
+                       minimum=1),
+                )),
+    # --- session control -------------------------------------------------------------------
+    MessageSpec("close", Kind.CONTROL, Sender.BOTH, Phase.ANY,
+                "The sender ends the session; no further message follows.", (
+                    _f("code", "string", "Machine-readable reason, e.g. normal, protocol_error, "
+                       "authentication_failed, heartbeat_timeout."),
+                    _f("reason", "string", "Human-readable explanation for the log."),
+                )),
+    MessageSpec("ping", Kind.CONTROL, Sender.BOTH, Phase.OPEN,
+                "Heartbeat, sent after heartbeat_interval seconds of silence; needs no answer."),
+    MessageSpec("ack", Kind.CONTROL, Sender.BOTH, Phase.OPEN,
+                "Carries only the envelope's cumulative ack, when there is nothing else to send."),
+    # --- answers ---------------------------------------------------------------------------
+    MessageSpec("response", Kind.RESPONSE, Sender.BOTH, Phase.OPEN,
+                "Successful answer to a request.", (
+                    REPLY_TO,
+                    _f("result", "any", "The request's result; null if it has none.", False),
+                )),
+    MessageSpec("error", Kind.RESPONSE, Sender.BOTH, Phase.OPEN,
+                "Failed answer to a request, or (without reply_to) a complaint about a message.", (
+                    _f("reply_to", "integer", "The id of the failed request, if any.", False,
+                       minimum=1),
+                    _f("code", "string", "Machine-readable error: unknown_type, bad_message, "
+                       "failed, unknown_command."),
+                    _f("message", "string", "Human-readable explanation."),
+                )),
+    # --- master -> worker requests ---------------------------------------------------------
+    MessageSpec("print", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
+                "Log a message on the worker (also used to probe a connection).", (
+                    _f("message", "string", "The text to log."),
+                )),
+    MessageSpec("get_worker_info", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
+                "Ask for the worker's info dict (admin, host, environ, basedir, commands, ...)."),
+    MessageSpec("set_builder_list", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
+                "Tell the worker which builders it serves; the result lists the builder names.", (
+                    _f("builders", "array", "List of [builder name, builddir] pairs."),
+                )),
+    MessageSpec("start_command", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
+                "Start a worker command (shell, uploadFile, ...) for a builder.", (
+                    _f("builder", "string", "The builder name."),
+                    _COMMAND_ID,
+                    _f("command", "string", "The command name, as in buildbot-worker's registry."),
+                    _f("args", "object", "The command's arguments, as Buildbot builds them; file "
+                       "writers and readers are replaced by true."),
+                )),
+    MessageSpec("interrupt_command", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
+                "Interrupt a running command.", (
+                    _f("builder", "string", "The builder name."),
+                    _COMMAND_ID,
+                    _f("why", "string", "The reason, for the log."),
+                )),
+    MessageSpec("shutdown", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
+                "Ask the worker process to shut down."),
+    MessageSpec("keepalive", Kind.REQUEST, Sender.BOTH, Phase.OPEN,
+                "Application-level keepalive: proves the other side's event loop is responsive."),
+    # --- worker -> master ------------------------------------------------------------------
+    MessageSpec("update", Kind.NOTIFICATION, Sender.WORKER, Phase.OPEN,
+                "Progress of a running command: output, rc, and other status keys.", (
+                    _COMMAND_ID,
+                    _f("updates", "array", "List of [key, value] pairs; stdout, stderr and "
+                       "header values are text, log values are [logname, text]."),
+                )),
+    MessageSpec("complete", Kind.NOTIFICATION, Sender.WORKER, Phase.OPEN,
+                "A command finished; no update for it follows.", (
+                    _COMMAND_ID,
+                    _f("failure", "object|null", "null on success, else {type, message, "
+                       "traceback}.", False),
+                )),
+    MessageSpec("write_file", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
+                "Upload: a block of a file (or tarball) for the command's writer.", (
+                    _COMMAND_ID,
+                    _f("data", "string", _BLOB),
+                )),
+    MessageSpec("utime_file", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
+                "Upload: set the uploaded file's access and modification times.", (
+                    _COMMAND_ID,
+                    _f("access_time", "number", "Seconds since the epoch."),
+                    _f("modified_time", "number", "Seconds since the epoch."),
+                )),
+    MessageSpec("close_writer", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
+                "Upload: the file is complete.", (_COMMAND_ID,)),
+    MessageSpec("unpack_writer", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
+                "Directory upload: unpack the received tarball.", (_COMMAND_ID,)),
+    MessageSpec("read_file", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
+                "Download: read up to length bytes; the result is base64, empty at the end.", (
+                    _COMMAND_ID,
+                    _f("length", "integer", "Maximum number of bytes to return.", minimum=0),
+                )),
+    MessageSpec("close_reader", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
+                "Download: the worker has read all it wants.", (_COMMAND_ID,)),
+    MessageSpec("request_shutdown", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
+                "The worker asks for a graceful shutdown (no new builds, then shutdown)."),
+)
+
+REGISTRY: dict[str, MessageSpec] = {spec.type: spec for spec in MESSAGES}
+
+
+def spec_for(message_type: str) -> MessageSpec | None:
+    """The spec of ``message_type``, or None if the type is unknown."""
+    return REGISTRY.get(message_type)

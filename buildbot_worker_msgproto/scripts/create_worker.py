@@ -1,0 +1,41 @@
+"""``create-worker``: buildbot-worker's command, writing a buildbot.tac for our Worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildbot_worker.scripts import create_worker as upstream
+
+STOCK_IMPORT = "from buildbot_worker.bot import Worker"
+OUR_IMPORT = "from buildbot_worker_msgproto import Worker"
+STOCK_CALL = "protocol=protocol, useTls=use_tls,"
+OUR_CALL = "protocol=protocol, transport=transport, useTls=use_tls,"
+
+
+def make_tac(config: Any) -> str:
+    """buildbot-worker's buildbot.tac, pointed at our Worker with ``transport=``."""
+    tac = upstream._make_tac(config)
+    for old, new in ((STOCK_IMPORT, OUR_IMPORT), (STOCK_CALL, OUR_CALL)):
+        if old not in tac:
+            raise upstream.CreateWorkerError(
+                f"unexpected buildbot-worker tac template: cannot find {old!r}")
+        tac = tac.replace(old, new, 1)
+    return tac.replace("protocol = ", f"transport = {config['transport']!r}\nprotocol = ", 1)
+
+
+def createWorker(config: Any) -> int:  # noqa: N802 - buildbot-worker's name
+    """Create the worker directory, exactly as buildbot-worker does, with our tac."""
+    basedir = config["basedir"]
+    quiet = config["quiet"]
+    try:
+        contents = make_tac(config)
+        upstream._makeBaseDir(basedir, quiet)
+        upstream._makeBuildbotTac(basedir, contents, quiet)
+        upstream._makeInfoFiles(basedir, quiet)
+    except upstream.CreateWorkerError as exception:
+        print(f"{exception}\nfailed to configure worker in {basedir}")
+        return 1
+    if not quiet:
+        print(f"worker configured in {basedir} (protocol {config['protocol']}, "
+              f"transport {config['transport']})")
+    return 0

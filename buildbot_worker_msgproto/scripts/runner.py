@@ -1,0 +1,63 @@
+"""``buildbot-worker-msgproto``: buildbot-worker's command line with msg protocol options."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+from buildbot_worker.scripts import runner as upstream
+from twisted.python import reflect
+from twisted.python import usage
+
+from buildbot_worker_msgproto.worker import PROTOCOLS
+from buildbot_worker_msgproto.worker import TRANSPORTS
+
+
+class CreateWorkerOptions(upstream.CreateWorkerOptions):
+    """``create-worker`` with the same arguments, plus ``--protocol`` and ``--transport``."""
+
+    subcommandFunction = "buildbot_worker_msgproto.scripts.create_worker.createWorker"
+    optParameters = [
+        p for p in upstream.CreateWorkerOptions.optParameters if p[0] != "protocol"
+    ] + [
+        ["protocol", None, "msg",
+         "Protocol: 'msg' (JSON messages, falls back to PB against a stock master) or "
+         "'pb' (force legacy PB)"],
+        ["transport", None, "tcp", f"Transport for the msg protocol: one of {TRANSPORTS}"],
+    ]
+
+    def getSynopsis(self) -> str:  # noqa: N802
+        return ("Usage:    buildbot-worker-msgproto create-worker [options] "
+                "<basedir> <master> <name> <passwd>")
+
+    def postOptions(self) -> None:  # noqa: N802
+        super().postOptions()
+        if self["protocol"] not in PROTOCOLS:
+            raise usage.UsageError(f"--protocol must be one of {PROTOCOLS}")
+        if self["transport"] not in TRANSPORTS:
+            raise usage.UsageError(f"--transport must be one of {TRANSPORTS}")
+
+
+class Options(upstream.Options):
+    synopsis = "Usage:    buildbot-worker-msgproto <command> [command options]"
+    subCommands = [
+        ["create-worker", None, CreateWorkerOptions,
+         "Create and populate a directory for a new worker (msg protocol by default)"],
+        ["start", None, upstream.StartOptions, "Start a worker"],
+        ["stop", None, upstream.StopOptions, "Stop a worker"],
+        ["restart", None, upstream.RestartOptions, "Restart a worker"],
+    ]
+
+
+def run() -> NoReturn:
+    """Entry point of the ``buildbot-worker-msgproto`` console script."""
+    config = Options()
+    try:
+        config.parseOptions()
+    except usage.error as e:
+        print(f"{sys.argv[0]}:  {e}")
+        print()
+        print(str(getattr(config, "subOptions", config)))
+        sys.exit(1)
+    subconfig = config.subOptions
+    sys.exit(reflect.namedObject(subconfig.subcommandFunction)(subconfig))

@@ -1,0 +1,64 @@
+"""The interface between transports and the session driver."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Protocol
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportGuarantees:
+    """What a transport promises, so the core can adapt instead of assuming TCP."""
+
+    #: Frames arrive in the order they were sent.
+    ordered: bool
+    #: A frame handed to the transport is delivered unless the connection dies.
+    reliable: bool
+    #: Largest frame the transport can carry (None: no limit of its own).
+    max_frame_size: int | None
+    #: Frames are encrypted on the wire.
+    encrypted: bool
+    #: The transport notices a vanished peer by itself (else only heartbeats do).
+    detects_disconnect: bool = True
+
+
+class FrameReceiver(Protocol):
+    """What a transport reports to (implemented by the session driver)."""
+
+    def transport_opened(self, transport: FrameTransport) -> None:
+        """The transport is connected and may carry frames."""
+
+    def frame_received(self, frame: bytes) -> None:
+        """One whole frame arrived."""
+
+    def frame_rejected(self, size: int) -> None:
+        """The peer announced a frame larger than ``max_incoming_frame_size()``."""
+
+    def transport_closed(self, reason: str) -> None:
+        """The transport is gone; nothing more will arrive."""
+
+    def max_incoming_frame_size(self) -> int:
+        """The largest frame to accept right now (it grows after authentication)."""
+
+
+class FrameTransport(abc.ABC):
+    """One connection able to carry frames to a peer."""
+
+    guarantees: TransportGuarantees
+
+    @abc.abstractmethod
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Queue frames for sending, in order."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close after the queued frames are sent."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the connection now, discarding anything queued."""
+
+    @abc.abstractmethod
+    def peer(self) -> str:
+        """A printable peer address, for logs."""
