@@ -359,7 +359,8 @@ class Session:
             self._enter_closed(code, reason)
             return [Closed(code, reason, by_peer=True)]
         if not spec.may_be_sent_by(self._peer_role):
-            raise ProtocolError(f"{self._peer_role} may not send {message_type!r}")
+            raise ProtocolError(f"{self._peer_role} may not send {message_type!r}",
+                                code="unexpected_message")
         if self.state is not State.OPEN:
             expected = _EXPECTED_HANDSHAKE.get(self.state)
             if message_type != expected:
