@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from buildbot.worker.protocols import base
@@ -128,10 +129,8 @@ class MsgConnection(base.Connection, MessageHandler):
 
     @defer.inlineCallbacks
     def remoteShutdown(self) -> Any:  # noqa: N802
-        try:
+        with contextlib.suppress(SessionLost):  # the worker going away is what we asked
             yield self.driver.request("shutdown")
-        except SessionLost:
-            pass  # the worker went away, as asked
 
     def remoteStartBuild(self, builderName: str) -> defer.Deferred:  # noqa: N802,N803
         return defer.succeed(None)

@@ -9,6 +9,7 @@ talk to the master are replaced by messages.
 from __future__ import annotations
 
 import collections
+import contextlib
 import traceback
 from typing import Any
 from typing import Callable
@@ -103,10 +104,8 @@ class CommandChannel:
         return None
 
     def _write_done(self, result: Any, d: defer.Deferred) -> Any:
-        try:
+        with contextlib.suppress(ValueError):
             self._writes.remove(d)
-        except ValueError:
-            pass
         return result
 
     @defer.inlineCallbacks

@@ -33,7 +33,8 @@ c['workers'] = [worker.MsgWorker('demo-worker', 'demo-password')]
 c['protocols'] = {{'msg': {{'port': 'tcp:{MSG_PORT}:interface=127.0.0.1'}}}}
 
 factory = util.BuildFactory([
-    steps.ShellCommand(name='hello', command=['sh', '-c', 'echo "hello from $(hostname)"; uname -a']),
+    steps.ShellCommand(name='hello',
+                       command=['sh', '-c', 'echo "hello from $(hostname)"; uname -a']),
     steps.StringDownload('made on the master\\n', workerdest='from-master.txt'),
     steps.ShellCommand(name='show download', command=['cat', 'from-master.txt']),
     steps.ShellCommand(name='make artifact', command=['sh', '-c', 'seq 1 100000 > artifact.txt']),

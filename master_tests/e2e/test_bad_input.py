@@ -12,9 +12,9 @@ import struct
 
 import pytest
 
-from master_tests.rawclient import RawClient
 from buildbot_worker_msgproto.protocol import events as ev
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
+from master_tests.rawclient import RawClient
 
 from . import harness
 

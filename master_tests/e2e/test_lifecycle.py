@@ -1,0 +1,123 @@
+"""Liveness and lifecycle over msg with a real master and worker.
+
+- a frozen worker (SIGSTOP) is detected by the master's heartbeat timeout, and the
+  worker reconnects by itself once it runs again;
+- a frozen master is detected by the worker, which reconnects once the master runs;
+- a master restart: the worker reconnects and builds;
+- graceful shutdown requested by the worker (SIGHUP with --allow-shutdown signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+
+import pytest
+
+from . import harness
+
+WORKER = "w1"
+PASSWD = "pw"
+HEARTBEAT_INTERVAL = 1
+HEARTBEAT_TIMEOUT = 3
+
+PROTOCOLS_PY = ("{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1', "
+                f"'heartbeat_interval': {HEARTBEAT_INTERVAL}, "
+                f"'heartbeat_timeout': {HEARTBEAT_TIMEOUT}}}}}")
+
+
+class Env:
+    def __init__(self, root: str, create_args: tuple[str, ...] = ()) -> None:
+        self.port = harness.free_port()
+        www_port = harness.free_port()
+        spec = harness.PROTOCOLS["msg"]
+        cfg = harness.make_master_cfg(PROTOCOLS_PY, spec.master_worker_py(WORKER, PASSWD),
+                                      self.port, www_port, harness.simple_builders_py(["b"]))
+        self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
+                                     master_port=self.port)
+        self.worker = harness.Worker.for_protocol(spec, os.path.join(root, "worker"), self.port,
+                                                  WORKER, PASSWD, extra_create_args=create_args)
+
+    def start(self) -> Env:
+        self.master.create()
+        self.worker.create()
+        self.master.start()
+        self.worker.start()
+        self.master.wait_worker_connected(WORKER, 30, worker=self.worker)
+        return self
+
+    def stop(self) -> None:
+        for proc in (self.worker, self.master):
+            if proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGCONT)
+            proc.stop()
+
+    def build_ok(self) -> None:
+        build = self.master.run_build("b", timeout=60)
+        assert build["results"] == harness.SUCCESS, self.master.build_summary(build["buildid"])
+
+
+@pytest.fixture
+def make_env(tmp_path):
+    envs = []
+
+    def make(create_args: tuple[str, ...] = ()) -> Env:
+        env = Env(str(tmp_path / f"env{len(envs)}"), create_args)
+        envs.append(env)
+        return env.start()
+
+    yield make
+    for env in envs:
+        env.stop()
+
+
+def _wait_log(proc: harness._Process, text: str, timeout: float) -> None:
+    harness.wait_for(lambda: text in proc.log_text(), timeout, f"{text!r} in the log", 0.2,
+                     proc.diagnostics)
+
+
+def test_frozen_worker_is_detected_and_reconnects(make_env):
+    env = make_env()
+    os.killpg(env.worker.pid, signal.SIGSTOP)
+    try:
+        env.master.wait_worker_disconnected(WORKER, HEARTBEAT_TIMEOUT + 15)
+        _wait_log(env.master, "heartbeat_timeout", 5)
+    finally:
+        os.killpg(env.worker.pid, signal.SIGCONT)
+    env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
+    env.build_ok()
+
+
+def test_frozen_master_is_detected_by_the_worker(make_env):
+    env = make_env()
+    os.killpg(env.master.pid, signal.SIGSTOP)
+    try:
+        _wait_log(env.worker, "heartbeat_timeout", HEARTBEAT_TIMEOUT + 15)
+    finally:
+        os.killpg(env.master.pid, signal.SIGCONT)
+    env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
+    env.build_ok()
+
+
+def test_master_restart(make_env):
+    env = make_env()
+    env.build_ok()
+    env.master.restart()
+    env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
+    env.build_ok()
+
+
+def test_graceful_shutdown_requested_by_worker(make_env):
+    env = make_env(("--allow-shutdown", "signal"))
+    env.worker.popen.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and env.worker.popen.poll() is None:
+        time.sleep(0.2)
+    assert env.worker.popen.poll() is not None, env.worker.diagnostics()
+    log = env.worker.log_text()
+    assert "Telling the master we want to shutdown" in log
+    assert "worker shutting down on command from master" in log
+    env.master.wait_worker_disconnected(WORKER, 15)
