@@ -7,6 +7,7 @@ from typing import Any
 
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
+from buildbot_worker_msgproto.transports import registry
 
 #: Listen backlog: Twisted's default of 50 left 25-50 % of 200 PB workers hanging in a
 #: measured connection burst.  The kernel caps it at net.core.somaxconn.
@@ -29,6 +30,11 @@ class ListenerOptions:
     backlog: int = DEFAULT_BACKLOG
     serve_pb: bool = True
     limits: Limits = DEFAULT_LIMITS
+    #: Further transports: backend name -> its options (the negotiated TCP port is ``port``).
+    transports: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+
+    def transport_options(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(options) for name, options in self.transports}
 
 
 def parse_options(options: dict[str, Any]) -> ListenerOptions:
@@ -36,7 +42,7 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     where = "c['protocols']['msg']"
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
-    known = {"port", "backlog", "pb", *LIMIT_KEYS}
+    known = {"port", "backlog", "pb", "transports", *LIMIT_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -56,7 +62,23 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
         limits = DEFAULT_LIMITS.replace(**{k: options[k] for k in LIMIT_KEYS if k in options})
     except (TypeError, ValueError) as e:
         raise MsgProtocolConfigError(f"{where}: {e}") from e
-    return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits)
+    transports = options.get("transports", {})
+    if not isinstance(transports, dict):
+        raise MsgProtocolConfigError(f"{where}['transports'] must be a dict of name -> options")
+    frozen = []
+    for name, transport_options in sorted(transports.items()):
+        if name == "tcp":
+            raise MsgProtocolConfigError(f"{where}['transports']: tcp is configured by "
+                                         f"{where}['port']")
+        if not isinstance(transport_options, dict):
+            raise MsgProtocolConfigError(f"{where}['transports'][{name!r}] must be a dict")
+        try:
+            registry.load(name).validate_options(transport_options)
+        except (ValueError, ImportError) as e:
+            raise MsgProtocolConfigError(f"{where}['transports'][{name!r}]: {e}") from e
+        frozen.append((name, tuple(sorted(transport_options.items()))))
+    return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits,
+                           transports=tuple(frozen))
 
 
 def normalize_portstr(port: str | int, backlog: int) -> str:

@@ -32,6 +32,7 @@ from buildbot_worker_msgproto.protocol.events import Authenticated
 from buildbot_worker_msgproto.protocol.events import HelloReceived
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
+from buildbot_worker_msgproto.transports import registry
 
 
 class MsgDispatcher(PBDispatcher):
@@ -101,6 +102,25 @@ class MsgDispatcher(PBDispatcher):
         log.msg(f"msgproto: listening on {self.portstr} "
                 f"({'msg and PB' if self.options.serve_pb else 'msg only'})")
         return port
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:  # noqa: N802
+        self.serverFactory.reactor = self.master.reactor
+        yield super().startService()
+        self.listening = []
+        for name, options in self.options.transport_options().items():
+            backend = registry.load(name)
+            listening = yield defer.ensureDeferred(
+                backend.listen(self.master.reactor, options, self.new_driver))
+            log.msg(f"msgproto: {name} transport listening on {listening.address()}")
+            self.listening.append(listening)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        listening, self.listening = getattr(self, "listening", []), []
+        for item in listening:
+            yield item.stop()
+        yield super().stopService()
 
 
 class MasterHandshake(MessageHandler):

@@ -88,15 +88,17 @@ class CommandChannel:
         d.addErrback(self._remember_write_error)
         self._writes.append(d)
         d.addBoth(self._write_done, d)
-        if len(self._writes) < self.window:
+        ready = defer.Deferred()
+        if len(self._writes) < self.window and self.driver.writable:
             # Fire on a later reactor turn: the worker's transfer loop recurses on an
             # already-fired Deferred, which would exhaust the stack on big files.
-            ready = defer.Deferred()
             self.reactor.callLater(0, ready.callback, None)
-            return ready
-        oldest = defer.Deferred()
-        self._writes[0].addBoth(lambda result: oldest.callback(None))
-        return oldest
+        elif len(self._writes) >= self.window:
+            self._writes[0].addBoth(lambda result: ready.callback(None))
+        else:  # the socket's send buffer is full: wait until it drains
+            self.driver.wait_writable().addBoth(
+                lambda _: self.reactor.callLater(0, ready.callback, None))
+        return ready
 
     def _remember_write_error(self, failure: Any) -> None:
         if self._write_error is None:

@@ -93,25 +93,19 @@ class NegotiatingClientProtocol(protocol.Protocol):
         self._timer = None
 
 
-class MsgClientFactory(protocol.Factory):
-    """Builds one negotiating connection per attempt of the reconnecting ClientService."""
+class WorkerSessions:
+    """Makes the worker's sessions (one per connection) and remembers the current one."""
 
-    noisy = False
-
-    def __init__(self, bot: MessageHandler, name: str, password: str, pb_factory: Any,
-                 reactor: Any, limits: Limits = DEFAULT_LIMITS,
+    def __init__(self, bot: MessageHandler, name: str, password: str, reactor: Any,
+                 limits: Limits = DEFAULT_LIMITS,
                  software: dict[str, Any] | None = None) -> None:
         self.bot = bot
         self.name = name
         self.password = password
-        self.pb_factory = pb_factory
         self.reactor = reactor
         self.limits = limits
         self.software = software or {}
         self.driver: SessionDriver | None = None
-
-    def buildProtocol(self, addr: Any) -> NegotiatingClientProtocol:
-        return NegotiatingClientProtocol(self, addr)
 
     def new_driver(self) -> SessionDriver:
         session = Session(Role.WORKER, self.limits, now=self.reactor.seconds(),
@@ -126,3 +120,21 @@ class MsgClientFactory(protocol.Factory):
         if self.driver is not None and self.driver.session.is_open:
             return self.driver
         return None
+
+
+class MsgClientFactory(protocol.Factory):
+    """Negotiated TCP: one negotiating connection per attempt of the ClientService."""
+
+    noisy = False
+
+    def __init__(self, sessions: WorkerSessions, pb_factory: Any) -> None:
+        self.sessions = sessions
+        self.pb_factory = pb_factory
+        self.reactor = sessions.reactor
+        self.limits = sessions.limits
+
+    def buildProtocol(self, addr: Any) -> NegotiatingClientProtocol:
+        return NegotiatingClientProtocol(self, addr)
+
+    def new_driver(self) -> SessionDriver:
+        return self.sessions.new_driver()

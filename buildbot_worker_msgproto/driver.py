@@ -117,6 +117,8 @@ class SessionDriver:
         self._timer = None
         self._timer_at: float | None = None
         self._ended = False
+        self._writable_waiters: list[defer.Deferred] = []
+        self.writable = True
         self.peer = "?"
 
     # ------------------------------------------------------------------ FrameReceiver
@@ -146,6 +148,21 @@ class SessionDriver:
 
     def max_incoming_frame_size(self) -> int:
         return self.session.max_incoming_frame_size
+
+    def writable_changed(self, writable: bool) -> None:
+        self.writable = writable
+        if writable:
+            waiters, self._writable_waiters = self._writable_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def wait_writable(self) -> defer.Deferred:
+        """Fires once the transport can take more data (at once if it can now)."""
+        if self.writable or self._ended:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._writable_waiters.append(d)
+        return d
 
     # ------------------------------------------------------------------ sending
     def request(self, message_type: str, **body: Any) -> defer.Deferred:
@@ -291,6 +308,7 @@ class SessionDriver:
         if self._ended:
             return
         self._ended = True
+        self.writable_changed(True)  # release anyone waiting to send
         waiting, self._waiting = self._waiting, {}
         for d in waiting.values():
             d.errback(SessionLost(f"session ended ({code}): {reason}"))

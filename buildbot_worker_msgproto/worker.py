@@ -9,23 +9,25 @@ from typing import Any
 from buildbot_worker import pb as worker_pb
 from buildbot_worker.base import WorkerBase
 from buildbot_worker.compat import unicode2bytes
-from buildbot_worker.tunnel import HTTPTunnelEndpoint
 from twisted.application.internet import ClientService
 from twisted.application.internet import backoffPolicy
 from twisted.cred import credentials
 from twisted.internet import defer
 from twisted.internet import reactor
-from twisted.internet.endpoints import clientFromString
 from twisted.python import log
 
 import buildbot_worker_msgproto
 from buildbot_worker_msgproto.bot import BotMsg
 from buildbot_worker_msgproto.client import MsgClientFactory
+from buildbot_worker_msgproto.client import WorkerSessions
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
+from buildbot_worker_msgproto.transports import registry
+from buildbot_worker_msgproto.transports.base import ClientTarget
+from buildbot_worker_msgproto.transports.endpoints import client_endpoint
 
 PROTOCOLS = ("msg", "pb")
-TRANSPORTS = ("tcp",)
+TRANSPORTS = registry.names()
 
 
 class Worker(worker_pb.Worker):
@@ -46,11 +48,14 @@ class Worker(worker_pb.Worker):
                  connection_string: str | None = None, path: str | None = None,
                  delete_leftover_dirs: bool = False,
                  proxy_connection_string: str | None = None,
-                 transport: str = "tcp", limits: Limits | None = None) -> None:
+                 transport: str = "tcp", transport_options: dict[str, Any] | None = None,
+                 limits: Limits | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
         if transport not in TRANSPORTS:
             raise ValueError(f"unknown transport {transport!r}; choose one of {TRANSPORTS}")
+        if protocol == "pb" and transport != "tcp":
+            raise ValueError("protocol='pb' only runs over transport='tcp'")
         assert connection_string is None or (buildmaster_host, port) == (None, None), (
             "If you want to supply a connection string, then set host and port to None")
         assert not (proxy_connection_string and connection_string), (
@@ -90,20 +95,28 @@ class Worker(worker_pb.Worker):
         self.bf.startLogin(credentials.UsernamePassword(unicode2bytes(name, encoding),
                                                         unicode2bytes(passwd, encoding)),
                            client=self.bot)
-        self.msg_factory: MsgClientFactory | None = None
-        factory: Any = self.bf
-        if protocol == "msg":
-            factory = self.msg_factory = MsgClientFactory(
-                self.bot, name, passwd, self.bf, reactor, self.limits,
-                software={"buildbot_worker_msgproto": buildbot_worker_msgproto.__version__})
-
-        endpoint = _make_endpoint(buildmaster_host, port, useTls, connection_string,
-                                  proxy_connection_string)
-        self.addService(ClientService(endpoint, factory, retryPolicy=policy))
+        self.sessions = WorkerSessions(
+            self.bot, name, passwd, reactor, self.limits,
+            software={"buildbot_worker_msgproto": buildbot_worker_msgproto.__version__})
+        target = ClientTarget(host=buildmaster_host, port=port,
+                              connection_string=connection_string, use_tls=bool(useTls),
+                              proxy_connection_string=proxy_connection_string,
+                              options=dict(transport_options or {}, **({"path": path}
+                                                                      if path else {})))
+        if protocol == "pb":
+            client = ClientService(client_endpoint(reactor, target), self.bf,
+                                   retryPolicy=policy)
+        elif transport == "tcp":  # negotiated on the PB port, with automatic PB fallback
+            client = ClientService(client_endpoint(reactor, target),
+                                   MsgClientFactory(self.sessions, self.bf), retryPolicy=policy)
+        else:
+            client = registry.load(transport).client_service(reactor, target,
+                                                             self.sessions.new_driver, policy)
+        self.addService(client)
 
     def gracefulShutdown(self) -> Any:
         """Ask the master to shut this worker down once its builds are finished."""
-        driver = self.msg_factory.active_driver if self.msg_factory else None
+        driver = self.sessions.active_driver
         if driver is None:
             return super().gracefulShutdown()
         log.msg("Telling the master we want to shutdown after any running builds are finished")
@@ -113,29 +126,10 @@ class Worker(worker_pb.Worker):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        driver = self.msg_factory.active_driver if self.msg_factory else None
+        driver = self.sessions.active_driver
         if driver is not None:
             driver.close("shutdown", "worker stopping")
         # The PB factory only gets stopFactory() if a PB fallback used it; without this
         # its waitForCompleteShutdown() would wait forever.
         self.bf.stopTimers()
         yield super().stopService()
-
-
-def _make_endpoint(host: str | None, port: int | None, use_tls: bool | None,
-                   connection_string: str | None, proxy_connection_string: str | None) -> Any:
-    """The client endpoint, built exactly as buildbot-worker builds it."""
-    if proxy_connection_string:
-        log.msg("Using HTTP tunnel to connect through proxy")
-        endpoint = HTTPTunnelEndpoint(host, port,
-                                      clientFromString(reactor, proxy_connection_string))
-        if use_tls:
-            from twisted.internet.endpoints import wrapClientTLS
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(hostname=host), endpoint)
-        return endpoint
-    if connection_string is None:
-        kind = "tls" if use_tls else "tcp"
-        connection_string = "{}:host={}:port={}".format(kind, host.replace(":", r"\:"), port)
-    return clientFromString(reactor, connection_string)

@@ -18,6 +18,9 @@ import os
 NONCE_BYTES = 24
 SALT_BYTES = 16
 
+#: Per-process secret from which the decoy salts of unknown workers are derived.
+_DECOY_KEY = os.urandom(32)
+
 
 def _hmac(key: bytes, message: bytes) -> bytes:
     return hmac.new(key, message, hashlib.sha256).digest()
@@ -76,6 +79,19 @@ class ScramCredentials:
 
     def server_signature(self, message: bytes) -> bytes:
         return _hmac(self.server_key, message)
+
+
+def decoy_credentials(worker: str, iterations: int) -> ScramCredentials:
+    """Credentials to challenge an unknown worker with, indistinguishable from real ones.
+
+    A registered worker's credentials are cached by the master, so its salt is the same
+    on every connection; a decoy's salt is therefore derived from the name (and a
+    per-process secret) rather than random, and no PBKDF2 runs, so that neither the
+    salt nor the response time tells an attacker whether a worker name exists.  No
+    proof ever verifies against a decoy: its keys are random.
+    """
+    salt = _hmac(_DECOY_KEY, b"decoy salt\0" + worker.encode("utf-8", "surrogatepass"))
+    return ScramCredentials(salt[:SALT_BYTES], iterations, os.urandom(32), os.urandom(32))
 
 
 def client_proof(password: str, salt: bytes, iterations: int,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import os
 from typing import Any
 
 from buildbot_worker_msgproto.protocol import auth
@@ -289,8 +288,7 @@ class Session:
                 f"master speaks {sorted(self.versions)}", code="unsupported_version"), now)
         self.version = max(common)
         if credentials is None:
-            credentials = auth.ScramCredentials.from_password(
-                base64.b64encode(os.urandom(18)).decode(), self.limits.auth_iterations)
+            credentials = auth.decoy_credentials(self.worker_name, self.limits.auth_iterations)
             self._unknown_worker = True
         else:
             self._unknown_worker = False

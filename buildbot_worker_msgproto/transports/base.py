@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from typing import Any
+from typing import Callable
 from typing import Protocol
 
 
@@ -40,6 +42,38 @@ class FrameReceiver(Protocol):
 
     def max_incoming_frame_size(self) -> int:
         """The largest frame to accept right now (it grows after authentication)."""
+
+    def writable_changed(self, writable: bool) -> None:
+        """The transport's send buffer filled up (False) or drained again (True)."""
+
+
+#: Makes the receiver (a session driver) for one new connection or peer.
+ReceiverFactory = Callable[[], FrameReceiver]
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientTarget:
+    """Where and how a worker reaches the master, for any transport."""
+
+    host: str | None = None
+    port: int | None = None
+    #: A Twisted client endpoint string; overrides host and port for stream transports.
+    connection_string: str | None = None
+    use_tls: bool = False
+    #: HTTP proxy endpoint string to tunnel through (stream transports).
+    proxy_connection_string: str | None = None
+    #: Backend-specific options (e.g. a WebSocket path, an AMQP virtual host).
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Listening(Protocol):
+    """A running master-side listener of one transport."""
+
+    def stop(self) -> Any:
+        """Stop accepting new peers (returns a Deferred)."""
+
+    def address(self) -> str:
+        """Where it listens, for logs and tests (e.g. ``tcp:127.0.0.1:9990``)."""
 
 
 class FrameTransport(abc.ABC):

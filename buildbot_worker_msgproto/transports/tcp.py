@@ -8,14 +8,26 @@ delayed-ACK stalls because neither sets it.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
+from twisted.application.internet import ClientService
+from twisted.internet import protocol
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python import log
+from zope.interface import implementer
 
+from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.base import FrameTransport
+from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import TransportGuarantees
+from buildbot_worker_msgproto.transports.endpoints import PortListening
+from buildbot_worker_msgproto.transports.endpoints import client_endpoint
+from buildbot_worker_msgproto.transports.endpoints import server_endpoint
+
+NAME = "tcp"
 
 #: The largest frame a 4-byte prefix can describe.
 TCP_MAX_FRAME = 2**32 - 1
@@ -56,6 +68,7 @@ class FramedProtocol(Int32StringReceiver, FrameTransport):
 
     def connectionMade(self) -> None:
         set_nodelay(self.transport)
+        self.transport.registerProducer(WritabilityReporter(self.receiver), True)
         self.receiver.transport_opened(self)
 
     def stringReceived(self, frame: bytes) -> None:
@@ -72,6 +85,8 @@ class FramedProtocol(Int32StringReceiver, FrameTransport):
     def connectionLost(self, reason=None) -> None:
         self._closed = True
         self._receiving = False
+        if self.transport is not None:
+            self.transport.unregisterProducer()
         self.receiver.transport_closed(reason.getErrorMessage() if reason else "closed")
 
     # FrameTransport
@@ -100,3 +115,54 @@ class FramedProtocol(Int32StringReceiver, FrameTransport):
         host = getattr(address, "host", None)
         port = getattr(address, "port", None)
         return f"{host}:{port}" if host is not None else str(address)
+
+
+@implementer(IPushProducer)
+class WritabilityReporter:
+    """Registered as a streaming producer: Twisted pauses it when the socket's send
+    buffer is full and resumes it once drained; we report that to the receiver."""
+
+    def __init__(self, receiver: FrameReceiver) -> None:
+        self.receiver = receiver
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted interface
+        self.receiver.writable_changed(False)
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.receiver.writable_changed(True)
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+class FramedFactory(protocol.Factory):
+    """Plain framed TCP (no PB negotiation): one receiver per connection."""
+
+    noisy = False
+
+    def __init__(self, new_receiver: ReceiverFactory) -> None:
+        self.new_receiver = new_receiver
+
+    def buildProtocol(self, addr: Any) -> FramedProtocol:  # noqa: N802
+        return FramedProtocol(self.new_receiver())
+
+
+async def listen(reactor: Any, options: dict[str, Any],
+                 new_receiver: ReceiverFactory) -> PortListening:
+    """Listen for plain framed TCP on ``options['port']`` (int or strport)."""
+    endpoint = server_endpoint(reactor, options["port"], options.get("backlog"))
+    port = await endpoint.listen(FramedFactory(new_receiver))
+    return PortListening(NAME, port)
+
+
+def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory,
+                   retry_policy: Any = None) -> ClientService:
+    """A reconnecting client of plain framed TCP (the negotiated port is in client.py)."""
+    return ClientService(client_endpoint(reactor, target), FramedFactory(new_receiver),
+                         retryPolicy=retry_policy)
+
+
+def validate_options(options: dict[str, Any]) -> None:
+    """Check master-side options of a plain framed TCP listener."""
+    if "port" not in options:
+        raise ValueError("the tcp transport needs a 'port'")
