@@ -9,7 +9,8 @@ from buildbot_worker.scripts import create_worker as upstream
 STOCK_IMPORT = "from buildbot_worker.bot import Worker"
 OUR_IMPORT = "from buildbot_worker_msgproto import Worker"
 STOCK_CALL = "protocol=protocol, useTls=use_tls,"
-OUR_CALL = "protocol=protocol, transport=transport, useTls=use_tls,"
+OUR_CALL = ("protocol=protocol, transport=transport,\n"
+            "           transport_options=transport_options, useTls=use_tls,")
 
 
 def make_tac(config: Any) -> str:
@@ -20,7 +21,9 @@ def make_tac(config: Any) -> str:
             raise upstream.CreateWorkerError(
                 f"unexpected buildbot-worker tac template: cannot find {old!r}")
         tac = tac.replace(old, new, 1)
-    return tac.replace("protocol = ", f"transport = {config['transport']!r}\nprotocol = ", 1)
+    settings = (f"transport = {config['transport']!r}\n"
+                f"transport_options = {dict(config.get('transport-options') or {})!r}\n")
+    return tac.replace("protocol = ", settings + "protocol = ", 1)
 
 
 def createWorker(config: Any) -> int:  # noqa: N802 - buildbot-worker's name

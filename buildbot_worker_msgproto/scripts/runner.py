@@ -26,6 +26,17 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
         ["transport", None, "tcp", f"Transport for the msg protocol: one of {TRANSPORTS}"],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["transport-options"] = {}
+
+    def opt_transport_option(self, value: str) -> None:
+        """Transport-specific KEY=VALUE (repeatable), e.g. path=/msg; see docs/transports."""
+        key, sep, option = value.partition("=")
+        if not sep or not key:
+            raise usage.UsageError(f"--transport-option needs KEY=VALUE, got {value!r}")
+        self["transport-options"][key] = option
+
     def getSynopsis(self) -> str:  # noqa: N802
         return ("Usage:    buildbot-worker-msgproto create-worker [options] "
                 "<basedir> <master> <name> <passwd>")
@@ -36,6 +47,8 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
             raise usage.UsageError(f"--protocol must be one of {PROTOCOLS}")
         if self["transport"] not in TRANSPORTS:
             raise usage.UsageError(f"--transport must be one of {TRANSPORTS}")
+        if self["protocol"] == "pb" and self["transport"] != "tcp":
+            raise usage.UsageError("--protocol pb only runs over --transport tcp")
 
 
 class Options(upstream.Options):

@@ -1,4 +1,4 @@
-"""One conformance suite, run against every transport backend over loopback sockets.
+"""The transport conformance suite, run against every backend over loopback sockets.
 
 Each backend gets a subclass of :class:`ConformanceMixin` naming it and saying how to
 listen and connect; the suite checks what every backend must do for the session core:
@@ -295,14 +295,3 @@ class _DriverAdapter:
     @property
     def transport(self) -> Any:
         return None if self.driver.session.is_closed else self.driver.transport
-
-
-# ---------------------------------------------------------------------- the backends
-class TcpConformance(ConformanceMixin, unittest.TestCase):
-    backend = "tcp"
-
-    def server_options(self) -> dict[str, Any]:
-        return {"port": "tcp:0:interface=127.0.0.1"}
-
-    def client_target(self, listening: Any) -> ClientTarget:
-        return ClientTarget(host="127.0.0.1", port=listening.port_number)
