@@ -12,6 +12,8 @@ import dataclasses
 import enum
 from typing import Any
 
+from buildbot_worker_msgproto.protocol.limits import MIN_FRAME_SIZE
+
 
 class Kind(enum.Enum):
     """How a message relates to other messages."""
@@ -119,7 +121,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
                     _f("nonce", "string", "Client nonce: at least 18 random bytes, base64."),
                     _f("software", "object", "Informational: package versions.", False),
                     _f("max_frame_size", "integer", "Largest frame the worker accepts; the "
-                       "session uses the smaller of both sides' values.", False, minimum=1),
+                       "session uses the smaller of both sides' values.", False,
+                       minimum=MIN_FRAME_SIZE),
                 )),
     MessageSpec("challenge", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master picks a version and sends the SCRAM salt and combined nonce.", (
@@ -140,7 +143,7 @@ MESSAGES: tuple[MessageSpec, ...] = (
                     _f("heartbeat_timeout", "number", "Seconds of silence before the peer is "
                        "declared dead."),
                     _f("max_frame_size", "integer", "Largest frame either side may send.",
-                       minimum=1),
+                       minimum=MIN_FRAME_SIZE),
                 )),
     # --- session control -------------------------------------------------------------------
     MessageSpec("close", Kind.CONTROL, Sender.BOTH, Phase.ANY,

@@ -1,9 +1,11 @@
 """JSON Schemas (draft 2020-12) of every message type, generated from :mod:`.messages`.
 
-The schemas in ``docs/schemas/`` are produced by this module and checked by the test
-suite, so they cannot drift from the specs the codec validates against::
+The schemas in ``docs/schemas/`` and the message reference in ``docs/protocol.rst``
+are produced by this module and checked by the test suite, so they cannot drift from
+the specs the codec validates against::
 
     python -m buildbot_worker_msgproto.protocol.schema docs/schemas
+    python -m buildbot_worker_msgproto.protocol.schema --rst docs/protocol.rst
 
 The schemas describe what :func:`~buildbot_worker_msgproto.protocol.codec.decode`
 accepts, with one deliberate difference that JSON Schema cannot express: JSON Schema
@@ -26,6 +28,8 @@ from buildbot_worker_msgproto.protocol.messages import REQUEST_ID
 from buildbot_worker_msgproto.protocol.messages import Field
 from buildbot_worker_msgproto.protocol.messages import Kind
 from buildbot_worker_msgproto.protocol.messages import MessageSpec
+from buildbot_worker_msgproto.protocol.messages import Phase
+from buildbot_worker_msgproto.protocol.messages import Sender
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 ID_PREFIX = "https://buildbot-msgproto.invalid/schemas/"
@@ -99,11 +103,82 @@ def write_schemas(directory: str | pathlib.Path) -> list[pathlib.Path]:
     return written
 
 
+# ----------------------------------------------------------------------------- RST reference
+RST_BEGIN = ".. BEGIN GENERATED MESSAGE REFERENCE (schema.py --rst; do not edit by hand)"
+RST_END = ".. END GENERATED MESSAGE REFERENCE"
+
+_SENDERS = {Sender.MASTER: "master", Sender.WORKER: "worker", Sender.BOTH: "master or worker"}
+_PHASES = {Phase.HANDSHAKE: "during the handshake only",
+           Phase.OPEN: "only once the session is open (authenticated)",
+           Phase.ANY: "at any time"}
+_ANSWERS = {Kind.CONTROL: "none; see the handshake and session sections",
+            Kind.REQUEST: "exactly one ``response`` or ``error`` whose ``reply_to`` is this "
+                          "``id``",
+            Kind.RESPONSE: "none (it is the answer)",
+            Kind.NOTIFICATION: "none"}
+
+
+def _rst_type(field: Field) -> str:
+    text = " or ".join(field.types)
+    if field.minimum is not None:
+        text += f" >= {field.minimum}"
+    return text
+
+
+def rst_reference() -> str:
+    """The per-message reference section of docs/protocol.rst (between the markers)."""
+    lines: list[str] = []
+    for spec in MESSAGES:
+        title = f"``{spec.type}``"
+        lines += [title, "~" * len(title), "", spec.description, "",
+                  f":Kind: {spec.kind.value}",
+                  f":Sent by: {_SENDERS[spec.sender]}",
+                  f":When: {_PHASES[spec.phase]}",
+                  f":Answer: {_ANSWERS[spec.kind]}", ""]
+        fields = ((REQUEST_ID,) if spec.kind is Kind.REQUEST else ()) + spec.fields
+        if not fields:
+            lines += ["Fields: the envelope only.", ""]
+            continue
+        lines += [".. list-table::", "   :header-rows: 1", "   :widths: 18 22 10 50", "",
+                  "   * - Field", "     - Type", "     - Required", "     - Meaning"]
+        for field in fields:
+            lines += [f"   * - ``{field.name}``", f"     - {_rst_type(field)}",
+                      f"     - {'yes' if field.required else 'no'}",
+                      f"     - {field.description}"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def update_rst(path: str | pathlib.Path) -> bool:
+    """Rewrite the generated block of ``path``; True if the file changed."""
+    path = pathlib.Path(path)
+    text = path.read_text(encoding="utf-8")
+    start = text.index(RST_BEGIN) + len(RST_BEGIN)
+    end = text.index(RST_END)
+    updated = text[:start] + "\n\n" + rst_reference() + "\n" + text[end:]
+    if updated == text:
+        return False
+    path.write_text(updated, encoding="utf-8")
+    return True
+
+
+def rst_block(text: str) -> str:
+    """The generated block as it stands in ``text`` (for the drift test)."""
+    start = text.index(RST_BEGIN) + len(RST_BEGIN)
+    return text[start:text.index(RST_END)].strip("\n") + "\n"
+
+
+USAGE = ("usage: python -m buildbot_worker_msgproto.protocol.schema OUTPUT_DIRECTORY\n"
+         "       python -m buildbot_worker_msgproto.protocol.schema --rst docs/protocol.rst")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m buildbot_worker_msgproto.protocol.schema OUTPUT_DIRECTORY",
-              file=sys.stderr)
+    if len(args) == 2 and args[0] == "--rst":
+        print(f"{args[1]}: {'updated' if update_rst(args[1]) else 'up to date'}")
+        return 0
+    if len(args) != 1 or args[0].startswith("-"):
+        print(USAGE, file=sys.stderr)
         return 2
     for path in write_schemas(args[0]):
         print(path)

@@ -36,7 +36,6 @@ from buildbot_worker_msgproto.protocol.events import NotificationReceived
 from buildbot_worker_msgproto.protocol.events import RequestReceived
 from buildbot_worker_msgproto.protocol.events import ResponseReceived
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
-from buildbot_worker_msgproto.protocol.limits import MIN_FRAME_SIZE
 from buildbot_worker_msgproto.protocol.limits import SUPPORTED_VERSIONS
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.protocol.messages import Kind
@@ -421,8 +420,7 @@ class Session:
         self._client_nonce = message["nonce"]
         self._hello_versions = tuple(versions[:64])
         peer_limit = message.get("max_frame_size")
-        if peer_limit is not None:
-            _check_peer_frame_limit(peer_limit, "hello")
+        if peer_limit is not None:  # at least MIN_FRAME_SIZE: checked by the codec
             self._frame_limit = min(self._frame_limit, peer_limit)
         self.state = State.AWAIT_CREDENTIALS
         software = message.get("software") or {}
@@ -482,7 +480,6 @@ class Session:
             raise ProtocolError("the master could not prove it knows this worker's password: "
                                 "refusing to talk to a possible impostor",
                                 code="master_not_authenticated")
-        _check_peer_frame_limit(message["max_frame_size"], "welcome")
         try:
             interval = float(message["heartbeat_interval"])
             timeout = float(message["heartbeat_timeout"])
@@ -538,12 +535,6 @@ class Session:
     @property
     def heartbeat_timeout(self) -> float:
         return self._heartbeat_timeout
-
-
-def _check_peer_frame_limit(limit: int, where: str) -> None:
-    if limit < MIN_FRAME_SIZE:
-        raise ProtocolError(f"{where}.max_frame_size {limit} is below the protocol minimum "
-                            f"{MIN_FRAME_SIZE}", code="bad_message")
 
 
 def _b64(text: str, where: str) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 from typing import Any
 from typing import Callable
@@ -76,23 +75,24 @@ class Listening(Protocol):
         """Where it listens, for logs and tests (e.g. ``tcp:127.0.0.1:9990``)."""
 
 
-class FrameTransport(abc.ABC):
-    """One connection able to carry frames to a peer."""
+class FrameTransport:
+    """One connection able to carry frames to a peer (a plain base class, not an ABC,
+    so that it mixes into Twisted protocols that have metaclasses, such as AMP)."""
 
     guarantees: TransportGuarantees
 
-    @abc.abstractmethod
     def send_frames(self, frames: list[bytes]) -> None:
         """Queue frames for sending, in order."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
     def close(self) -> None:
         """Close after the queued frames are sent."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
     def abort(self) -> None:
         """Drop the connection now, discarding anything queued."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
     def peer(self) -> str:
         """A printable peer address, for logs."""
+        raise NotImplementedError

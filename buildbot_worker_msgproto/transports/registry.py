@@ -11,6 +11,7 @@ from types import ModuleType
 #: ``validate_options(options)`` (master.cfg checks).
 BACKENDS: dict[str, str] = {
     "tcp": "buildbot_worker_msgproto.transports.tcp",
+    "amp": "buildbot_worker_msgproto.transports.amp",
 }
 
 

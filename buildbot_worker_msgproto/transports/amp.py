@@ -1,0 +1,140 @@
+"""Twisted AMP: each frame travels as one or more ``FrameChunk`` boxes.
+
+AMP limits a value to 65,535 bytes, so a frame is split into chunks and joined on
+arrival; chunks never need an answer (``requiresAnswer = False``), so AMP adds no
+round trips.  The joined size is checked against the session's limit while it
+grows, so an oversized frame is refused without being buffered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import ClientService
+from twisted.internet import protocol
+from twisted.protocols import amp
+
+from buildbot_worker_msgproto.transports.base import ClientTarget
+from buildbot_worker_msgproto.transports.base import FrameReceiver
+from buildbot_worker_msgproto.transports.base import FrameTransport
+from buildbot_worker_msgproto.transports.base import ReceiverFactory
+from buildbot_worker_msgproto.transports.base import TransportGuarantees
+from buildbot_worker_msgproto.transports.endpoints import PortListening
+from buildbot_worker_msgproto.transports.endpoints import client_endpoint
+from buildbot_worker_msgproto.transports.endpoints import server_endpoint
+from buildbot_worker_msgproto.transports.tcp import WritabilityReporter
+from buildbot_worker_msgproto.transports.tcp import set_nodelay
+
+NAME = "amp"
+#: Largest chunk of a frame per AMP box (AMP's value limit is 65,535 bytes).
+CHUNK = 65_535
+
+
+class FrameChunk(amp.Command):
+    """One piece of a frame; ``final`` marks the last piece."""
+
+    arguments = [(b"data", amp.String()), (b"final", amp.Boolean())]
+    requiresAnswer = False
+
+
+class AmpFrameProtocol(amp.AMP, FrameTransport):
+    """An AMP connection carrying frames for one :class:`FrameReceiver`."""
+
+    guarantees = TransportGuarantees(ordered=True, reliable=True, max_frame_size=None,
+                                     encrypted=False)
+
+    def __init__(self, receiver: FrameReceiver) -> None:
+        super().__init__()
+        self.receiver = receiver
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._receiving = True
+        self._closed = False
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        super().connectionMade()
+        set_nodelay(self.transport)
+        self.transport.registerProducer(WritabilityReporter(self.receiver), True)
+        self.receiver.transport_opened(self)
+
+    @FrameChunk.responder
+    def frame_chunk(self, data: bytes, final: bool) -> dict:
+        if not self._receiving:
+            return {}
+        self._size += len(data)
+        if self._size > self.receiver.max_incoming_frame_size():
+            self._receiving = False
+            self._parts = []
+            self.transport.pauseProducing()
+            self.receiver.frame_rejected(self._size)
+            return {}
+        self._parts.append(data)
+        if final:
+            frame = b"".join(self._parts)
+            self._parts = []
+            self._size = 0
+            self.receiver.frame_received(frame)
+        return {}
+
+    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:  # noqa: N802
+        self._closed = True
+        self._receiving = False
+        super().connectionLost(reason)
+        self.receiver.transport_closed(reason.getErrorMessage() if reason else "closed")
+
+    # FrameTransport
+    def send_frames(self, frames: list[bytes]) -> None:
+        if self._closed:
+            return
+        for frame in frames:
+            last = max(len(frame) - 1, 0) // CHUNK
+            for index in range(last + 1):
+                self.callRemote(FrameChunk, data=frame[index * CHUNK:(index + 1) * CHUNK],
+                                final=index == last)
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+
+    def abort(self) -> None:
+        self._closed = True
+        self.transport.abortConnection()
+
+    def peer(self) -> str:
+        address = self.transport.getPeer()
+        return f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
+
+
+class AmpFrameFactory(protocol.Factory):
+    """One :class:`AmpFrameProtocol` (and receiver) per connection."""
+
+    noisy = False
+
+    def __init__(self, new_receiver: ReceiverFactory) -> None:
+        self.new_receiver = new_receiver
+
+    def buildProtocol(self, addr: Any) -> AmpFrameProtocol:  # noqa: N802
+        return AmpFrameProtocol(self.new_receiver())
+
+
+def validate_options(options: dict[str, Any]) -> None:
+    """Master side: ``{'port': int or strport, 'backlog': int}``."""
+    unknown = set(options) - {"port", "backlog"}
+    if unknown:
+        raise ValueError(f"unknown amp options {sorted(unknown)}; known: backlog, port")
+    if not isinstance(options.get("port"), (int, str)):
+        raise ValueError("the amp transport needs a 'port' (int or strport)")
+
+
+async def listen(reactor: Any, options: dict[str, Any],
+                 new_receiver: ReceiverFactory) -> PortListening:
+    """Listen for AMP frame connections on ``options['port']``."""
+    endpoint = server_endpoint(reactor, options["port"], options.get("backlog", 4096))
+    port = await endpoint.listen(AmpFrameFactory(new_receiver))
+    return PortListening(NAME, port)
+
+
+def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory,
+                   retry_policy: Any = None) -> ClientService:
+    """A reconnecting AMP client to ``target`` (host:port, connection string or proxy)."""
+    return ClientService(client_endpoint(reactor, target), AmpFrameFactory(new_receiver),
+                         retryPolicy=retry_policy)

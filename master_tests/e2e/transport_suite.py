@@ -1,0 +1,158 @@
+"""End-to-end build suite run over one transport: subclass it once per transport.
+
+A subclass names the transport and says how the master listens for it
+(``c['protocols']['msg']['transports']``) and how the worker is created; the suite
+then runs real builds through a real master and worker over that transport: a shell
+step, a file download and upload checked byte for byte, an interrupted command, and
+a worker reconnect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from typing import Any
+
+import pytest
+
+from . import harness
+
+WORKER = "tw"
+PASSWD = "transport-pw"
+FILE_SIZE = 3 * 1024 * 1024 + 17
+
+BUILDERS_PY = """
+c['builders'].append(util.BuilderConfig(
+    name='shell', workernames=WORKER_NAMES,
+    factory=util.BuildFactory([steps.ShellCommand(
+        name='shell', command=['sh', '-c', 'echo "value=$MSG_VALUE"; echo to-stderr >&2'],
+        env={'MSG_VALUE': 'over-the-transport'})])))
+c['builders'].append(util.BuilderConfig(
+    name='transfer', workernames=WORKER_NAMES,
+    factory=util.BuildFactory([
+        steps.FileDownload(mastersrc=DATA_FILE, workerdest='down.bin'),
+        steps.ShellCommand(name='sum', command=['sha256sum', 'down.bin']),
+        steps.ShellCommand(name='make', command=['sh', '-c',
+            'head -c %d /dev/urandom > up.bin; sha256sum up.bin' % FILE_SIZE]),
+        steps.FileUpload(workersrc='up.bin', masterdest='uploaded.bin'),
+    ])))
+c['builders'].append(util.BuilderConfig(
+    name='interrupt', workernames=WORKER_NAMES,
+    factory=util.BuildFactory([steps.ShellCommand(name='sleep', command=['sleep', '120'])])))
+"""
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class TransportSuite:
+    """Subclass as ``TestXxx(TransportSuite)`` and set the three hooks below."""
+
+    transport = ""
+
+    def master_transports_py(self) -> str:
+        """Python source of ``c['protocols']['msg']['transports']``; may use {TPORT}."""
+        raise NotImplementedError
+
+    def worker_master_arg(self, env: TransportEnv) -> str:
+        """The <master> argument of create-worker (host:port of this transport)."""
+        return f"127.0.0.1:{env.transport_port}"
+
+    def worker_create_options(self, env: TransportEnv) -> tuple[str, ...]:
+        """Extra create-worker options, e.g. ('--transport-option', 'path=/msg')."""
+        return ()
+
+    # ------------------------------------------------------------------ fixture
+    @pytest.fixture(scope="class")
+    def env(self, tmp_path_factory: Any) -> Any:
+        env = TransportEnv(self, str(tmp_path_factory.mktemp(f"transport-{self.transport}")))
+        try:
+            env.start()
+            yield env
+        finally:
+            env.stop()
+
+    # ------------------------------------------------------------------ the suite
+    def test_worker_uses_the_transport(self, env: TransportEnv) -> None:
+        log = env.master.log_text()
+        assert f"msgproto: {self.transport} transport listening on" in log
+        assert "attaching over msgproto" in log
+
+    def test_shell_step(self, env: TransportEnv) -> None:
+        build = env.master.run_build("shell", timeout=60)
+        assert build["results"] == harness.SUCCESS, env.master.build_summary(build["buildid"])
+        text = env.master.step_log_text(env.master.step(build["buildid"], "shell")["stepid"])
+        assert "value=over-the-transport" in text
+        assert "to-stderr" in text
+
+    def test_file_download_and_upload(self, env: TransportEnv) -> None:
+        build = env.master.run_build("transfer", timeout=120)
+        buildid = build["buildid"]
+        assert build["results"] == harness.SUCCESS, env.master.build_summary(buildid)
+        summed = env.master.step_log_text(env.master.step(buildid, "sum")["stepid"])
+        assert env.data_sha256 in summed
+        made = env.master.step_log_text(env.master.step(buildid, "make")["stepid"])
+        uploaded = os.path.join(env.master.basedir, "uploaded.bin")
+        assert os.path.getsize(uploaded) == FILE_SIZE
+        assert _sha256(uploaded) in made
+
+    def test_interrupt(self, env: TransportEnv) -> None:
+        request = env.master.force_build("interrupt")
+        build = env.master.wait_build_started(request, 60)
+        time.sleep(1)
+        env.master.stop_build(build["buildid"])
+        started = time.monotonic()
+        build = env.master.wait_build(request, 60)
+        assert build["results"] in (harness.CANCELLED, harness.EXCEPTION, harness.FAILURE)
+        assert time.monotonic() - started < 60
+
+    def test_reconnect(self, env: TransportEnv) -> None:
+        env.worker.stop()
+        env.master.wait_worker_disconnected(WORKER, 60)
+        env.worker.start()
+        env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
+        build = env.master.run_build("shell", timeout=60)
+        assert build["results"] == harness.SUCCESS
+
+
+class TransportEnv:
+    """One master with the transport enabled and one worker created for it."""
+
+    def __init__(self, suite: TransportSuite, root: str) -> None:
+        self.suite = suite
+        self.root = root
+        self.port = harness.free_port()
+        self.transport_port = harness.free_port()
+        self.data_file = os.path.join(root, "data.bin")
+        with open(self.data_file, "wb") as f:
+            f.write(os.urandom(FILE_SIZE))
+        self.data_sha256 = _sha256(self.data_file)
+        www_port = harness.free_port()
+        transports_py = suite.master_transports_py().replace("{TPORT}",
+                                                             str(self.transport_port))
+        protocols_py = ("{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1', "
+                        f"'transports': {transports_py}}}}}")
+        extra = f"DATA_FILE = {self.data_file!r}\nFILE_SIZE = {FILE_SIZE}\n"
+        cfg = harness.make_master_cfg(protocols_py, f"worker.MsgWorker({WORKER!r}, {PASSWD!r})",
+                                      self.port, www_port, extra + BUILDERS_PY)
+        self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
+                                     master_port=self.port)
+        basedir = os.path.join(root, "worker")
+        create = [harness.venv_exe("buildbot-worker-msgproto"), "create-worker",
+                  "--transport", suite.transport, *suite.worker_create_options(self),
+                  basedir, suite.worker_master_arg(self), WORKER, PASSWD]
+        self.worker = harness.Worker(basedir, create, name=WORKER)
+
+    def start(self) -> None:
+        self.master.create()
+        self.worker.create()
+        self.master.start()
+        self.worker.start()
+        self.master.wait_worker_connected(WORKER, 60, worker=self.worker)
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.master.stop()
