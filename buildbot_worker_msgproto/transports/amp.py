@@ -20,8 +20,9 @@ from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import TransportGuarantees
 from buildbot_worker_msgproto.transports.endpoints import PortListening
-from buildbot_worker_msgproto.transports.endpoints import client_endpoint
-from buildbot_worker_msgproto.transports.endpoints import server_endpoint
+from buildbot_worker_msgproto.transports.endpoints import ReceiverProtocolFactory
+from buildbot_worker_msgproto.transports.endpoints import listen_stream
+from buildbot_worker_msgproto.transports.endpoints import stream_client_service
 from buildbot_worker_msgproto.transports.tcp import WritabilityReporter
 from buildbot_worker_msgproto.transports.tcp import set_nodelay
 
@@ -104,18 +105,6 @@ class AmpFrameProtocol(amp.AMP, FrameTransport):
         return f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
 
 
-class AmpFrameFactory(protocol.Factory):
-    """One :class:`AmpFrameProtocol` (and receiver) per connection."""
-
-    noisy = False
-
-    def __init__(self, new_receiver: ReceiverFactory) -> None:
-        self.new_receiver = new_receiver
-
-    def buildProtocol(self, addr: Any) -> AmpFrameProtocol:  # noqa: N802
-        return AmpFrameProtocol(self.new_receiver())
-
-
 def validate_options(options: dict[str, Any]) -> None:
     """Master side: ``{'port': int or strport, 'backlog': int}``."""
     unknown = set(options) - {"port", "backlog"}
@@ -128,13 +117,13 @@ def validate_options(options: dict[str, Any]) -> None:
 async def listen(reactor: Any, options: dict[str, Any],
                  new_receiver: ReceiverFactory) -> PortListening:
     """Listen for AMP frame connections on ``options['port']``."""
-    endpoint = server_endpoint(reactor, options["port"], options.get("backlog", 4096))
-    port = await endpoint.listen(AmpFrameFactory(new_receiver))
-    return PortListening(NAME, port)
+    return await listen_stream(reactor, NAME, options,
+                               ReceiverProtocolFactory(AmpFrameProtocol, new_receiver))
 
 
 def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory,
                    retry_policy: Any = None) -> ClientService:
     """A reconnecting AMP client to ``target`` (host:port, connection string or proxy)."""
-    return ClientService(client_endpoint(reactor, target), AmpFrameFactory(new_receiver),
-                         retryPolicy=retry_policy)
+    return stream_client_service(reactor, target,
+                                 ReceiverProtocolFactory(AmpFrameProtocol, new_receiver),
+                                 retry_policy)

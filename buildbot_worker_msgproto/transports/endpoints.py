@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from buildbot_worker.tunnel import HTTPTunnelEndpoint
+from twisted.application.internet import ClientService
+from twisted.internet import protocol
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.endpoints import serverFromString
 from twisted.python import log
 
 from buildbot_worker_msgproto.transports.base import ClientTarget
+from buildbot_worker_msgproto.transports.base import ReceiverFactory
+
+#: Listen backlog for stream transports (see buildbot_msgproto.config.DEFAULT_BACKLOG).
+DEFAULT_BACKLOG = 4096
 
 
 def client_endpoint(reactor: Any, target: ClientTarget) -> Any:
@@ -58,3 +64,30 @@ class PortListening:
     @property
     def port_number(self) -> int:
         return self.port.getHost().port
+
+
+class ReceiverProtocolFactory(protocol.Factory):
+    """Builds ``protocol_class(receiver)`` with a fresh receiver for each connection."""
+
+    noisy = False
+
+    def __init__(self, protocol_class: Any, new_receiver: ReceiverFactory) -> None:
+        self.protocol_class = protocol_class
+        self.new_receiver = new_receiver
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
+        return self.protocol_class(self.new_receiver())
+
+
+async def listen_stream(reactor: Any, kind: str, options: dict[str, Any],
+                        factory: protocol.Factory) -> PortListening:
+    """Listen on ``options['port']`` (int or strport) with ``options['backlog']``."""
+    endpoint = server_endpoint(reactor, options["port"],
+                               options.get("backlog", DEFAULT_BACKLOG))
+    return PortListening(kind, await endpoint.listen(factory))
+
+
+def stream_client_service(reactor: Any, target: ClientTarget, factory: protocol.Factory,
+                          retry_policy: Any = None) -> ClientService:
+    """A reconnecting client of a stream transport (tcp, tls, proxy tunnel...)."""
+    return ClientService(client_endpoint(reactor, target), factory, retryPolicy=retry_policy)

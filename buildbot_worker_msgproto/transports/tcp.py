@@ -11,7 +11,6 @@ import struct
 from typing import Any
 
 from twisted.application.internet import ClientService
-from twisted.internet import protocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.basic import Int32StringReceiver
@@ -24,8 +23,9 @@ from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import TransportGuarantees
 from buildbot_worker_msgproto.transports.endpoints import PortListening
-from buildbot_worker_msgproto.transports.endpoints import client_endpoint
-from buildbot_worker_msgproto.transports.endpoints import server_endpoint
+from buildbot_worker_msgproto.transports.endpoints import ReceiverProtocolFactory
+from buildbot_worker_msgproto.transports.endpoints import listen_stream
+from buildbot_worker_msgproto.transports.endpoints import stream_client_service
 
 NAME = "tcp"
 
@@ -135,31 +135,19 @@ class WritabilityReporter:
         pass
 
 
-class FramedFactory(protocol.Factory):
-    """Plain framed TCP (no PB negotiation): one receiver per connection."""
-
-    noisy = False
-
-    def __init__(self, new_receiver: ReceiverFactory) -> None:
-        self.new_receiver = new_receiver
-
-    def buildProtocol(self, addr: Any) -> FramedProtocol:  # noqa: N802
-        return FramedProtocol(self.new_receiver())
-
-
 async def listen(reactor: Any, options: dict[str, Any],
                  new_receiver: ReceiverFactory) -> PortListening:
     """Listen for plain framed TCP on ``options['port']`` (int or strport)."""
-    endpoint = server_endpoint(reactor, options["port"], options.get("backlog"))
-    port = await endpoint.listen(FramedFactory(new_receiver))
-    return PortListening(NAME, port)
+    return await listen_stream(reactor, NAME, options,
+                               ReceiverProtocolFactory(FramedProtocol, new_receiver))
 
 
 def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory,
                    retry_policy: Any = None) -> ClientService:
     """A reconnecting client of plain framed TCP (the negotiated port is in client.py)."""
-    return ClientService(client_endpoint(reactor, target), FramedFactory(new_receiver),
-                         retryPolicy=retry_policy)
+    return stream_client_service(reactor, target,
+                                 ReceiverProtocolFactory(FramedProtocol, new_receiver),
+                                 retry_policy)
 
 
 def validate_options(options: dict[str, Any]) -> None:
