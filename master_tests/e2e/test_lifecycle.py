@@ -29,11 +29,13 @@ PROTOCOLS_PY = ("{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1', "
 
 
 class Env:
-    def __init__(self, root: str, create_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: str, create_args: tuple[str, ...] = (),
+                 protocols_py: str = PROTOCOLS_PY) -> None:
+        self.root = root
         self.port = harness.free_port()
         www_port = harness.free_port()
         spec = harness.PROTOCOLS["msg"]
-        cfg = harness.make_master_cfg(PROTOCOLS_PY, spec.master_worker_py(WORKER, PASSWD),
+        cfg = harness.make_master_cfg(protocols_py, spec.master_worker_py(WORKER, PASSWD),
                                       self.port, www_port, harness.simple_builders_py(["b"]))
         self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
                                      master_port=self.port)
@@ -64,8 +66,8 @@ class Env:
 def make_env(tmp_path):
     envs = []
 
-    def make(create_args: tuple[str, ...] = ()) -> Env:
-        env = Env(str(tmp_path / f"env{len(envs)}"), create_args)
+    def make(create_args: tuple[str, ...] = (), **kwargs: str) -> Env:
+        env = Env(str(tmp_path / f"env{len(envs)}"), create_args, **kwargs)
         envs.append(env)
         return env.start()
 
@@ -121,3 +123,28 @@ def test_graceful_shutdown_requested_by_worker(make_env):
     assert "Telling the master we want to shutdown" in log
     assert "worker shutting down on command from master" in log
     env.master.wait_worker_disconnected(WORKER, 15)
+
+
+def test_duplicate_worker_replaces_a_dead_connection(make_env):
+    """Buildbot's arbitration: the old connection is pinged; a dead one is replaced.
+
+    Heartbeats are left at their (long) defaults so that the ping, not the heartbeat,
+    is what finds the frozen first worker dead.
+    """
+    env = make_env(protocols_py="{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1'}}")
+    second = harness.Worker.for_protocol(harness.PROTOCOLS["msg"],
+                                         os.path.join(env.root, "second"), env.port, WORKER,
+                                         PASSWD)
+    second.create()
+    os.killpg(env.worker.pid, signal.SIGSTOP)
+    try:
+        second.start()
+        _wait_log(env.master, "ping timed out", 40)
+        _wait_log(second, "Connected to buildmaster over msgproto", 40)
+        env.master.wait_worker_connected(WORKER, 30, worker=second)
+        build = env.master.run_build("b", timeout=60)
+        assert build["results"] == harness.SUCCESS
+        assert "hello from" in env.master.build_log_text(build["buildid"], "hello")
+    finally:
+        os.killpg(env.worker.pid, signal.SIGCONT)
+        second.stop()
