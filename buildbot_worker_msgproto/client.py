@@ -96,10 +96,15 @@ class NegotiatingClientProtocol(protocol.Protocol):
 class WorkerSessions:
     """Makes the worker's sessions (one per connection) and remembers the current one."""
 
+    #: Close codes meaning "this worker cannot log in", counted like PB's failed logins.
+    LOGIN_FAILURES = ("authentication_failed", "master_not_authenticated", "unknown_worker")
+
     def __init__(self, bot: MessageHandler, name: str, password: str, reactor: Any,
-                 limits: Limits = DEFAULT_LIMITS,
-                 software: dict[str, Any] | None = None) -> None:
+                 limits: Limits = DEFAULT_LIMITS, software: dict[str, Any] | None = None,
+                 retry_policy: Any = None) -> None:
         self.bot = bot
+        self.retry_policy = retry_policy
+        self.failed_logins = 0
         self.name = name
         self.password = password
         self.reactor = reactor
@@ -112,7 +117,21 @@ class WorkerSessions:
                           worker_name=self.name, password=self.password,
                           software=self.software)
         self.driver = SessionDriver(session, self.bot, self.reactor, label="msgproto-worker")
+        self.driver.end_callbacks.append(self._session_ended)
         return self.driver
+
+    def _session_ended(self, code: str, reason: str, by_peer: bool) -> None:
+        """Count failed logins and apply the retry policy to them, as PB does
+        (the policy stops the worker after ``maxRetries``)."""
+        if code in self.LOGIN_FAILURES:
+            self.failed_logins += 1
+            log.msg(f"msgproto: login to the master failed ({code}): {reason}; "
+                    "check the worker name and password")
+            if self.retry_policy is not None:
+                self.retry_policy(self.failed_logins)
+        elif code not in ("handshake_timeout",) and self.driver is not None \
+                and self.driver.session.version is not None:
+            self.failed_logins = 0
 
     @property
     def active_driver(self) -> SessionDriver | None:

@@ -120,6 +120,8 @@ class SessionDriver:
         self._writable_waiters: list[defer.Deferred] = []
         self.writable = True
         self.peer = "?"
+        #: Called as ``callback(code, reason, by_peer)`` when the session ends.
+        self.end_callbacks: list[Callable[[str, str, bool], None]] = []
 
     # ------------------------------------------------------------------ FrameReceiver
     def transport_opened(self, transport: FrameTransport) -> None:
@@ -317,3 +319,8 @@ class SessionDriver:
             log.msg(f"{self.label}: session with {self.peer} ended, {who} closed it: "
                     f"{code}: {reason}")
         self.handler.session_ended(self, code, reason, by_peer)
+        for callback in self.end_callbacks:
+            try:
+                callback(code, reason, by_peer)
+            except Exception:
+                log.err(failure.Failure(), f"{self.label}: in a session-end callback")

@@ -97,7 +97,8 @@ class Worker(worker_pb.Worker):
                            client=self.bot)
         self.sessions = WorkerSessions(
             self.bot, name, passwd, reactor, self.limits,
-            software={"buildbot_worker_msgproto": buildbot_worker_msgproto.__version__})
+            software={"buildbot_worker_msgproto": buildbot_worker_msgproto.__version__},
+            retry_policy=policy)
         target = ClientTarget(host=buildmaster_host, port=port,
                               connection_string=connection_string, use_tls=bool(useTls),
                               proxy_connection_string=proxy_connection_string,

@@ -51,6 +51,10 @@ class Limits:
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            wanted = (int,) if field.type in ("int", int) else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                kind = "an integer" if wanted == (int,) else "a number"
+                raise ValueError(f"limit {field.name} must be {kind}, got {value!r}")
             if value <= 0:
                 raise ValueError(f"limit {field.name} must be positive, got {value!r}")
         if self.heartbeat_timeout <= self.heartbeat_interval:

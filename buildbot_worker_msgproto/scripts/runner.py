@@ -31,7 +31,7 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
         self["transport-options"] = {}
 
     def opt_transport_option(self, value: str) -> None:
-        """Transport-specific KEY=VALUE (repeatable), e.g. path=/msg; see docs/transports."""
+        """Transport-specific KEY=VALUE (repeatable), e.g. path=/msg; see docs/transports/."""
         key, sep, option = value.partition("=")
         if not sep or not key:
             raise usage.UsageError(f"--transport-option needs KEY=VALUE, got {value!r}")
@@ -53,6 +53,15 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
 
 class Options(upstream.Options):
     synopsis = "Usage:    buildbot-worker-msgproto <command> [command options]"
+
+    def opt_version(self) -> NoReturn:  # type: ignore[misc]  # noqa: N802
+        import buildbot_worker
+
+        import buildbot_worker_msgproto
+
+        print(f"buildbot-msgproto version: {buildbot_worker_msgproto.__version__}")
+        print(f"worker version: {buildbot_worker.version}")
+        sys.exit(0)
     subCommands = [
         ["create-worker", None, CreateWorkerOptions,
          "Create and populate a directory for a new worker (msg protocol by default)"],

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python import log
@@ -68,6 +69,8 @@ class FramedProtocol(Int32StringReceiver, FrameTransport):
 
     def connectionMade(self) -> None:
         set_nodelay(self.transport)
+        if ISSLTransport.providedBy(self.transport):
+            self.guarantees = TransportGuarantees(True, True, TCP_MAX_FRAME, encrypted=True)
         self.transport.registerProducer(WritabilityReporter(self.receiver), True)
         self.receiver.transport_opened(self)
 
