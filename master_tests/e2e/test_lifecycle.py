@@ -148,3 +148,23 @@ def test_duplicate_worker_replaces_a_dead_connection(make_env):
     finally:
         os.killpg(env.worker.pid, signal.SIGCONT)
         second.stop()
+
+
+def test_wrong_password_stops_after_max_retries(make_env):
+    """Like PB: failed logins count against --maxretries and then the worker stops."""
+    env = make_env()
+    wrong = harness.Worker.for_protocol(harness.PROTOCOLS["msg"], os.path.join(env.root, "wrong"),
+                                        env.port, WORKER, "not-the-password",
+                                        extra_create_args=("--maxretries", "2"))
+    wrong.create()
+    wrong.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and wrong.popen.poll() is None:
+            time.sleep(0.2)
+        assert wrong.popen.poll() is not None, wrong.diagnostics()
+        assert "check the worker name and password" in wrong.log_text()
+        assert "authentication failed for worker 'w1'" in env.master.log_text()
+        assert env.master.worker_data(WORKER)["connected_to"], "the real worker was dropped"
+    finally:
+        wrong.stop()
