@@ -248,7 +248,7 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
 }
 
 # >>> THE ONE PLACE TO CHANGE TO RUN THE E2E TESTS OVER THE NEW PROTOCOL TOO: ('pb', 'msg') <<<
-ENABLED_PROTOCOLS: tuple[str, ...] = ("pb",)
+ENABLED_PROTOCOLS: tuple[str, ...] = ("pb", "msg")
 
 
 def enabled_protocols() -> list[str]:

@@ -44,7 +44,7 @@ BIG_OUTPUT_LINES = 100000
 EXIT_CODE = 3
 SHELL_TIMEOUT = 2
 SHELL_MAXTIME = 2
-INTERRUPT_SLEEP = "67"  # `sleep 67`: distinctive enough to look for in /proc
+INTERRUPT_SLEEP = "67"  # default; the test forces a unique 'sleep_secs' to find it in /proc
 SETPROP_VALUE = "parity-prop-value"
 SECRET_NAME = "token"
 SECRET_VALUE = "s3cr3t-T0ken-value-9f8e7d"
@@ -270,7 +270,11 @@ def _shell_factory():
 def _interrupt_factory():
     return util.BuildFactory(
         [
-            _sh("sleep", ["sleep", INTERRUPT_SLEEP], timeout=120),
+            _sh(
+                "sleep",
+                ["sleep", util.Property("sleep_secs", default=INTERRUPT_SLEEP)],
+                timeout=120,
+            ),
             _sh("after_sleep", "echo should-not-run"),
         ]
     )

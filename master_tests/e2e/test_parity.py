@@ -170,8 +170,10 @@ def test_shell_max_time_kills(parity_env):
 @pytest.mark.timeout(90)
 def test_interrupt(parity_env):
     m = parity_env.master
-    sleep_argv = ["sleep", P.INTERRUPT_SLEEP]
-    brid = m.force_build("interrupt")
+    # unique argument, so concurrent runs cannot confuse the /proc checks below
+    secs = f"{P.INTERRUPT_SLEEP}.{os.getpid()}{int(time.time() * 1000) % 100000:05d}"
+    sleep_argv = ["sleep", secs]
+    brid = m.force_build("interrupt", {"sleep_secs": secs})
     build = m.wait_build_started(brid, timeout=30)
     bid = build["buildid"]
 
