@@ -44,7 +44,7 @@ class Limits:
     #: PBKDF2 iterations for the SCRAM-SHA-256 style authentication (RFC 7677 minimum).
     auth_iterations: int = 4096
     #: Upper bound on iterations a worker accepts from a master (CPU-exhaustion guard).
-    max_auth_iterations: int = 1_000_000
+    max_auth_iterations: int = 100_000
     #: File-transfer requests a side may have in flight before waiting for replies.
     transfer_window: int = 16
 

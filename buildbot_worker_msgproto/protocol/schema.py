@@ -130,7 +130,7 @@ def rst_reference() -> str:
     lines: list[str] = []
     for spec in MESSAGES:
         title = f"``{spec.type}``"
-        lines += [title, "~" * len(title), "", spec.description, "",
+        lines += [title, "-" * len(title), "", spec.description, "",
                   f":Kind: {spec.kind.value}",
                   f":Sent by: {_SENDERS[spec.sender]}",
                   f":When: {_PHASES[spec.phase]}",
