@@ -12,6 +12,7 @@ from types import ModuleType
 BACKENDS: dict[str, str] = {
     "tcp": "buildbot_worker_msgproto.transports.tcp",
     "amp": "buildbot_worker_msgproto.transports.amp",
+    "amqp": "buildbot_worker_msgproto.transports.amqp",
 }
 
 
