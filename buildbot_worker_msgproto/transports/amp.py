@@ -94,6 +94,9 @@ class AmpFrameProtocol(amp.AMP, FrameTransport):
                                 final=index == last)
 
     def close(self) -> None:
+        # A registered producer would keep TLS from shutting down and make a paused
+        # transport resume it instead of finishing the close: unregister first.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def abort(self) -> None:

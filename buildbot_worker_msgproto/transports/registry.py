@@ -12,6 +12,8 @@ from types import ModuleType
 BACKENDS: dict[str, str] = {
     "tcp": "buildbot_worker_msgproto.transports.tcp",
     "amp": "buildbot_worker_msgproto.transports.amp",
+    "websocket": "buildbot_worker_msgproto.transports.websocket",
+    "zmq": "buildbot_worker_msgproto.transports.zmq",
     "amqp": "buildbot_worker_msgproto.transports.amqp",
 }
 

@@ -103,6 +103,9 @@ class FramedProtocol(Int32StringReceiver, FrameTransport):
         self.transport.writeSequence(chunks)
 
     def close(self) -> None:
+        # A registered producer would keep TLS from shutting down and make a paused
+        # transport resume it instead of finishing the close: unregister first.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def abort(self) -> None:
