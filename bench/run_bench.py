@@ -1,0 +1,1223 @@
+#!/usr/bin/env python
+"""Compare Buildbot's PB, msgpack_experimental_v7 and this package's msg protocol.
+
+    /work/venv/bin/python bench/run_bench.py [--repeat 3] [--quick] [--protocols pb,msgpack,msg]
+
+Per repetition and protocol, one after the other (never concurrently): a fresh master (sqlite)
+with one fresh worker runs the same builds (per-step overhead, 2 file transfers, a big log);
+then a second fresh master with ``--workers`` configured workers sees them all start at once
+from one process (bench/many_workers.py). Medians are printed as a table (see
+bench/README.rst) and written to bench/results/latest.json. Only 127.0.0.1 is used; every
+wait is bounded; every process started here is stopped by its id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _p in (HERE, ROOT):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import bench_cfg  # noqa: E402
+
+from master_tests.e2e.harness import PROTOCOLS as HARNESS_PROTOCOLS  # noqa: E402
+from master_tests.e2e.harness import RESULT_NAMES  # noqa: E402
+from master_tests.e2e.harness import SUBPROCESS_ENV  # noqa: E402
+from master_tests.e2e.harness import SUCCESS  # noqa: E402
+from master_tests.e2e.harness import HarnessError  # noqa: E402
+from master_tests.e2e.harness import Master  # noqa: E402
+from master_tests.e2e.harness import ProtocolSpec  # noqa: E402
+from master_tests.e2e.harness import Worker  # noqa: E402
+from master_tests.e2e.harness import free_port  # noqa: E402
+from master_tests.e2e.harness import make_master_cfg  # noqa: E402
+from master_tests.e2e.harness import sha256_file  # noqa: E402
+from master_tests.e2e.harness import tail  # noqa: E402
+
+MiB = 1 << 20
+PASSWD = "pw"
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+# --------------------------------------------------------------------------------------------
+# Protocols
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Proto:
+    key: str  # column name
+    spec: ProtocolSpec
+    many_workers_protocol: str  # --protocol of bench/many_workers.py
+    master_extra_py: str = ""
+    worker_tac_patch: str = ""  # python inserted into buildbot.tac after the Worker import
+
+
+PROTOS: dict[str, Proto] = {
+    "pb": Proto("pb", HARNESS_PROTOCOLS["pb"], "pb"),
+    "msgpack": Proto(
+        "msgpack",
+        ProtocolSpec(
+            name="msgpack",
+            # the stock msgpack dispatcher accepts only a bare port number (binds 0.0.0.0;
+            # the benchmark still connects over 127.0.0.1 only)
+            protocols_py="{'msgpack_experimental_v7': {'port': {PORT}}}",
+            worker_py="worker.Worker({NAME}, {PASSWD})",
+            create_options=("--protocol", "msgpack_experimental_v7"),
+        ),
+        "msgpack_experimental_v7",
+        master_extra_py=bench_cfg.MSGPACK_MASTER_QUIET_PY,
+        worker_tac_patch=bench_cfg.MSGPACK_WORKER_QUIET_PY,
+    ),
+    "msg": Proto("msg", HARNESS_PROTOCOLS["msg"], "msg"),
+}
+ALIASES = {"msgpack_experimental_v7": "msgpack"}
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Metric:
+    key: str
+    label: str
+    unit: str  # 's', 's/step', 'MiB', 'fds', 'count'
+    ratio: bool = True  # print msg/pb, msg/msgpack
+    throughput_bytes: int = 0  # if set, cells also show MiB/s
+
+
+@dataclasses.dataclass
+class Cell:
+    samples: list[float] = dataclasses.field(default_factory=list)
+    broken: list[str] = dataclasses.field(default_factory=list)  # wrong bytes / lines
+    failed: list[str] = dataclasses.field(default_factory=list)  # errors, timeouts
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        if self.failed and not self.samples and not self.broken:
+            return "FAILED"
+        if self.broken:
+            return "BROKEN"
+        if self.failed:
+            return "PARTIAL"
+        if not self.samples:
+            return "n/a"
+        return "ok"
+
+    @property
+    def median(self) -> float | None:
+        """Median of the samples; for PARTIAL over the successful repetitions only."""
+        if self.status not in ("ok", "PARTIAL") or not self.samples:
+            return None
+        return statistics.median(self.samples)
+
+
+class Results:
+    def __init__(self, metrics: list[Metric], protos: list[str]) -> None:
+        self.metrics = metrics
+        self.protos = protos
+        self.cells = {(m.key, p): Cell() for m in metrics for p in protos}
+        self.notes: list[str] = []
+
+    def cell(self, key: str, proto: str) -> Cell:
+        return self.cells[(key, proto)]
+
+    def add(self, key: str, proto: str, value: float) -> None:
+        self.cell(key, proto).samples.append(float(value))
+
+    def broken(self, key: str, proto: str, why: str) -> None:
+        self.cell(key, proto).broken.append(why)
+
+    def fail(self, key: str, proto: str, why: str) -> None:
+        self.cell(key, proto).failed.append(why)
+
+
+def log(msg: str) -> None:
+    stamp = time.strftime("%H:%M:%S")
+    print(f"[{stamp}] {msg}", flush=True)
+
+
+def short(text: str, n: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# --------------------------------------------------------------------------------------------
+# /proc helpers
+# --------------------------------------------------------------------------------------------
+
+
+def proc_status_kib(pid: int, field: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def open_fds(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+class PeakRss:
+    """Peak RSS (MiB) of ``pid`` over a with-block: resets the kernel's high-water mark
+    (VmHWM, via /proc/<pid>/clear_refs) and reads it at the end; falls back to sampling
+    VmRSS every 20 ms if the reset is not permitted."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+        self.peak_mib: float | None = None
+        self._hwm = False
+        self._stop = threading.Event()
+        self._max_kib = 0
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRss:
+        if self.pid is None:
+            return self
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")
+            self._hwm = True
+        except OSError:
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            v = proc_status_kib(self.pid, "VmRSS") or 0
+            self._max_kib = max(self._max_kib, v)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pid is None:
+            return
+        if self._hwm:
+            v = proc_status_kib(self.pid, "VmHWM")
+            self.peak_mib = v / 1024 if v else None
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(1)
+            self.peak_mib = self._max_kib / 1024 if self._max_kib else None
+
+
+# --------------------------------------------------------------------------------------------
+# Builds
+# --------------------------------------------------------------------------------------------
+
+
+class BuildError(Exception):
+    """A build did not end in SUCCESS (or did not end in time)."""
+
+
+class PhaseAbort(Exception):
+    """The master/worker pair is no longer usable (worker gone, build stuck)."""
+
+
+def log_excerpt(master: Master, logid: int, num_lines: int, lines: int = 12) -> str:
+    first = max(0, num_lines - lines)
+    try:
+        doc = master.api_get(f"logs/{logid}/contents", offset=first, limit=lines)
+    except (HarnessError, OSError) as e:
+        return f"(log {logid}: {e})"
+    chunks = doc.get("logchunks") or []
+    return "".join(c["content"] for c in chunks)
+
+
+def build_summary(master: Master, buildid: int) -> str:
+    """Like harness.build_summary but fetches only the tail of each log (logs can be huge)."""
+    try:
+        b = master.get_build(buildid)
+        out = [f"build {buildid}: {RESULT_NAMES.get(b['results'])} - {b['state_string']}"]
+        for s in master.build_steps(buildid):
+            res = s["results"]
+            if res in (SUCCESS, None) and s["complete"]:
+                continue
+            out.append(
+                f"  step {s['number']} {s['name']!r}: {RESULT_NAMES.get(res)}"
+                f" - {s['state_string']}"
+            )
+            for lg in master.step_logs(s["stepid"]):
+                text = log_excerpt(master, lg["logid"], lg["num_lines"])
+                out.append(f"    log {lg['name']!r} ({lg['num_lines']} lines), tail:")
+                out.extend("      | " + ln for ln in text.splitlines())
+        return "\n".join(out)
+    except Exception as e:  # diagnostics must not hide the original problem
+        return f"(could not summarize build {buildid}: {e!r})"
+
+
+class Rig:
+    """One master with one worker 'w1'."""
+
+    def __init__(self, master: Master, worker: Worker) -> None:
+        self.master = master
+        self.worker = worker
+
+    def ensure_worker(self) -> None:
+        if not self.worker.is_running:
+            raise PhaseAbort(
+                f"worker process exited ({self.worker.popen.returncode})\n"
+                + self.worker.diagnostics(40)
+            )
+        try:
+            self.master.wait_worker_connected("w1", 30.0, self.worker)
+        except HarnessError as e:
+            raise PhaseAbort(f"worker w1 not connected: {e}") from None
+
+    def run(self, builder: str, timeout: float) -> tuple[dict, dict[str, Any]]:
+        """Run one build; returns (build dict, {property: value}). Raises BuildError, or
+        PhaseAbort if the worker process dies meanwhile."""
+        self.ensure_worker()
+        brid = self.master.force_build(builder)
+        build = self._wait(brid, builder, timeout)
+        props = self.master.build_properties(build["buildid"])
+        if build["results"] != SUCCESS:
+            raise BuildError(
+                f"build of {builder!r} ended {RESULT_NAMES.get(build['results'])}\n"
+                + build_summary(self.master, build["buildid"])
+            )
+        return build, props
+
+    def _wait(self, brid: int, builder: str, timeout: float) -> dict:
+        """Poll (every 0.5 s, to load the master as little as possible) until build request
+        ``brid`` is complete; the timed figures come from inside the master anyway."""
+        deadline = time.monotonic() + timeout
+        while True:
+            br = self.master.api_get(f"buildrequests/{brid}")["buildrequests"][0]
+            if br["complete"]:
+                builds = self.master.builds_for_request(brid)
+                if not builds:
+                    raise BuildError(f"build request {brid} for {builder!r} completed "
+                                     f"({RESULT_NAMES.get(br['results'])}) without a build")
+                if builds[-1]["complete"]:
+                    return builds[-1]
+            if not self.worker.is_running:
+                self._abandon(brid)
+                raise PhaseAbort(
+                    f"worker process exited ({self.worker.popen.returncode}) during a build of "
+                    f"{builder!r}\n" + self.worker.diagnostics(40)
+                )
+            if time.monotonic() >= deadline:
+                builds = self.master.builds_for_request(brid)
+                summary = build_summary(self.master, builds[-1]["buildid"]) if builds else ""
+                self._abandon(brid)
+                raise BuildError(
+                    f"build of {builder!r} did not finish within {timeout:.0f}s\n{summary}\n"
+                    + self.worker.diagnostics(25) + "\n" + self.master.diagnostics(25)
+                )
+            time.sleep(0.5)
+
+    def _abandon(self, brid: int) -> None:
+        """Stop a stuck build so that it cannot disturb the next measurement."""
+        builds = self.master.builds_for_request(brid)
+        if not builds:
+            with contextlib.suppress(HarnessError):
+                self.master.jsonrpc(f"buildrequests/{brid}", "cancel", reason="bench timeout")
+            return
+        bid = builds[-1]["buildid"]
+        with contextlib.suppress(HarnessError):
+            self.master.stop_build(bid, "bench timeout")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(HarnessError):
+                if self.master.get_build(bid)["complete"]:
+                    return
+            time.sleep(0.5)
+        raise PhaseAbort(
+            f"build {bid} did not stop within 60 s after a timeout\n"
+            + build_summary(self.master, bid)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Params:
+    repeat: int
+    steps: int
+    file_bytes: int
+    log_bytes: int
+    workers: int
+    attach_limit: float
+    protos: list[str]
+    order: str
+    pb_backlog: int | None
+    workdir: str
+    python: str
+
+    @property
+    def log_lines(self) -> int:
+        return bench_cfg.log_lines_for(self.log_bytes)
+
+
+def human_bytes(n: int) -> str:
+    if n % MiB == 0:
+        return f"{n // MiB} MiB"
+    if n % 1_000_000 == 0:
+        return f"{n // 1_000_000} MB"
+    return f"{n} B"
+
+
+def make_metrics(p: Params) -> list[Metric]:
+    fsz = human_bytes(p.file_bytes)
+    lsz = human_bytes(p.log_bytes)
+    return [
+        Metric("step_shell", f"per-step overhead, {p.steps} x ShellCommand true", "s/step"),
+        Metric("step_stat", f"per-step overhead, {p.steps} x FileExists (stat)", "s/step"),
+        Metric("upload", f"FileUpload {fsz} (worker->master)", "s", throughput_bytes=p.file_bytes),
+        Metric(
+            "download", f"FileDownload {fsz} (master->worker)", "s", throughput_bytes=p.file_bytes
+        ),
+        Metric("bigout", f"{lsz} stdout log ({p.log_lines} lines)", "s",
+               throughput_bytes=p.log_lines * bench_cfg.LOG_LINE_BYTES),
+        Metric("rss_upload", "master peak RSS during upload build", "MiB"),
+        Metric("rss_download", "master peak RSS during download build", "MiB"),
+        Metric("rss_bigout", "master peak RSS during log build", "MiB"),
+        Metric("attach_time", f"{p.workers} workers: time until all connected", "s"),
+        Metric("attach_full", f"{p.workers} workers: time until all fully attached", "s"),
+        Metric("attach_count", f"{p.workers} workers: attached within {p.attach_limit:.0f} s",
+               "count", ratio=False),
+        Metric("idle_rss", f"master RSS, {p.workers} workers configured, none attached", "MiB"),
+        Metric("attach_rss", f"master RSS, {p.workers} workers attached", "MiB"),
+        Metric("attach_fds", f"master open fds, {p.workers} workers attached", "fds"),
+    ]
+
+
+SINGLE_KEYS = ["step_shell", "step_stat", "upload", "download", "bigout",
+               "rss_upload", "rss_download", "rss_bigout"]
+MANY_KEYS = ["attach_time", "attach_full", "attach_count", "idle_rss", "attach_rss", "attach_fds"]
+
+
+def write_random_file(path: str, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            block = os.urandom(min(left, MiB))
+            h.update(block)
+            f.write(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def patch_tac(basedir: str, code: str) -> None:
+    path = os.path.join(basedir, "buildbot.tac")
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.startswith("from buildbot_worker.bot import Worker"):
+            lines.insert(i + 1, code)
+            break
+    else:
+        raise HarnessError(f"no Worker import in {path}")
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+class Bench:
+    def __init__(self, params: Params) -> None:
+        self.p = params
+        self.metrics = make_metrics(params)
+        self.results = Results(self.metrics, params.protos)
+        self.load: dict[str, list[float]] = {}  # 1-min load average after each repetition
+        self.dead: set[tuple[str, str]] = set()  # (protocol, metric) not to be retried
+        os.makedirs(params.workdir, exist_ok=True)
+        self.download_src = os.path.join(params.workdir, "download-src.bin")
+        self.warmup_src = os.path.join(params.workdir, "warmup-src.bin")
+        log(f"creating {human_bytes(params.file_bytes)} master-side source file")
+        self.download_sha = write_random_file(self.download_src, params.file_bytes)
+        write_random_file(self.warmup_src, 100_000)
+
+    # -- phase 1: one worker ------------------------------------------------------------
+    def _entries(self, keys: list[str], proto: str) -> dict[str, int]:
+        out = {}
+        for k in keys:
+            c = self.results.cell(k, proto)
+            out[k] = len(c.samples) + len(c.broken) + len(c.failed)
+        return out
+
+    def _fail_rest(self, keys: list[str], proto: str, before: dict[str, int], why: str) -> None:
+        """Record ``why`` for every metric of ``keys`` that got nothing since ``before``."""
+        now = self._entries(keys, proto)
+        for k in keys:
+            if now[k] == before[k]:
+                self.results.fail(k, proto, why)
+
+    # -- phase 1: one worker ------------------------------------------------------------
+    def single_worker_phase(self, proto: Proto, rep: int) -> None:
+        p, res, key = self.p, self.results, proto.key
+        pdir = os.path.join(p.workdir, key, f"round{rep + 1}")
+        port = free_port()
+        upload_dest = os.path.join(pdir, "upload-dest.bin")
+        builders = bench_cfg.builders_py(
+            steps=p.steps,
+            file_bytes=p.file_bytes,
+            upload_dest=upload_dest,
+            download_src=self.download_src,
+            warmup_src=self.warmup_src,
+            warmup_dest=os.path.join(pdir, "warmup-dest.bin"),
+            log_lines=p.log_lines,
+            python=p.python,
+        )
+        www = free_port()
+        cfg = make_master_cfg(
+            proto.spec.protocols_py,
+            proto.spec.master_worker_py("w1", PASSWD),
+            port,
+            www,
+            builders,
+            extra_py=proto.master_extra_py,
+        )
+        master = Master(os.path.join(pdir, "master"), cfg, www_port=www, master_port=port)
+        worker = Worker.for_protocol(proto.spec, os.path.join(pdir, "worker"), port, "w1", PASSWD)
+        before = self._entries(SINGLE_KEYS, key)
+        tag = f"{key}: rep {rep + 1}/{p.repeat}"
+        try:
+            master.create()
+            master.start(120)
+            worker.create()
+            if proto.worker_tac_patch:
+                patch_tac(worker.basedir, proto.worker_tac_patch)
+            worker.start(30)
+            master.wait_worker_connected("w1", 60, worker)
+            rig = Rig(master, worker)
+            log(f"{tag}: fresh master and worker up; warm-up build")
+            rig.run("warmup", 120)
+            for name, fn in (
+                ("step_shell", self.m_steps),
+                ("step_stat", self.m_steps),
+                ("upload", self.m_upload),
+                ("download", self.m_download),
+                ("bigout", self.m_bigout),
+            ):
+                if (key, name) in self.dead:
+                    log(f"{tag} {name}: skipped, it failed in an earlier repetition")
+                    continue
+                t0 = time.monotonic()
+                try:
+                    msg = fn(rig, key, name, upload_dest)
+                    log(f"{tag} {name}: {msg}  (wall {time.monotonic() - t0:.1f}s)")
+                except BuildError as e:
+                    res.fail(name, key, f"rep {rep + 1}: {e}")
+                    self.dead.add((key, name))
+                    res.notes.append(f"{key}: rep {rep + 1}: {name} failed:\n{e}")
+                    log(f"{tag} {name}: FAILED: {short(e, 500)}")
+        except PhaseAbort as e:
+            log(f"{tag}: single-worker phase aborted: {short(e, 500)}")
+            self._fail_rest(SINGLE_KEYS, key, before, f"rep {rep + 1} aborted: {e}")
+            res.notes.append(f"{key}: rep {rep + 1}: single-worker phase aborted:\n{e}\n"
+                             f"{master.diagnostics(40)}")
+        except Exception as e:
+            tb = traceback.format_exc()
+            log(f"{tag}: single-worker phase failed: {short(e, 500)}")
+            self._fail_rest(SINGLE_KEYS, key, before, f"rep {rep + 1}: {type(e).__name__}: {e}")
+            res.notes.append(f"{key}: rep {rep + 1}: single-worker phase failed:\n{tb}")
+        finally:
+            worker.stop(30)
+            master.stop(30)
+
+    def m_steps(self, rig: Rig, key: str, name: str, _dest: str) -> str:
+        builder = "steps" if name == "step_shell" else "stat"
+        _build, props = rig.run(builder, max(120.0, self.p.steps * 2.0))
+        per_step = (float(props["bench_t1"]) - float(props["bench_t0"])) / self.p.steps
+        self.results.add(name, key, per_step)
+        return f"{per_step * 1000:.2f} ms/step"
+
+    def m_upload(self, rig: Rig, key: str, name: str, dest: str) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(dest)
+        with PeakRss(rig.master.pid) as peak:
+            _build, props = rig.run("upload", self._transfer_timeout())
+        self._add_rss("rss_upload", key, peak)
+        dt = float(props["bench_dt"])
+        want_sha, want_size = str(props["bench_src"]).split()
+        got_size = os.path.getsize(dest) if os.path.exists(dest) else None
+        got_sha = sha256_file(dest) if got_size is not None else None
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(dest)
+        self.results.add(name, key, dt)
+        if (got_sha, got_size) != (want_sha, int(want_size)):
+            why = (f"master received {got_size} bytes (sha256 {str(got_sha)[:12]}), worker sent "
+                   f"{want_size} bytes (sha256 {want_sha[:12]})")
+            self.results.broken(name, key, why)
+            return f"BROKEN: {why} in {dt:.3f}s"
+        return f"{dt:.3f}s, {self.p.file_bytes / MiB / dt:.1f} MiB/s, sha256 ok"
+
+    def m_download(self, rig: Rig, key: str, name: str, _dest: str) -> str:
+        with PeakRss(rig.master.pid) as peak:
+            _build, props = rig.run("download", self._transfer_timeout())
+        self._add_rss("rss_download", key, peak)
+        dt = float(props["bench_dt"])
+        got_sha, got_size = (str(props["bench_got"]).split() + ["?", "?"])[:2]
+        self.results.add(name, key, dt)
+        if (got_sha, got_size) != (self.download_sha, str(self.p.file_bytes)):
+            empty = " (an EMPTY file)" if got_sha == EMPTY_SHA256 else ""
+            why = (f"worker wrote {got_size} bytes{empty} (sha256 {got_sha[:12]}), master sent "
+                   f"{self.p.file_bytes} bytes (sha256 {self.download_sha[:12]})")
+            self.results.broken(name, key, why)
+            return f"BROKEN: {why}; step took {dt:.3f}s and reported SUCCESS"
+        return f"{dt:.3f}s, {self.p.file_bytes / MiB / dt:.1f} MiB/s, sha256 ok"
+
+    def m_bigout(self, rig: Rig, key: str, name: str, _dest: str) -> str:
+        timeout = max(120.0, self.p.log_bytes / MiB * 6)
+        with PeakRss(rig.master.pid) as peak:
+            build, props = rig.run("bigout", timeout)
+        self._add_rss("rss_bigout", key, peak)
+        dt = float(props["bench_dt"])
+        self.results.add(name, key, dt)
+        problem = self._check_big_log(rig.master, build["buildid"])
+        if problem:
+            self.results.broken(name, key, problem)
+            return f"BROKEN: {problem}; step took {dt:.3f}s"
+        return f"{dt:.3f}s, {self.p.log_lines} lines ok"
+
+    def _check_big_log(self, master: Master, buildid: int) -> str | None:
+        """None if the stdio log holds exactly the expected stdout lines, else a reason.
+
+        The stdio log is: header lines ('h': command, environment, ...), the stdout lines
+        ('o'), trailer lines ('h': exit code, elapsed time). Only the head and the tail of the
+        log are fetched: the stdout block must start with line 0, end with line N-1 and span
+        exactly N log lines (a lost or duplicated chunk changes the span)."""
+        step = master.step(buildid, "bigout")
+        stdio = master._find_log(step["stepid"], "stdio")
+        logid, n = stdio["logid"], int(stdio["num_lines"])
+        want = self.p.log_lines
+
+        def lines(offset: int, limit: int) -> list[str]:
+            if limit <= 0 or offset >= n:
+                return []
+            doc = master.api_get(f"logs/{logid}/contents", offset=offset, limit=limit)
+            return "".join(c["content"] for c in (doc or {}).get("logchunks") or []).splitlines()
+
+        def number(line: str) -> int | None:
+            try:
+                return int(line[1:10])
+            except ValueError:
+                return None
+
+        first = last = None  # (index in the log, printed line number)
+        block = 500
+        for offset in range(0, min(n, 5000), block):  # header: at most a few hundred lines
+            for i, ln in enumerate(lines(offset, block)):
+                if ln.startswith("o"):
+                    first = (offset + i, number(ln))
+                    break
+            if first:
+                break
+        tail_from = max(0, n - block)
+        for i, ln in enumerate(lines(tail_from, block)):
+            if ln.startswith("o"):
+                last = (tail_from + i, number(ln))
+        if first is None or last is None:
+            return f"master log has no stdout lines (num_lines={n}), expected {want}"
+        span = last[0] - first[0] + 1
+        if span != want or first[1] != 0 or last[1] != want - 1:
+            return (f"master log: stdout spans {span} lines (num_lines={n}), expected {want}; "
+                    f"first printed number {first[1]} (expected 0), last {last[1]} "
+                    f"(expected {want - 1})")
+        return None
+
+    def _transfer_timeout(self) -> float:
+        return max(120.0, self.p.file_bytes / MiB * 5)
+
+    def _add_rss(self, key: str, proto: str, peak: PeakRss) -> None:
+        if peak.peak_mib is not None:
+            self.results.add(key, proto, peak.peak_mib)
+
+    # -- phase 2: many workers ----------------------------------------------------------
+    def many_workers_phase(self, proto: Proto, rep: int) -> None:
+        p, res, key = self.p, self.results, proto.key
+        pdir = os.path.join(p.workdir, key, f"round{rep + 1}", "many")
+        os.makedirs(pdir, exist_ok=True)
+        port = free_port()
+        names = [f"mw{i:03d}" for i in range(1, p.workers + 1)]
+        events = os.path.join(pdir, "connect-events.txt")
+        www = free_port()
+        cfg = make_master_cfg(
+            proto.spec.protocols_py,
+            [proto.spec.master_worker_py(n, PASSWD) for n in names],
+            port,
+            www,
+            bench_cfg.many_builders_py(),
+            extra_py=proto.master_extra_py + bench_cfg.recorder_py(events),
+        )
+        master = Master(os.path.join(pdir, "master"), cfg, www_port=www, master_port=port)
+        proc: subprocess.Popen | None = None
+        before = self._entries(MANY_KEYS, key)
+        try:
+            master.create()
+            master.start(180)
+            rss = proc_status_kib(master.pid, "VmRSS")
+            if rss:
+                res.add("idle_rss", key, rss / 1024)
+            proc = self._start_many(proto, port, pdir)
+            self._measure_attach(master, proc, proto, pdir, events, names, rep)
+        except PhaseAbort as e:
+            log(f"{key}: rep {rep + 1}: many-workers phase aborted: {short(e, 500)}")
+            self._fail_rest(MANY_KEYS, key, before, f"rep {rep + 1} aborted: {e}")
+            res.notes.append(f"{key}: rep {rep + 1}: many-workers phase aborted:\n{e}")
+        except Exception as e:
+            tb = traceback.format_exc()
+            log(f"{key}: rep {rep + 1}: many-workers phase failed: {short(e, 500)}")
+            self._fail_rest(MANY_KEYS, key, before, f"rep {rep + 1}: {type(e).__name__}: {e}")
+            res.notes.append(f"{key}: rep {rep + 1}: many-workers phase failed:\n{tb}")
+        finally:
+            if proc is not None:
+                self._stop_many(proc)
+            master.stop(30)
+
+    def _start_many(self, proto: Proto, port: int, pdir: str) -> subprocess.Popen:
+        root = os.path.join(pdir, "workers")
+        os.makedirs(root, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(root, "started"))
+        env = dict(os.environ)
+        env.update(SUBPROCESS_ENV)
+        cmd = [
+            self.p.python, os.path.join(HERE, "many_workers.py"),
+            "--protocol", proto.many_workers_protocol, "--port", str(port),
+            "--count", str(self.p.workers), "--root", root, "--passwd", PASSWD,
+        ]
+        with open(os.path.join(root, "console.log"), "ab") as console:
+            return subprocess.Popen(
+                cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=console,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    @staticmethod
+    def _stop_many(proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+    def _connected_count(self, master: Master) -> int:
+        doc = master.api_get("workers", field=["name", "connected_to"])
+        return sum(1 for w in doc["workers"] if w["connected_to"])
+
+    def _measure_attach(self, master: Master, proc: subprocess.Popen, proto: Proto, pdir: str,
+                        events: str, names: list[str], rep: int) -> None:
+        p, res, key = self.p, self.results, proto.key
+        root = os.path.join(pdir, "workers")
+        started_path = os.path.join(root, "started")
+        try:
+            offset = os.path.getsize(events)
+        except OSError:
+            offset = 0
+        deadline = time.monotonic() + 60
+        while not os.path.exists(started_path):
+            if proc.poll() is not None:
+                raise PhaseAbort(f"many_workers.py exited ({proc.returncode}):\n"
+                                 + tail(_read(os.path.join(root, "console.log")), 30))
+            if time.monotonic() > deadline:
+                raise PhaseAbort("many_workers.py did not start within 60 s")
+            time.sleep(0.05)
+        time.sleep(0.01)
+        t_start = float(_read(started_path).strip())
+        limit_at = t_start + p.attach_limit
+        count = 0
+        while True:
+            try:
+                count = self._connected_count(master)
+            except HarnessError as e:
+                log(f"{key}: REST error while polling workers: {short(e)}")
+            if count >= p.workers or time.time() >= limit_at:
+                break
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        t_rest = time.time()
+        # precise times from the master itself: each worker's first 'connected' event (what
+        # REST shows) and the end of its attach sequence (usable for builds). Events can
+        # trail the REST view by a few ms; the attach sequence can take longer: wait for it
+        # (bounded), also so that no worker is stopped half-attached.
+        want = set(names)
+        connected: dict[str, float] = {}
+        attached: dict[str, float] = {}
+        failed_attach: set[str] = set()
+        settle_until = max(limit_at, time.time() + 10) if count >= p.workers else time.time()
+        while True:
+            connected, attached, failed_attach = _read_events(events, offset)
+            if want <= set(attached) or time.time() >= settle_until or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        rss = proc_status_kib(master.pid, "VmRSS")
+        fds = open_fds(master.pid)
+        res.add("attach_count", key, count)
+        if count >= p.workers:  # "once all are attached"; a partial state would mislead
+            if rss:
+                res.add("attach_rss", key, rss / 1024)
+            if fds is not None:
+                res.add("attach_fds", key, fds)
+        cell = res.cell("attach_time", key)
+        cell.extra.setdefault("rest_poll_seconds", []).append(round(t_rest - t_start, 3))
+        if failed_attach:
+            res.notes.append(f"{key}: rep {rep + 1}: attach failed on the master for "
+                             f"{sorted(failed_attach)[:10]} ({len(failed_attach)} workers)")
+        if count >= p.workers:
+            if want <= set(connected):
+                dt = max(connected[n] for n in names) - t_start
+            else:  # should not happen; fall back to the REST poll time
+                dt = t_rest - t_start
+            res.add("attach_time", key, dt)
+            msg = (f"{key}: rep {rep + 1}/{p.repeat} {p.workers} workers connected in {dt:.2f}s "
+                   f"(REST saw all after {t_rest - t_start:.2f}s)")
+            if want <= set(attached):
+                full = max(attached[n] for n in names) - t_start
+                res.add("attach_full", key, full)
+                msg += f", fully attached in {full:.2f}s"
+            else:
+                why = (f"rep {rep + 1}: attach sequence completed for only "
+                       f"{len(want & set(attached))}/{p.workers} workers")
+                res.fail("attach_full", key, why)
+                msg += f"; {why}"
+            log(msg + f"; master RSS {(rss or 0) / 1024:.0f} MiB, {fds} fds")
+        else:
+            died = "" if proc.poll() is None else f"; many_workers.py exited ({proc.returncode})"
+            why = (f"rep {rep + 1}: only {count}/{p.workers} attached after "
+                   f"{t_rest - t_start:.0f}s{died}")
+            for k in ("attach_time", "attach_full", "attach_rss", "attach_fds"):
+                res.fail(k, key, why)
+            why += f" (master RSS then {(rss or 0) / 1024:.0f} MiB, {fds} fds)"
+            res.notes.append(f"{key}: {why}\n  many_workers log tail:\n"
+                             + tail(_read(os.path.join(root, "many_workers.log")), 30)
+                             + "\n  master log tail:\n" + tail(master.log_text(), 30))
+            log(f"{key}: {why}")
+
+    # -- all ----------------------------------------------------------------------------
+    def run(self) -> None:
+        """``rounds``: repetition-major (pb, msgpack, msg, pb, msgpack, msg, ...), so that
+        background load on the host spreads over all protocols; ``blocks``: protocol-major.
+        Either way one master at a time, each repetition with fresh masters and workers."""
+        p = self.p
+        if p.order == "rounds":
+            plan = [(rep, key) for rep in range(p.repeat) for key in p.protos]
+        else:
+            plan = [(rep, key) for key in p.protos for rep in range(p.repeat)]
+        for rep, key in plan:
+            proto = PROTOS[key]
+            t0 = time.monotonic()
+            log(f"===== {key} rep {rep + 1}/{p.repeat}: single worker {loadavg()} =====")
+            self.single_worker_phase(proto, rep)
+            log(f"===== {key} rep {rep + 1}/{p.repeat}: {p.workers} workers at once "
+                f"{loadavg()} =====")
+            self.many_workers_phase(proto, rep)
+            self.load.setdefault(key, []).append(os.getloadavg()[0])
+            log(f"===== {key} rep {rep + 1}/{p.repeat}: done in {time.monotonic() - t0:.0f}s =====")
+
+
+def loadavg() -> str:
+    one, five, _ = os.getloadavg()
+    return f"(load avg {one:.2f}/{five:.2f}, {os.cpu_count()} cpus)"
+
+
+def _read_events(path: str, offset: int) -> tuple[dict, dict, set]:
+    """({worker: first connect time}, {worker: attach done time}, {attach failed}) of the
+    event file written by the master (bench_cfg.recorder_py), from byte ``offset`` on."""
+    connected: dict[str, float] = {}
+    attached: dict[str, float] = {}
+    failed: set[str] = set()
+    try:
+        with open(path, encoding="utf-8") as f:
+            f.seek(offset)
+            for line in f:
+                parts = line.split()
+                if len(parts) != 3 or not line.endswith("\n"):
+                    continue
+                t, event, name = float(parts[0]), parts[1], parts[2]
+                if event == "connected":
+                    connected.setdefault(name, t)
+                elif event == "attached":
+                    attached.setdefault(name, t)
+                elif event == "attach-failed":
+                    failed.add(name)
+    except FileNotFoundError:
+        pass
+    return connected, attached, failed
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+
+
+def fmt_value(m: Metric, v: float) -> str:
+    if m.unit == "s/step":
+        return f"{v * 1000:.2f} ms"
+    if m.unit == "s":
+        s = f"{v:.3f} s" if v < 100 else f"{v:.1f} s"
+        if m.throughput_bytes and v > 0:
+            s += f" ({m.throughput_bytes / MiB / v:.0f} MiB/s)"
+        return s
+    if m.unit == "MiB":
+        return f"{v:.0f} MiB"
+    return f"{v:.0f}"
+
+
+def fmt_cell(m: Metric, c: Cell, footnotes: list[str], workers: int) -> str:
+    st = c.status
+    if m.key == "attach_count" and c.samples:
+        lo = min(c.samples)
+        return f"{lo:.0f}/{workers}" if lo == max(c.samples) else (
+            f"{lo:.0f}..{max(c.samples):.0f}/{workers}")
+    if st == "ok":
+        return fmt_value(m, c.median)
+    if st == "n/a":
+        return "n/a"
+    reasons = c.broken or c.failed
+    firsts = (r.strip().splitlines()[0] if r.strip() else r for r in reasons)
+    footnotes.append(f"{m.key}: " + " | ".join(dict.fromkeys(firsts)))
+    ref = f"[{len(footnotes)}]"
+    if st == "BROKEN":
+        return f"BROKEN {ref}"
+    if st == "PARTIAL":
+        n = len(c.failed) + len(c.samples)
+        return f"{fmt_value(m, c.median).split(' (')[0]}* ({len(c.failed)}/{n} FAILED {ref})"
+    return f"FAILED {ref}"
+
+
+def ratio(res: Results, m: Metric, a: str, b: str) -> float | None:
+    if not m.ratio or a not in res.protos or b not in res.protos:
+        return None
+    va, vb = res.cell(m.key, a).median, res.cell(m.key, b).median
+    if va is None or vb is None or vb == 0:
+        return None
+    return va / vb
+
+
+def targets(res: Results, p: Params) -> list[dict[str, Any]]:
+    out = []
+
+    def cmp(key: str, limit: float, what: str) -> None:
+        m = next(x for x in res.metrics if x.key == key)
+        r = ratio(res, m, "msg", "pb")
+        if r is None:
+            st = res.cell(key, "msg").status if "msg" in res.protos else "not run"
+            verdict, detail = "UNKNOWN", f"msg: {st}; pb: " + (
+                res.cell(key, "pb").status if "pb" in res.protos else "not run")
+        else:
+            verdict = "MET" if r <= limit else "NOT MET"
+            detail = f"msg/pb = {r:.2f} (target <= {limit:g})"
+            if "PARTIAL" in (res.cell(key, "msg").status, res.cell(key, "pb").status):
+                detail += ", over the successful repetitions only"
+            if verdict == "NOT MET" and r <= limit * 1.05:
+                detail += ", within 5% (noise level)"
+        out.append({"target": what, "verdict": verdict, "detail": detail})
+
+    cmp("step_shell", 0.6, "per-step overhead <= 0.6 x pb")
+    cmp("upload", 1.0, f"FileUpload {human_bytes(p.file_bytes)} no slower than pb")
+    cmp("download", 1.0, f"FileDownload {human_bytes(p.file_bytes)} no slower than pb")
+    cmp("bigout", 1.0, f"{human_bytes(p.log_bytes)} log no slower than pb")
+    what = f"{p.workers} workers all attached (msg)"
+    if "msg" in res.protos:
+        c = res.cell("attach_count", "msg")
+        ok = bool(c.samples) and min(c.samples) >= p.workers and not c.failed
+        detail = (f"attached: {[int(x) for x in c.samples]} of {p.workers} per repetition"
+                  if c.samples else "no result: " + "; ".join(c.failed)[:200])
+        out.append({"target": what, "verdict": "MET" if ok else "NOT MET", "detail": detail})
+    else:
+        out.append({"target": what, "verdict": "UNKNOWN", "detail": "msg not run"})
+    return out
+
+
+def render(res: Results, p: Params) -> tuple[str, list[str]]:
+    protos = res.protos
+    ratio_cols = [(a, b) for a, b in (("msg", "pb"), ("msg", "msgpack"))
+                  if a in protos and b in protos]
+    header = ["metric", *protos, *[f"{a}/{b}" for a, b in ratio_cols]]
+    footnotes: list[str] = []
+    rows = []
+    for m in res.metrics:
+        row = [m.label]
+        for pr in protos:
+            row.append(fmt_cell(m, res.cell(m.key, pr), footnotes, p.workers))
+        for a, b in ratio_cols:
+            r = ratio(res, m, a, b)
+            partial = "PARTIAL" in (res.cell(m.key, a).status, res.cell(m.key, b).status)
+            row.append(f"{r:.2f}x{'*' if partial else ''}" if r is not None else "-")
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return " | ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(header), "-+-".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out), footnotes
+
+
+def to_json(res: Results, p: Params, meta: dict[str, Any]) -> dict[str, Any]:
+    metrics = []
+    for m in res.metrics:
+        entry: dict[str, Any] = {"key": m.key, "label": m.label, "unit": m.unit, "values": {}}
+        for pr in res.protos:
+            c = res.cell(m.key, pr)
+            entry["values"][pr] = {
+                "status": c.status,
+                "median": c.median,
+                "samples": c.samples,
+                "broken": c.broken,
+                "failed": c.failed,
+                **({"extra": c.extra} if c.extra else {}),
+            }
+        entry["ratios"] = {
+            f"{a}/{b}": ratio(res, m, a, b) for a, b in (("msg", "pb"), ("msg", "msgpack"))
+        }
+        metrics.append(entry)
+    return {
+        "meta": meta,
+        "params": {k: v for k, v in dataclasses.asdict(p).items() if k != "workdir"},
+        "metrics": metrics,
+        "targets": targets(res, p),
+        "notes": res.notes,
+    }
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in ("buildbot", "buildbot_worker", "twisted", "buildbot_worker_msgproto"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception as e:
+            out[mod] = f"unavailable ({type(e).__name__})"
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; quick: 1)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 20 steps, 8 MiB files, 5 MB log, 20 workers, 1 repetition")
+    ap.add_argument("--protocols", default="pb,msgpack,msg",
+                    help="comma separated subset of pb,msgpack,msg (default: all three)")
+    ap.add_argument("--order", choices=("rounds", "blocks"), default="rounds",
+                    help="rounds: pb,msgpack,msg,pb,... (default); blocks: all repetitions of "
+                         "one protocol, then the next")
+    ap.add_argument("--steps", type=int, default=None, help="trivial steps per build (200)")
+    ap.add_argument("--file-mib", type=float, default=None, help="transfer size in MiB (64)")
+    ap.add_argument("--log-mb", type=float, default=None, help="log size in MB (50)")
+    ap.add_argument("--workers", type=int, default=None, help="simultaneous workers (200)")
+    ap.add_argument("--attach-limit", type=float, default=120.0,
+                    help="seconds to wait for all workers to attach (120)")
+    ap.add_argument("--pb-backlog", type=int, default=None,
+                    help="listen backlog for the pb master port (default: none given, i.e. "
+                         "Twisted's 50, as a stock master.cfg has it)")
+    ap.add_argument("--workdir", default=None,
+                    help="where masters/workers live (default: a fresh temp dir)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the work dir (kept anyway after a failure)")
+    ap.add_argument("--render", metavar="JSON",
+                    help="only print the report of an earlier run from its JSON file")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"),
+                    help="JSON output file (default bench/results/latest.json)")
+    return ap.parse_args(argv)
+
+
+def make_params(a: argparse.Namespace) -> Params:
+    q = a.quick
+
+    def pick(v: Any, full: Any, quick: Any) -> Any:
+        return v if v is not None else (quick if q else full)
+
+    protos = []
+    for name in a.protocols.split(","):
+        name = ALIASES.get(name.strip(), name.strip())
+        if not name:
+            continue
+        if name not in PROTOS:
+            raise SystemExit(f"unknown protocol {name!r}; choose from {', '.join(PROTOS)}")
+        if name not in protos:
+            protos.append(name)
+    protos.sort(key=list(PROTOS).index)
+    if a.pb_backlog:
+        pb = PROTOS["pb"]
+        portstr = f"'tcp:{{PORT}}:interface=127.0.0.1:backlog={int(a.pb_backlog)}'"
+        PROTOS["pb"] = dataclasses.replace(pb, spec=dataclasses.replace(
+            pb.spec, protocols_py="{'pb': {'port': " + portstr + "}}"))
+    workdir = a.workdir or tempfile.mkdtemp(prefix="msgproto-bench-")
+    return Params(
+        repeat=max(1, pick(a.repeat, 3, 1)),
+        steps=max(1, pick(a.steps, 200, 20)),
+        file_bytes=int(pick(a.file_mib, 64, 8) * MiB),
+        log_bytes=int(pick(a.log_mb, 50, 5) * 1_000_000),
+        workers=max(1, pick(a.workers, 200, 20)),
+        attach_limit=a.attach_limit,
+        protos=protos,
+        order=a.order,
+        pb_backlog=a.pb_backlog,
+        workdir=os.path.abspath(workdir),
+        python=sys.executable,
+    )
+
+
+def remove_big_files(workdir: str, limit: int = MiB) -> int:
+    """Delete the multi-MiB transfer files of a kept work dir (logs and configs stay)."""
+    n = 0
+    for dirpath, _dirs, files in os.walk(workdir):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with contextlib.suppress(OSError):
+                if name.endswith(".bin") and os.path.getsize(path) > limit:
+                    os.remove(path)
+                    n += 1
+    return n
+
+
+def _sigterm(_signo: int, _frame: Any) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def report(res: Results, p: Params, meta: dict[str, Any]) -> None:
+    """Print the table, footnotes, samples, targets and failure details."""
+    table, footnotes = render(res, p)
+    load = meta.get("loadavg_after_protocol") or {}
+    cpus = (meta.get("host") or {}).get("cpus")
+    print()
+    print(f"Medians of {p.repeat} repetition(s); ratios < 1 mean msg is faster/smaller; "
+          "* = over the successful repetitions only. "
+          f"Total run time {meta.get('seconds', 0):.0f} s.")
+    print("1-minute load average after each repetition: " + "; ".join(
+        f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in load.items())
+        + f" (host has {cpus} cpus; other processes on it add noise).")
+    print(table)
+    if footnotes:
+        print()
+        for i, fn in enumerate(footnotes, 1):
+            print(f"[{i}] {short(fn, 600)}")
+    print()
+    print("Samples per repetition (in run order):")
+    for m in res.metrics:
+        parts = []
+        for pr in res.protos:
+            c = res.cell(m.key, pr)
+            vals = " ".join(fmt_value(m, v).split(" (")[0] for v in c.samples) or "-"
+            parts.append(f"{pr}: {vals}")
+        print(f"  {m.key:13} " + " | ".join(parts))
+    print()
+    print("Targets:")
+    for t in targets(res, p):
+        print(f"  {t['verdict']:8} {t['target']}: {t['detail']}")
+    if res.notes:
+        print()
+        print("Details of failures:")
+        for n in res.notes:
+            print("  " + n.replace("\n", "\n  "))
+
+
+def load_json(path: str) -> tuple[Results, Params, dict[str, Any]]:
+    """Results of an earlier run, from its JSON file (for --render)."""
+    with open(path, encoding="utf-8") as f:
+        doc = json.load(f)
+    pd = dict(doc["params"])
+    pd.setdefault("order", "rounds")
+    pd.setdefault("pb_backlog", None)
+    p = Params(**{**pd, "workdir": ""})
+    res = Results(make_metrics(p), p.protos)
+    for m in doc["metrics"]:
+        for pr, v in m["values"].items():
+            if (m["key"], pr) in res.cells:
+                c = res.cell(m["key"], pr)
+                c.samples, c.broken, c.failed = v["samples"], v["broken"], v["failed"]
+                c.extra = v.get("extra", {})
+    res.notes = doc.get("notes", [])
+    return res, p, doc.get("meta", {})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        res, p, meta = load_json(args.render)
+        print(f"Results of {meta.get('command')} started {meta.get('started')}")
+        report(res, p, meta)
+        return 0
+    p = make_params(args)
+    signal.signal(signal.SIGTERM, _sigterm)
+    started = time.time()
+    t0 = time.monotonic()
+    log(f"work dir {p.workdir}; protocols {','.join(p.protos)}; repeat {p.repeat}; "
+        f"steps {p.steps}; files {human_bytes(p.file_bytes)}; log {human_bytes(p.log_bytes)}; "
+        f"workers {p.workers}")
+    bench = Bench(p)
+    interrupted = False
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: reporting what was measured so far")
+    elapsed = time.monotonic() - t0
+    res = bench.results
+    meta = {
+        "command": " ".join([sys.executable, *sys.argv]),
+        "started": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(),
+        "seconds": round(elapsed, 1),
+        "interrupted": interrupted,
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "loadavg_after_protocol": bench.load,
+        "versions": versions(),
+    }
+    report(res, p, meta)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(to_json(res, p, meta), f, indent=2)
+    print(f"\nJSON written to {args.json}")
+    failed = any(c.failed for c in res.cells.values())
+    if args.keep or failed or interrupted:
+        removed = remove_big_files(p.workdir)
+        print(f"work dir kept: {p.workdir} ({removed} big transfer files removed)")
+    else:
+        shutil.rmtree(p.workdir, ignore_errors=True)
+    return 130 if interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
