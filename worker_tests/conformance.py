@@ -21,7 +21,9 @@ from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.driver import responder
 from buildbot_worker_msgproto.protocol import events as ev
 from buildbot_worker_msgproto.protocol.auth import ScramCredentials
+from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import MIB
+from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.transports import registry
@@ -223,23 +225,28 @@ class ConformanceMixin:
         self.assertTrue(client.writability[-1], "never became writable again")
 
     @defer.inlineCallbacks
-    def test_session_handshake_and_request(self) -> Any:
+    def start_sessions(self, limits: Limits = DEFAULT_LIMITS) -> Any:
+        """Listen with real master sessions, connect a real worker session; wait for auth.
+
+        Returns (master drivers, master handler, worker drivers, worker handler).
+        """
         masters: list[SessionDriver] = []
+        workers: list[SessionDriver] = []
         handler = _MasterHandler()
+        worker_handler = _WorkerHandler()
 
         def new_master_driver() -> SessionDriver:
-            driver = SessionDriver(Session(Role.MASTER, now=reactor.seconds()), handler,
-                                   reactor)
+            driver = SessionDriver(Session(Role.MASTER, limits, now=reactor.seconds()),
+                                   handler, reactor)
             masters.append(driver)
             self.server_receivers.append(_DriverAdapter(driver))
             return driver
-
-        worker_handler = _WorkerHandler()
 
         def new_worker_driver() -> SessionDriver:
             session = Session(Role.WORKER, now=reactor.seconds(), worker_name="w1",
                               password="pw")
             driver = SessionDriver(session, worker_handler, reactor)
+            workers.append(driver)
             self.client_receivers.append(_DriverAdapter(driver))
             return driver
 
@@ -250,16 +257,32 @@ class ConformanceMixin:
                                                  new_worker_driver, lambda n: 0.2)
         self.client.startService()
         yield _timeout(handler.ready)
+        return masters, handler, workers, worker_handler
+
+    @defer.inlineCallbacks
+    def test_session_handshake_and_request(self) -> Any:
+        masters, handler, _, worker_handler = yield self.start_sessions()
         result = yield _timeout(masters[0].request("print", message="over " + self.backend))
         self.assertIsNone(result)
         self.assertEqual(worker_handler.printed, ["over " + self.backend])
         masters[0].close("normal", "test done")
         yield _timeout(worker_handler.ended)
 
+    @defer.inlineCallbacks
+    def test_silent_peer_is_detected_by_session_heartbeats(self) -> Any:
+        """Whatever the transport notices, a peer that goes silent (a dead link, a frozen
+        process) is declared dead by the session's heartbeat timeout."""
+        limits = DEFAULT_LIMITS.replace(heartbeat_interval=0.2, heartbeat_timeout=0.8)
+        masters, handler, workers, _ = yield self.start_sessions(limits)
+        workers[0].transport.send_frames = lambda frames: None  # the link goes dead
+        code = yield _timeout(handler.ended, 10)
+        self.assertEqual(code, "heartbeat_timeout")
+
 
 class _MasterHandler(MessageHandler):
     def __init__(self) -> None:
         self.ready: defer.Deferred = defer.Deferred()
+        self.ended: defer.Deferred = defer.Deferred()
         self.credentials = ScramCredentials.from_password("pw", 4096)
 
     def hello_received(self, driver: SessionDriver, event: ev.HelloReceived) -> None:
@@ -268,6 +291,11 @@ class _MasterHandler(MessageHandler):
     def authenticated(self, driver: SessionDriver, event: ev.Authenticated) -> None:
         if not self.ready.called:
             self.ready.callback(event)
+
+    def session_ended(self, driver: SessionDriver, code: str, reason: str,
+                      by_peer: bool) -> None:
+        if not self.ended.called:
+            self.ended.callback(code)
 
 
 class _WorkerHandler(MessageHandler):
