@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.application.internet import ClientService
 from twisted.internet import protocol
+from twisted.internet.interfaces import ISSLTransport
 from twisted.protocols import amp
 
 from buildbot_worker_msgproto.transports.base import ClientTarget
@@ -29,6 +30,10 @@ from buildbot_worker_msgproto.transports.tcp import set_nodelay
 NAME = "amp"
 #: Largest chunk of a frame per AMP box (AMP's value limit is 65,535 bytes).
 CHUNK = 65_535
+#: Bytes a peer may send without completing a box.  Twisted's AMP collects a whole box
+#: (any number of keys) before dispatching it; a legitimate FrameChunk box is about one
+#: CHUNK, so anything far beyond that is a peer trying to make us buffer.
+MAX_UNBOXED_BYTES = 4 * CHUNK
 
 
 class FrameChunk(amp.Command):
@@ -51,12 +56,34 @@ class AmpFrameProtocol(amp.AMP, FrameTransport):
         self._size = 0
         self._receiving = True
         self._closed = False
+        self._unboxed = 0
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         super().connectionMade()
         set_nodelay(self.transport)
+        if ISSLTransport.providedBy(self.transport):
+            self.guarantees = TransportGuarantees(True, True, None, encrypted=True)
         self.transport.registerProducer(WritabilityReporter(self.receiver), True)
         self.receiver.transport_opened(self)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if not self._receiving:
+            return
+        self._unboxed += len(data)
+        if self._unboxed > MAX_UNBOXED_BYTES:
+            self._refuse(self._unboxed)
+            return
+        super().dataReceived(data)
+
+    def ampBoxReceived(self, box: Any) -> None:  # noqa: N802
+        self._unboxed = 0
+        super().ampBoxReceived(box)
+
+    def _refuse(self, size: int) -> None:
+        self._receiving = False
+        self._parts = []
+        self.transport.pauseProducing()
+        self.receiver.frame_rejected(size)
 
     @FrameChunk.responder
     def frame_chunk(self, data: bytes, final: bool) -> dict:
@@ -64,10 +91,7 @@ class AmpFrameProtocol(amp.AMP, FrameTransport):
             return {}
         self._size += len(data)
         if self._size > self.receiver.max_incoming_frame_size():
-            self._receiving = False
-            self._parts = []
-            self.transport.pauseProducing()
-            self.receiver.frame_rejected(self._size)
+            self._refuse(self._size)
             return {}
         self._parts.append(data)
         if final:
