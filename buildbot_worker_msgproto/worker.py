@@ -25,6 +25,7 @@ from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.endpoints import client_endpoint
+from buildbot_worker_msgproto.transports.tls import TLSSettings
 
 PROTOCOLS = ("msg", "pb")
 TRANSPORTS = registry.names()
@@ -35,6 +36,9 @@ class Worker(worker_pb.Worker):
 
     ``protocol='msg'`` (default) offers the JSON message protocol and falls back to
     PB by itself when the master does not offer it; ``protocol='pb'`` forces PB.
+    ``tls_ca_file``, ``tls_fingerprint`` and ``tls_client_cert``/``tls_client_key``
+    verify the master's certificate against a CA file or a pinned SHA-256 fingerprint and
+    present a client certificate; each implies ``useTls`` (docs/security/tls.rst).
     Every other argument keeps its buildbot-worker meaning.  ``keepalive`` applies
     to PB; msg sessions use the heartbeat interval the master announces.
     """
@@ -49,7 +53,9 @@ class Worker(worker_pb.Worker):
                  delete_leftover_dirs: bool = False,
                  proxy_connection_string: str | None = None,
                  transport: str = "tcp", transport_options: dict[str, Any] | None = None,
-                 limits: Limits | None = None) -> None:
+                 limits: Limits | None = None, tls_ca_file: str | None = None,
+                 tls_fingerprint: str | None = None, tls_client_cert: str | None = None,
+                 tls_client_key: str | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
         if transport not in TRANSPORTS:
@@ -61,6 +67,13 @@ class Worker(worker_pb.Worker):
         assert not (proxy_connection_string and connection_string), (
             "If you want to use HTTP tunneling, then supply build master host and port "
             "rather than a connection string")
+        # Checked (and the files read) now: a bad option stops the worker at startup
+        # instead of connecting without the verification that was asked for.
+        tls_settings = TLSSettings.create(tls_ca_file, tls_fingerprint, tls_client_cert,
+                                          tls_client_key)
+        if tls_settings is not None and connection_string:
+            raise ValueError("tls_ca_file, tls_fingerprint and tls_client_cert need "
+                             "buildmaster_host and port, not a connection string")
 
         WorkerBase.__init__(self, name, basedir, BotMsg, umask=umask,
                             unicode_encoding=unicode_encoding,
@@ -100,7 +113,9 @@ class Worker(worker_pb.Worker):
             software={"buildbot_worker_msgproto": buildbot_worker_msgproto.__version__},
             retry_policy=policy)
         target = ClientTarget(host=buildmaster_host, port=port,
-                              connection_string=connection_string, use_tls=bool(useTls),
+                              connection_string=connection_string,
+                              use_tls=bool(useTls) or tls_settings is not None,
+                              tls=tls_settings,
                               proxy_connection_string=proxy_connection_string,
                               options=dict(transport_options or {}, **({"path": path}
                                                                       if path else {})))

@@ -10,7 +10,11 @@ STOCK_IMPORT = "from buildbot_worker.bot import Worker"
 OUR_IMPORT = "from buildbot_worker_msgproto import Worker"
 STOCK_CALL = "protocol=protocol, useTls=use_tls,"
 OUR_CALL = ("protocol=protocol, transport=transport,\n"
-            "           transport_options=transport_options, useTls=use_tls,")
+            "           transport_options=transport_options, useTls=use_tls,\n"
+            "           tls_ca_file=tls_ca_file, tls_fingerprint=tls_fingerprint,\n"
+            "           tls_client_cert=tls_client_cert, tls_client_key=tls_client_key,")
+#: create-worker options written to buildbot.tac as ``tls_...`` settings (None: unset).
+TLS_OPTIONS = ("tls-ca-file", "tls-fingerprint", "tls-client-cert", "tls-client-key")
 
 
 def make_tac(config: Any) -> str:
@@ -23,6 +27,8 @@ def make_tac(config: Any) -> str:
         tac = tac.replace(old, new, 1)
     settings = (f"transport = {config['transport']!r}\n"
                 f"transport_options = {dict(config.get('transport-options') or {})!r}\n")
+    settings += "".join(f"{name.replace('-', '_')} = {config.get(name)!r}\n"
+                        for name in TLS_OPTIONS)
     return tac.replace("protocol = ", settings + "protocol = ", 1)
 
 

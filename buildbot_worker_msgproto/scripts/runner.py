@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import NoReturn
 
@@ -9,6 +10,8 @@ from buildbot_worker.scripts import runner as upstream
 from twisted.python import reflect
 from twisted.python import usage
 
+from buildbot_worker_msgproto.scripts.create_worker import TLS_OPTIONS
+from buildbot_worker_msgproto.transports.tls import normalize_fingerprint
 from buildbot_worker_msgproto.worker import PROTOCOLS
 from buildbot_worker_msgproto.worker import TRANSPORTS
 
@@ -24,6 +27,16 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
          "Protocol: 'msg' (JSON messages, falls back to PB against a stock master) or "
          "'pb' (force legacy PB)"],
         ["transport", None, "tcp", f"Transport for the msg protocol: one of {TRANSPORTS}"],
+        ["tls-ca-file", None, None,
+         "Verify the master's TLS certificate against the CA(s) of this PEM file instead of "
+         "the system's, and the master host name (implies --use-tls)"],
+        ["tls-fingerprint", None, None,
+         "Pin the SHA-256 fingerprint of the master's TLS certificate (hex, colons "
+         "allowed; implies --use-tls)"],
+        ["tls-client-cert", None, None,
+         "Present this PEM client certificate to the master (mutual TLS; implies --use-tls)"],
+        ["tls-client-key", None, None,
+         "PEM private key of --tls-client-cert (default: in the certificate's file)"],
     ]
 
     def __init__(self) -> None:
@@ -49,6 +62,30 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
             raise usage.UsageError(f"--transport must be one of {TRANSPORTS}")
         if self["protocol"] == "pb" and self["transport"] != "tcp":
             raise usage.UsageError("--protocol pb only runs over --transport tcp")
+        self._check_tls_options()
+
+    def _check_tls_options(self) -> None:
+        """Make the TLS file options absolute, check them, and turn on --use-tls."""
+        given = [name for name in TLS_OPTIONS if self[name]]
+        if not given:
+            return
+        if self["connection-string"]:
+            raise usage.UsageError(
+                f"--{given[0]} needs the master as HOST:PORT, not --connection-string "
+                "(a tls: connection string has its own trustRoots=, certificate= options)")
+        if self["tls-client-key"] and not self["tls-client-cert"]:
+            raise usage.UsageError("--tls-client-key needs --tls-client-cert")
+        if self["tls-fingerprint"]:
+            try:
+                self["tls-fingerprint"] = normalize_fingerprint(self["tls-fingerprint"])
+            except ValueError as e:
+                raise usage.UsageError(f"--tls-fingerprint: {e}") from None
+        for name in ("tls-ca-file", "tls-client-cert", "tls-client-key"):
+            if self[name]:
+                self[name] = os.path.abspath(os.path.expanduser(self[name]))
+                if not os.path.isfile(self[name]):
+                    raise usage.UsageError(f"--{name}: no such file: {self[name]}")
+        self["use-tls"] = True
 
 
 class Options(upstream.Options):
@@ -68,6 +105,9 @@ class Options(upstream.Options):
         ["start", None, upstream.StartOptions, "Start a worker"],
         ["stop", None, upstream.StopOptions, "Stop a worker"],
         ["restart", None, upstream.RestartOptions, "Restart a worker"],
+        ["gen-keys", None,
+         lambda: reflect.namedAny("buildbot_worker_msgproto.scripts.gen_keys.GenKeysOptions")(),
+         "Make a private CA, TLS certificates and ZeroMQ CURVE keys (docs/security/gen-keys.rst)"],
     ]
 
 

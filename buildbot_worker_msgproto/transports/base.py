@@ -63,6 +63,10 @@ class ClientTarget:
     proxy_connection_string: str | None = None
     #: Backend-specific options (e.g. a WebSocket path, an AMQP virtual host).
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: How to verify the master's certificate and what to present (a
+    #: :class:`~buildbot_worker_msgproto.transports.tls.TLSSettings`; implies ``use_tls``).
+    #: None: the system's trusted CAs and the host name, when ``use_tls``.
+    tls: Any = None
 
 
 class Listening(Protocol):

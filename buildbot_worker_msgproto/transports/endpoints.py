@@ -7,10 +7,12 @@ from typing import Any
 from buildbot_worker.tunnel import HTTPTunnelEndpoint
 from twisted.application.internet import ClientService
 from twisted.internet import protocol
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.endpoints import serverFromString
 from twisted.python import log
 
+from buildbot_worker_msgproto.transports import tls
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 
@@ -19,23 +21,34 @@ DEFAULT_BACKLOG = 4096
 
 
 def client_endpoint(reactor: Any, target: ClientTarget) -> Any:
-    """The client endpoint for ``target``: connection string, proxy tunnel, or tcp/tls."""
+    """The client endpoint for ``target``: connection string, proxy tunnel, or tcp/tls.
+
+    TLS to host and port (directly or through the proxy tunnel) verifies the master's
+    certificate as ``target.tls`` says (see :mod:`.tls`); a connection string is used as
+    it is (a ``tls:`` one has its own ``trustRoots=``, ``certificate=``...).
+    """
+    use_tls = target.use_tls or target.tls is not None
+    if target.connection_string is not None:
+        if target.tls is not None:
+            raise ValueError(
+                "the TLS verification options (CA file, fingerprint, client certificate) "
+                "need the master host and port, not a connection string; a tls: connection "
+                "string has its own trustRoots=, certificate= and privateKey= options")
+        return clientFromString(reactor, target.connection_string)
+    host = target.host or "localhost"
     if target.proxy_connection_string:
         log.msg("Using HTTP tunnel to connect through proxy")
         endpoint = HTTPTunnelEndpoint(target.host, target.port,
                                       clientFromString(reactor, target.proxy_connection_string))
-        if target.use_tls:
-            from twisted.internet.endpoints import wrapClientTLS
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = wrapClientTLS(optionsForClientTLS(hostname=target.host), endpoint)
-        return endpoint
-    connection_string = target.connection_string
-    if connection_string is None:
-        kind = "tls" if target.use_tls else "tcp"
-        host = (target.host or "localhost").replace(":", r"\:")
-        connection_string = f"{kind}:host={host}:port={target.port}"
-    return clientFromString(reactor, connection_string)
+    elif use_tls:
+        endpoint = HostnameEndpoint(reactor, host, target.port)
+    else:
+        escaped = host.replace(":", r"\:")
+        return clientFromString(reactor, f"tcp:host={escaped}:port={target.port}")
+    if use_tls:
+        endpoint = tls.tls_endpoint(reactor, host, endpoint, target.tls,
+                                    f"{host}:{target.port}")
+    return endpoint
 
 
 def server_endpoint(reactor: Any, port: int | str, backlog: int | None = None) -> Any:
