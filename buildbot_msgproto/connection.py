@@ -9,13 +9,13 @@ from buildbot.worker.protocols import base
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_worker_msgproto.driver import Binary
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.driver import SessionLost
 from buildbot_worker_msgproto.driver import listener
 from buildbot_worker_msgproto.driver import responder
 from buildbot_worker_msgproto.protocol.codec import b64decode
-from buildbot_worker_msgproto.protocol.codec import b64encode
 
 #: Update keys whose value is log text (sent as a plain string on the wire).
 TEXT_KEYS = ("stdout", "stderr", "header")
@@ -201,7 +201,12 @@ class MsgConnection(base.Connection, MessageHandler):
     @responder("write_file")
     def on_write_file(self, message: dict[str, Any]) -> Any:
         writer = self._lookup(self._writers, message, "file writer")
-        return writer.remote_write(b64decode(message["data"]))
+        data = message.get("blob")
+        if not isinstance(data, bytes):
+            if "data" not in message:
+                raise ValueError("write_file carries neither data nor a binary side frame")
+            data = b64decode(message["data"])
+        return writer.remote_write(data)
 
     @responder("utime_file")
     def on_utime_file(self, message: dict[str, Any]) -> Any:
@@ -223,7 +228,7 @@ class MsgConnection(base.Connection, MessageHandler):
         data = yield reader.remote_read(message["length"])
         if isinstance(data, str):
             data = data.encode("utf-8")
-        return b64encode(data or b"")
+        return Binary(data or b"")
 
     @responder("close_reader")
     def on_close_reader(self, message: dict[str, Any]) -> Any:

@@ -77,14 +77,18 @@ class CommandChannel:
     def notify(self, message_type: str, **body: Any) -> None:
         self.driver.notify(message_type, command_id=self.command_id, **body)
 
-    def request(self, message_type: str, **body: Any) -> defer.Deferred:
-        return self.driver.request(message_type, command_id=self.command_id, **body)
+    def request(self, message_type: str, blob: bytes | None = None,
+                **body: Any) -> defer.Deferred:
+        return self.driver.request(message_type, blob, command_id=self.command_id, **body)
 
     # --- pipelined upload
     def write(self, data: bytes) -> defer.Deferred:
         if self._write_error is not None:
             return defer.fail(self._write_error)
-        d = self.request("write_file", data=b64encode(data))
+        if self.driver.session.blobs_enabled:
+            d = self.request("write_file", blob=bytes(data))
+        else:
+            d = self.request("write_file", data=b64encode(data))
         d.addErrback(self._remember_write_error)
         self._writes.append(d)
         d.addBoth(self._write_done, d)
@@ -135,8 +139,8 @@ class CommandChannel:
             d = self.request("read_file", length=length)
             self._reads.append((length, d))
 
-    def _got_block(self, data: str) -> bytes:
-        block = b64decode(data or "")
+    def _got_block(self, data: bytes | str | None) -> bytes:
+        block = data if isinstance(data, bytes) else b64decode(data or "")
         if not block:
             self._read_eof = True
         return block

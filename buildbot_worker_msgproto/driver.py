@@ -8,6 +8,7 @@ if/elif chain on message names.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 from typing import Callable
 
@@ -36,6 +37,16 @@ class RemoteError(Exception):
 
 class SessionLost(error.ConnectionLost):
     """The session ended before the request was answered."""
+
+
+class Binary:
+    """A responder result that is raw bytes: sent as a binary side frame when the
+    session negotiated them, else as base64 text in ``result``."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 def responder(message_type: str) -> Callable:
@@ -167,11 +178,17 @@ class SessionDriver:
         return d
 
     # ------------------------------------------------------------------ sending
-    def request(self, message_type: str, **body: Any) -> defer.Deferred:
-        """Send a request; the Deferred fires with the result or fails with RemoteError."""
+    def request(self, message_type: str, blob: bytes | None = None,
+                **body: Any) -> defer.Deferred:
+        """Send a request; the Deferred fires with the result or fails with RemoteError.
+
+        ``blob`` travels as a binary side frame (callers check ``session.blobs_enabled``).
+        A response that carries a side frame fires the Deferred with its bytes.
+        """
         if not self.session.is_open:
             return defer.fail(SessionLost(f"cannot send {message_type!r}: session not open"))
-        request_id = self.session.send_request(message_type, body, self.reactor.seconds())
+        request_id = self.session.send_request(message_type, body, self.reactor.seconds(),
+                                               blob)
         d = defer.Deferred()
         self._waiting[request_id] = d
         self._after()
@@ -252,7 +269,7 @@ class SessionDriver:
         elif isinstance(event, ev.ResponseReceived):
             d = self._waiting.pop(event.reply_to, None)
             if d is not None:
-                d.callback(event.result)
+                d.callback(event.blob if event.blob is not None else event.result)
         elif isinstance(event, ev.ErrorReceived):
             d = self._waiting.pop(event.reply_to, None) if event.reply_to is not None else None
             if d is not None:
@@ -279,8 +296,15 @@ class SessionDriver:
 
         def ok(result: Any) -> None:
             if self.session.is_open:
+                blob = None
+                if isinstance(result, Binary):
+                    if self.session.blobs_enabled:
+                        result, blob = None, result.data
+                    else:
+                        result = base64.b64encode(result.data).decode("ascii")
                 try:
-                    self.session.send_response(event.request_id, result, self.reactor.seconds())
+                    self.session.send_response(event.request_id, result, self.reactor.seconds(),
+                                               blob)
                 except LocalProtocolError as e:
                     self._send_error(event.request_id, "failed", str(e))
                 self._after()

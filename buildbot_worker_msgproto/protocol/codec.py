@@ -11,6 +11,7 @@ from typing import Any
 from buildbot_worker_msgproto.protocol.errors import FrameTooLarge
 from buildbot_worker_msgproto.protocol.errors import LocalProtocolError
 from buildbot_worker_msgproto.protocol.errors import ProtocolError
+from buildbot_worker_msgproto.protocol.messages import BLOB
 from buildbot_worker_msgproto.protocol.messages import ENVELOPE_FIELDS
 from buildbot_worker_msgproto.protocol.messages import REPLY_TO
 from buildbot_worker_msgproto.protocol.messages import REQUEST_ID
@@ -25,11 +26,14 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 class UnknownMessageType(ProtocolError):
     """A well-formed frame names a message type this version does not know."""
 
-    def __init__(self, message_type: str, seq: int, request_id: int | None) -> None:
+    def __init__(self, message_type: str, seq: int, request_id: int | None,
+                 blob: int | None = None) -> None:
         super().__init__(f"unknown message type {message_type!r}", code="unknown_type")
         self.message_type = message_type
         self.seq = seq
         self.request_id = request_id
+        #: Length of the binary side frame the unknown message announced (to skip it).
+        self.blob = blob
 
 
 def _reject_constant(name: str) -> Any:
@@ -79,12 +83,14 @@ def decode(frame: bytes, max_frame_size: int) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError("frame is not a JSON object", code="bad_frame")
     _check_fields(message, ENVELOPE_FIELDS, "envelope")
+    _check_fields(message, (BLOB,), "envelope")
     spec = spec_for(message["type"])
     if spec is None:
         request_id = message.get("id")
         if not REQUEST_ID.accepts(request_id):
             request_id = None
-        raise UnknownMessageType(message["type"], message["seq"], request_id)
+        raise UnknownMessageType(message["type"], message["seq"], request_id,
+                                 message.get("blob"))
     validate(message, spec)
     return message
 

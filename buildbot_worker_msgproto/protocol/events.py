@@ -60,6 +60,8 @@ class ResponseReceived(Event):
 
     reply_to: int
     result: Any
+    #: The binary side frame that came with the response, if any.
+    blob: bytes | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,10 @@ import dataclasses
 #: Version numbers of the message protocol this code speaks, newest last.
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 
+#: Optional protocol features this code supports, announced in hello / welcome.
+#: ``blob``: binary side frames (file blocks travel as raw bytes instead of base64).
+SUPPORTED_FEATURES: tuple[str, ...] = ("blob",)
+
 #: The banana dialect name a master offers ahead of ``pb`` on a negotiated port.
 MSG_DIALECT = b"msgproto-v1"
 

@@ -108,6 +108,11 @@ ENVELOPE_FIELDS: tuple[Field, ...] = (
 REQUEST_ID = _f("id", "integer", "Request id, unique per sender and session; echoed in the "
                 "answer's reply_to.", minimum=1)
 REPLY_TO = _f("reply_to", "integer", "The id of the request this answers.", minimum=1)
+#: Optional on any message once the session is open: a binary side frame of exactly this
+#: many bytes follows the message's frame and belongs to it (no envelope, no seq).
+BLOB = _f("blob", "integer", "Length of the binary side frame that immediately follows "
+          "this frame and belongs to this message (only after the handshake, and only if "
+          "both sides announced the 'blob' feature).", False, minimum=0)
 
 _COMMAND_ID = _f("command_id", "string|integer", "Id of the remote command, chosen by the master.")
 _BLOB = "Base64 (RFC 4648, with padding) of the bytes."
@@ -123,6 +128,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
                     _f("max_frame_size", "integer", "Largest frame the worker accepts; the "
                        "session uses the smaller of both sides' values.", False,
                        minimum=MIN_FRAME_SIZE),
+                    _f("features", "array", "Optional features the worker supports "
+                       "(strings, e.g. 'blob').", False),
                 )),
     MessageSpec("challenge", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master picks a version and sends the SCRAM salt and combined nonce.", (
@@ -144,6 +151,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
                        "declared dead."),
                     _f("max_frame_size", "integer", "Largest frame either side may send.",
                        minimum=MIN_FRAME_SIZE),
+                    _f("features", "array", "The optional features both sides use: those of "
+                       "hello.features that the master supports too.", False),
                 )),
     # --- session control -------------------------------------------------------------------
     MessageSpec("close", Kind.CONTROL, Sender.BOTH, Phase.ANY,
@@ -160,7 +169,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("response", Kind.RESPONSE, Sender.BOTH, Phase.OPEN,
                 "Successful answer to a request.", (
                     REPLY_TO,
-                    _f("result", "any", "The request's result; null if it has none.", False),
+                    _f("result", "any", "The request's result; null if it has none (or if "
+                       "it travels in the binary side frame, see blob).", False),
                 )),
     MessageSpec("error", Kind.RESPONSE, Sender.BOTH, Phase.OPEN,
                 "Failed answer to a request, or (without reply_to) a complaint about a message.", (
@@ -215,7 +225,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("write_file", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
                 "Upload: a block of a file (or tarball) for the command's writer.", (
                     _COMMAND_ID,
-                    _f("data", "string", _BLOB),
+                    _f("data", "string", _BLOB + " Absent when the block travels in the "
+                       "binary side frame (blob); one of the two is required.", False),
                 )),
     MessageSpec("utime_file", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
                 "Upload: set the uploaded file's access and modification times.", (

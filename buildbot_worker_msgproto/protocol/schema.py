@@ -22,6 +22,7 @@ import pathlib
 import sys
 from typing import Any
 
+from buildbot_worker_msgproto.protocol.messages import BLOB
 from buildbot_worker_msgproto.protocol.messages import ENVELOPE_FIELDS
 from buildbot_worker_msgproto.protocol.messages import MESSAGES
 from buildbot_worker_msgproto.protocol.messages import REQUEST_ID
@@ -48,7 +49,7 @@ def field_schema(field: Field) -> dict[str, Any]:
 
 def message_fields(spec: MessageSpec) -> tuple[Field, ...]:
     """Every field of a ``spec`` message, envelope first, in wire order."""
-    fields = ENVELOPE_FIELDS
+    fields = ENVELOPE_FIELDS + (BLOB,)
     if spec.kind is Kind.REQUEST:
         fields += (REQUEST_ID,)
     return fields + spec.fields

@@ -36,6 +36,7 @@ from buildbot_worker_msgproto.protocol.events import NotificationReceived
 from buildbot_worker_msgproto.protocol.events import RequestReceived
 from buildbot_worker_msgproto.protocol.events import ResponseReceived
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
+from buildbot_worker_msgproto.protocol.limits import SUPPORTED_FEATURES
 from buildbot_worker_msgproto.protocol.limits import SUPPORTED_VERSIONS
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.protocol.messages import Kind
@@ -70,7 +71,7 @@ _EXPECTED_HANDSHAKE = {
 MIN_NONCE_CHARS = 24  # 18 bytes in base64
 
 #: Keys the session sets itself; a body passed to a send method must not contain them.
-_ENVELOPE_KEYS = frozenset({"type", "seq", "ack", "id", "reply_to"})
+_ENVELOPE_KEYS = frozenset({"type", "seq", "ack", "id", "reply_to", "blob"})
 
 
 class Session:
@@ -83,12 +84,18 @@ class Session:
     def __init__(self, role: Role, limits: Limits = DEFAULT_LIMITS, *, now: float = 0.0,
                  worker_name: str | None = None, password: str | None = None,
                  versions: tuple[int, ...] = SUPPORTED_VERSIONS,
+                 features: tuple[str, ...] = SUPPORTED_FEATURES,
                  software: dict[str, Any] | None = None) -> None:
         if role is Role.WORKER and (worker_name is None or password is None):
             raise LocalProtocolError("a worker session needs worker_name and password")
         self.role = role
         self.limits = limits
         self.versions = tuple(versions)
+        self.supported_features = frozenset(features)
+        #: The optional features both sides announced (set during the handshake).
+        self.features: frozenset[str] = frozenset()
+        # (length, message or None to skip, kind) while a binary side frame is due
+        self._blob_wait: tuple[int, dict[str, Any] | None, Kind | None] | None = None
         self.state = State.IDLE if role is Role.WORKER else State.AWAIT_HELLO
         self.worker_name = worker_name
         self.version: int | None = None
@@ -119,6 +126,7 @@ class Session:
         self._expected_server_signature: bytes | None = None
         self._hello_versions: tuple[int, ...] = ()
         self._unknown_worker = False
+        self._hello_features: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -143,6 +151,11 @@ class Session:
         return self.limits.max_handshake_frame_size
 
     @property
+    def blobs_enabled(self) -> bool:
+        """Both sides agreed on binary side frames (see ``send_request(blob=...)``)."""
+        return "blob" in self.features
+
+    @property
     def pending_requests(self) -> int:
         return len(self._pending)
 
@@ -157,12 +170,20 @@ class Session:
         frames, self._outgoing = self._outgoing, []
         return frames
 
-    def _send(self, message_type: str, body: dict[str, Any], now: float) -> int:
+    def _send(self, message_type: str, body: dict[str, Any], now: float,
+              blob: bytes | None = None) -> int:
         if self.state is State.CLOSED:
             raise LocalProtocolError(f"cannot send {message_type!r}: session is closed")
         seq = self._send_seq + 1
         message = {"type": message_type, "seq": seq, "ack": self._recv_seq}
         message.update(body)
+        if blob is not None:
+            if not self.blobs_enabled:
+                raise LocalProtocolError("binary side frames were not negotiated")
+            if len(blob) > self.max_outgoing_frame_size:
+                raise LocalProtocolError(f"binary side frame of {len(blob)} bytes exceeds the "
+                                         f"{self.max_outgoing_frame_size}-byte frame limit")
+            message["blob"] = len(blob)
         spec = spec_for(message_type)
         assert spec is not None, message_type
         try:
@@ -172,6 +193,8 @@ class Session:
         # Encode before committing the sequence number: a message that cannot be sent
         # (not JSON-serializable, too large) must not leave a gap in the sequence.
         self._outgoing.append(codec.encode(message, self.max_outgoing_frame_size))
+        if blob is not None:
+            self._outgoing.append(bytes(blob))
         self._send_seq = seq
         self._acked_recv_seq = self._recv_seq
         self._last_sent_at = now
@@ -198,15 +221,22 @@ class Session:
                                  "max_frame_size": self.limits.max_frame_size}
         if self._software:
             hello["software"] = self._software
+        if self.supported_features:
+            hello["features"] = sorted(self.supported_features)
         self._send("hello", hello, now)
         self.state = State.AWAIT_CHALLENGE
 
-    def send_request(self, message_type: str, body: dict[str, Any], now: float) -> int:
-        """Send a request; returns its id, which the answer's ``reply_to`` will carry."""
+    def send_request(self, message_type: str, body: dict[str, Any], now: float,
+                     blob: bytes | None = None) -> int:
+        """Send a request; returns its id, which the answer's ``reply_to`` will carry.
+
+        ``blob``: raw bytes sent as a binary side frame right after the message (only
+        when :attr:`blobs_enabled`).
+        """
         self._check_sendable(message_type, Kind.REQUEST)
         self._check_body(message_type, body)
         request_id = self._next_request_id + 1
-        self._send(message_type, {"id": request_id, **body}, now)
+        self._send(message_type, {"id": request_id, **body}, now, blob)
         self._next_request_id = request_id
         self._pending[request_id] = message_type
         return request_id
@@ -217,11 +247,12 @@ class Session:
         self._check_body(message_type, body)
         self._send(message_type, body, now)
 
-    def send_response(self, reply_to: int, result: Any, now: float) -> None:
+    def send_response(self, reply_to: int, result: Any, now: float,
+                      blob: bytes | None = None) -> None:
         """Answer the peer's request ``reply_to`` successfully (at most once)."""
         self._check_open("response")
         self._check_answerable(reply_to)
-        self._send("response", {"reply_to": reply_to, "result": result}, now)
+        self._send("response", {"reply_to": reply_to, "result": result}, now, blob)
         self._peer_requests.discard(reply_to)
 
     def send_error(self, reply_to: int | None, code: str, message: str, now: float) -> None:
@@ -305,6 +336,8 @@ class Session:
         if self.state is State.CLOSED:
             return []
         self._last_received_at = now
+        if self._blob_wait is not None:
+            return self._receive_blob(frame, now)
         try:
             return self._receive(frame, now)
         except codec.UnknownMessageType as e:
@@ -316,6 +349,8 @@ class Session:
                 return self._fail(bad, now)
             self._send_error(e.request_id, "unknown_type",
                              _shorten(f"unknown message type {e.message_type!r}"), now)
+            if e.blob is not None:  # skip the side frame the unknown message announced
+                self._blob_wait = (e.blob, None, None)
             return [ErrorReceived(None, "unknown_type", _shorten(str(e)))]
         except ProtocolError as e:
             return self._fail(e, now)
@@ -359,6 +394,9 @@ class Session:
             raise ProtocolError(f"{self._peer_role} may not send {message_type!r}",
                                 code="unexpected_message")
         if self.state is not State.OPEN:
+            if "blob" in message:
+                raise ProtocolError("binary side frames are not allowed during the handshake",
+                                    code="unexpected_message")
             expected = _EXPECTED_HANDSHAKE.get(self.state)
             if message_type != expected:
                 raise ProtocolError(
@@ -369,6 +407,13 @@ class Session:
         if spec.phase is Phase.HANDSHAKE:
             raise ProtocolError(f"handshake message {message_type!r} after the handshake",
                                 code="unexpected_message")
+        if "blob" in message:
+            if message["blob"] > self.max_incoming_frame_size:
+                raise ProtocolError(f"announced binary side frame of {message['blob']} bytes "
+                                    f"exceeds the {self.max_incoming_frame_size}-byte limit",
+                                    code="frame_too_large")
+            self._blob_wait = (message["blob"], message, spec.kind)
+            return []
         events = self._dispatch_open(message, spec.kind)
         # A standalone ack is never acked itself (with ack_every=1 two sessions would
         # otherwise ack each other's acks forever); the next real frame covers it.
@@ -377,6 +422,22 @@ class Session:
                 and self.state is State.OPEN):
             self._send("ack", {}, now)
         return events
+
+    def _receive_blob(self, frame: bytes, now: float) -> list[Event]:
+        """The binary side frame announced by the previous message."""
+        length, message, kind = self._blob_wait
+        self._blob_wait = None
+        if len(frame) != length:
+            return self._fail(ProtocolError(
+                f"binary side frame has {len(frame)} bytes, {length} were announced",
+                code="bad_blob"), now)
+        if message is None or kind is None:
+            return []  # belonged to a message we could not understand
+        message["blob"] = bytes(frame)
+        try:
+            return self._dispatch_open(message, kind)
+        except ProtocolError as e:
+            return self._fail(e, now)
 
     @property
     def _peer_role(self) -> str:
@@ -401,7 +462,9 @@ class Session:
                 raise ProtocolError(f"{message_type!r} answers unknown request {reply_to}",
                                     code="bad_reply")
             if message_type == "response":
-                return [ResponseReceived(reply_to, message.get("result"))]
+                blob = message.get("blob")
+                return [ResponseReceived(reply_to, message.get("result"),
+                                         blob if isinstance(blob, bytes) else None)]
             return [ErrorReceived(reply_to, message["code"], message["message"])]
         return []  # ping / ack: the envelope already did its work
 
@@ -422,6 +485,7 @@ class Session:
         peer_limit = message.get("max_frame_size")
         if peer_limit is not None:  # at least MIN_FRAME_SIZE: checked by the codec
             self._frame_limit = min(self._frame_limit, peer_limit)
+        self._hello_features = _feature_names(message.get("features"))
         self.state = State.AWAIT_CREDENTIALS
         software = message.get("software") or {}
         return [HelloReceived(self.worker_name, self._hello_versions, software)]
@@ -440,14 +504,19 @@ class Session:
                                 "(wrong password or unknown worker)",
                                 code="authentication_failed")
         self.session_id = auth.new_nonce()
-        self._send("welcome", {
+        features = self.supported_features & self._hello_features
+        welcome: dict[str, Any] = {
             "signature": base64.b64encode(
                 self._credentials.server_signature(self._auth_message())).decode("ascii"),
             "session": self.session_id,
             "heartbeat_interval": self._heartbeat_interval,
             "heartbeat_timeout": self._heartbeat_timeout,
             "max_frame_size": self._frame_limit,
-        }, now)
+        }
+        if features:
+            welcome["features"] = sorted(features)
+        self._send("welcome", welcome, now)
+        self.features = features
         self._credentials = None
         return self._open()
 
@@ -490,6 +559,7 @@ class Session:
             self._heartbeat_timeout = timeout
         self._frame_limit = min(self._frame_limit, message["max_frame_size"])
         self.session_id = message["session"]
+        self.features = self.supported_features & _feature_names(message.get("features"))
         return self._open()
 
     def _open(self) -> list[Event]:
@@ -547,3 +617,10 @@ def _b64(text: str, where: str) -> bytes:
 def _shorten(text: str, limit: int = 512) -> str:
     """Bound text that may echo peer input, so replies and logs stay small."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _feature_names(value: Any) -> frozenset[str]:
+    """The feature names in a hello/welcome ``features`` list (non-strings ignored)."""
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(item for item in value[:32] if isinstance(item, str) and len(item) <= 64)
