@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from buildbot_msgproto.throttle import DEFAULT_FAILURES_BEFORE_THROTTLE
+from buildbot_msgproto.throttle import DEFAULT_THROTTLE_SECONDS
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.transports import registry
@@ -16,6 +18,9 @@ DEFAULT_BACKLOG = 4096
 #: Keys of c['protocols']['msg'] that map onto :class:`Limits` fields.
 LIMIT_KEYS = ("max_frame_size", "max_handshake_frame_size", "handshake_timeout",
               "heartbeat_interval", "heartbeat_timeout", "auth_iterations", "transfer_window")
+
+#: Keys of c['protocols']['msg'] for the failed-login throttle (ListenerOptions fields).
+THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")
 
 
 class MsgProtocolConfigError(ValueError):
@@ -32,6 +37,11 @@ class ListenerOptions:
     limits: Limits = DEFAULT_LIMITS
     #: Further transports: backend name -> its options (the negotiated TCP port is ``port``).
     transports: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    #: Failed logins of one worker name from one host before that host is refused for
+    #: that name (see :mod:`buildbot_msgproto.throttle` for the policy).
+    login_failures_before_throttle: int = DEFAULT_FAILURES_BEFORE_THROTTLE
+    #: First refusal period in seconds; doubles per further failure (capped); 0 disables.
+    login_throttle_seconds: float = DEFAULT_THROTTLE_SECONDS
 
     def transport_options(self) -> dict[str, dict[str, Any]]:
         return {name: dict(options) for name, options in self.transports}
@@ -42,7 +52,7 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     where = "c['protocols']['msg']"
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
-    known = {"port", "backlog", "pb", "transports", *LIMIT_KEYS}
+    known = {"port", "backlog", "pb", "transports", *LIMIT_KEYS, *THROTTLE_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -62,6 +72,15 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
         limits = DEFAULT_LIMITS.replace(**{k: options[k] for k in LIMIT_KEYS if k in options})
     except (TypeError, ValueError) as e:
         raise MsgProtocolConfigError(f"{where}: {e}") from e
+    failures = options.get("login_failures_before_throttle", DEFAULT_FAILURES_BEFORE_THROTTLE)
+    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 1:
+        raise MsgProtocolConfigError(
+            f"{where}['login_failures_before_throttle'] must be a positive int")
+    throttle_seconds = options.get("login_throttle_seconds", DEFAULT_THROTTLE_SECONDS)
+    if (not isinstance(throttle_seconds, (int, float)) or isinstance(throttle_seconds, bool)
+            or not 0 <= throttle_seconds < float("inf")):
+        raise MsgProtocolConfigError(
+            f"{where}['login_throttle_seconds'] must be a number >= 0 (0 disables it)")
     transports = options.get("transports", {})
     if not isinstance(transports, dict):
         raise MsgProtocolConfigError(f"{where}['transports'] must be a dict of name -> options")
@@ -78,7 +97,9 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
             raise MsgProtocolConfigError(f"{where}['transports'][{name!r}]: {e}") from e
         frozen.append((name, tuple(sorted(transport_options.items()))))
     return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits,
-                           transports=tuple(frozen))
+                           transports=tuple(frozen),
+                           login_failures_before_throttle=failures,
+                           login_throttle_seconds=float(throttle_seconds))
 
 
 def normalize_portstr(port: str | int, backlog: int) -> str:

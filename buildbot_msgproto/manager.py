@@ -25,6 +25,8 @@ from buildbot_msgproto.config import ListenerOptions
 from buildbot_msgproto.config import normalize_portstr
 from buildbot_msgproto.connection import MsgConnection
 from buildbot_msgproto.negotiation import NegotiatingServerFactory
+from buildbot_msgproto.throttle import LoginThrottle
+from buildbot_msgproto.throttle import peer_host
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.protocol.auth import ScramCredentials
@@ -45,11 +47,15 @@ class MsgDispatcher(PBDispatcher):
         self.serverFactory = NegotiatingServerFactory(
             self.serverFactory, self.new_driver, _reactor(), options.limits.handshake_timeout,
             serve_pb=options.serve_pb)
+        self.login_throttle = LoginThrottle(options.login_failures_before_throttle,
+                                            options.login_throttle_seconds)
 
     def reconfigure(self, options: ListenerOptions) -> None:
         """Apply new limits to sessions started from now on."""
         self.options = options
         self.serverFactory.negotiation_timeout = options.limits.handshake_timeout
+        self.login_throttle.configure(options.login_failures_before_throttle,
+                                      options.login_throttle_seconds)
 
     # ---------------------------------------------------------------- msg sessions
     def new_driver(self) -> SessionDriver:
@@ -129,12 +135,24 @@ class MasterHandshake(MessageHandler):
     def __init__(self, dispatcher: MsgDispatcher) -> None:
         self.dispatcher = dispatcher
 
+    def _throttle_key(self, driver: SessionDriver) -> tuple[str, str]:
+        return (peer_host(driver.peer), driver.session.worker_name or "")
+
     def hello_received(self, driver: SessionDriver, event: HelloReceived) -> None:
+        throttle, key = self.dispatcher.login_throttle, self._throttle_key(driver)
+        wait = throttle.retry_after(key, driver.reactor.seconds())
+        if wait > 0:
+            if throttle.should_log_refusal(key):
+                log.msg(f"msgproto: refusing logins of worker {event.worker!r} from {key[0]} "
+                        f"for another {wait:.0f} s (too many failed logins)")
+            driver.close("login_throttled", f"too many failed logins; retry in {wait:.0f} s")
+            return
         d = self.dispatcher.credentials_for(event.worker)
         d.addCallback(driver.answer_hello)
         d.addErrback(self._internal_error, driver, "looking up credentials")
 
     def authenticated(self, driver: SessionDriver, event: Authenticated) -> None:
+        self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
         d = self._attach(driver, event.worker)
         d.addErrback(self._internal_error, driver, "attaching the worker")
 
@@ -155,6 +173,18 @@ class MasterHandshake(MessageHandler):
             conn.detached(driver)
             return
         yield conn.attached(driver)
+
+    def session_ended(self, driver: SessionDriver, code: str, reason: str,
+                      by_peer: bool) -> None:
+        if code != "authentication_failed" or by_peer:
+            return
+        key = self._throttle_key(driver)
+        throttle = self.dispatcher.login_throttle
+        backoff = throttle.failed(key, driver.reactor.seconds())
+        if backoff > 0:
+            log.msg(f"msgproto: throttling logins of worker {key[1]!r} from {key[0]} for "
+                    f"{backoff:.0f} s after {throttle.failures_before_throttle} or more failed "
+                    "logins")
 
     def _internal_error(self, failure: Any, driver: SessionDriver, what: str) -> None:
         log.err(failure, f"msgproto: error {what} for {driver.peer}")
