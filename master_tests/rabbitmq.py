@@ -91,6 +91,15 @@ class Broker:
     #: the private broker's directory (None for an external broker)
     directory: str | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: the AMQPS (TLS) listener's port on 127.0.0.1, if the broker has one (``tls=``)
+    tls_port: int | None = None
+
+    def tls_url(self, user: str, password: str) -> str:
+        """The ``amqps://`` URL of the TLS listener (see :func:`start_private`)."""
+        if self.tls_port is None:
+            raise ValueError("this broker has no TLS listener")
+        return (f"amqps://{quote(user, safe='')}:{quote(password, safe='')}@{self.host}:"
+                f"{self.tls_port}/{quote(self.vhost, safe='')}")
 
     @property
     def controllable(self) -> bool:
@@ -171,7 +180,18 @@ def _external(url: str) -> Broker:
                   names=names)
 
 
-def _private() -> Broker:
+@dataclasses.dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a broker's TLS listener (see scripts/rabbitmq)."""
+
+    cert: str
+    key: str
+    ca: str
+    #: ``verify_none`` or ``verify_peer`` (a client certificate is never required)
+    verify: str = "verify_none"
+
+
+def _private(tls: TLSFiles | None = None) -> Broker:
     directory = tempfile.mkdtemp(prefix="msgproto-rabbitmq-")
     port = _free_port()
     names = Names()
@@ -197,9 +217,17 @@ def _private() -> Broker:
            "MSGPROTO_RABBITMQ_EPMD_PORT": str(_free_port()),
            "MSGPROTO_RABBITMQ_DIST_PORT": str(_free_port()),
            "MSGPROTO_RABBITMQ_DEFINITIONS": definitions_file}
+    tls_port = None
+    if tls is not None:
+        tls_port = _free_port()
+        env.update({"MSGPROTO_RABBITMQ_TLS_PORT": str(tls_port),
+                    "MSGPROTO_RABBITMQ_TLS_CERT": tls.cert,
+                    "MSGPROTO_RABBITMQ_TLS_KEY": tls.key,
+                    "MSGPROTO_RABBITMQ_TLS_CA": tls.ca,
+                    "MSGPROTO_RABBITMQ_TLS_VERIFY": tls.verify})
     broker = Broker(host="127.0.0.1", port=port, vhost=VHOST, master_user=MASTER_USER,
                     master_password=master_password, workers=workers, names=names,
-                    directory=os.path.join(directory, "broker"), env=env)
+                    directory=os.path.join(directory, "broker"), env=env, tls_port=tls_port)
     try:
         broker.start()
     except BaseException:
@@ -208,6 +236,27 @@ def _private() -> Broker:
         shutil.rmtree(directory, ignore_errors=True)
         raise
     return broker
+
+
+def start_private(tls: TLSFiles | None = None) -> Broker:
+    """A broker of its own (not the session's shared one), optionally with a TLS listener
+    on ``broker.tls_port``; stop it with :func:`stop_private`.  SkipTest if rabbitmq-server
+    is not installed."""
+    if not installed():
+        raise unittest.SkipTest(
+            f"rabbitmq-server is not installed ({RABBITMQ_BIN}/rabbitmq-server missing): "
+            "run scripts/install-system-deps as root")
+    return _private(tls)
+
+
+def stop_private(broker: Broker) -> None:
+    """Stop a broker of :func:`start_private` and remove its directory."""
+    if broker.directory is None:
+        return
+    try:
+        broker.stop()
+    finally:
+        shutil.rmtree(os.path.dirname(broker.directory), ignore_errors=True)
 
 
 _broker: Broker | None = None

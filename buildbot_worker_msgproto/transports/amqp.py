@@ -38,7 +38,9 @@ from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
 from twisted.internet import protocol
 from twisted.internet import task
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.python import log
 
 from buildbot_worker_msgproto.transports.base import ClientTarget
@@ -47,6 +49,7 @@ from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import TransportGuarantees
 from buildbot_worker_msgproto.transports.endpoints import client_endpoint
+from buildbot_worker_msgproto.transports.tls import load_trust_root
 
 NAME = "amqp"
 
@@ -82,7 +85,10 @@ OPEN, FRAME, CLOSE, ABORT = "open", "frame", "close", "abort"
 MASTER_OPTIONS = {"url": DEFAULT_URL, "exchange": DEFAULT_EXCHANGE,
                   "queue": DEFAULT_MASTER_QUEUE,
                   "worker_queue_prefix": DEFAULT_WORKER_QUEUE_PREFIX,
-                  "prefetch": DEFAULT_PREFETCH, "heartbeat": DEFAULT_HEARTBEAT}
+                  "prefetch": DEFAULT_PREFETCH, "heartbeat": DEFAULT_HEARTBEAT,
+                  # amqps:// only: PEM file of the CAs that verify the broker certificate,
+                  # instead of the system's (None: the system's trusted CAs)
+                  "ca_file": None}
 WORKER_OPTIONS = {"user": DEFAULT_USER, "password": DEFAULT_PASSWORD, "vhost": DEFAULT_VHOST,
                   "exchange": DEFAULT_EXCHANGE, "master_queue": DEFAULT_MASTER_QUEUE,
                   "worker_queue_prefix": DEFAULT_WORKER_QUEUE_PREFIX,
@@ -107,18 +113,20 @@ def _options(options: dict[str, Any], defaults: dict[str, Any], side: str) -> di
         if not low <= merged[key] <= 65535:
             raise ValueError(f"amqp option {key!r} must be between {low} and 65535")
     for key, value in merged.items():
-        if key in ("prefetch", "heartbeat"):
+        if key in ("prefetch", "heartbeat") or (key == "ca_file" and value is None):
             continue
         if not isinstance(value, str) or (not value and key != "password"):
             raise ValueError(f"amqp option {key!r} must be a non-empty string")
-        if key not in ("url", "password", "vhost", "user") and len(value.encode()) > 200:
+        if key not in ("url", "password", "vhost", "user", "ca_file") \
+                and len(value.encode()) > 200:
             raise ValueError(f"amqp option {key!r} is too long for an AMQP name")
     return merged
 
 
 def validate_options(options: dict[str, Any]) -> None:
     """Master side: ``url``, ``exchange``, ``queue``, ``worker_queue_prefix``,
-    ``prefetch``, ``heartbeat`` (all optional; defaults in :data:`MASTER_OPTIONS`)."""
+    ``prefetch``, ``heartbeat``, ``ca_file`` (all optional; defaults in
+    :data:`MASTER_OPTIONS`)."""
     merged = _options(options, MASTER_OPTIONS, "master")
     scheme = urlsplit(merged["url"]).scheme
     if scheme not in ("amqp", "amqps"):
@@ -128,6 +136,10 @@ def validate_options(options: dict[str, Any]) -> None:
         pika.URLParameters(merged["url"])
     except Exception as e:
         raise ValueError(f"invalid amqp 'url': {e}")
+    if merged["ca_file"] is not None:
+        if scheme != "amqps":
+            raise ValueError("the amqp 'ca_file' needs an amqps:// 'url'")
+        load_trust_root(merged["ca_file"])  # a clear error now rather than at connect time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +187,10 @@ def describe(error: Any) -> str:
                 406: " (a frame above the broker's max_message_size?)"}
         return f"{error.reply_code} {error.reply_text}{hint.get(error.reply_code, '')}"
     text = str(error) or type(error).__name__
+    if type(error).__module__.split(".")[0] in ("OpenSSL", "service_identity"):
+        # the master's amqps:// check of the broker certificate (chain, host name)
+        text = (f"TLS: the broker certificate was rejected: {text} (is it issued by a CA "
+                f"of the amqp 'ca_file', or of the system's, and valid for the broker host?)")
     return text if len(text) < 400 else text[:400] + "..."
 
 
@@ -593,8 +609,10 @@ class _WorkerLink(_Reconnecting):
                            options["worker_queue_prefix"])
         self.user = options["user"]
         self.prefetch = options["prefetch"]
-        port = target.port or (DEFAULT_TLS_PORT if target.use_tls else DEFAULT_PORT)
-        self.target = dataclasses.replace(target, port=port)
+        # ``target.tls`` (CA file, pin, client certificate) implies TLS, as in client_endpoint
+        use_tls = target.use_tls or target.tls is not None
+        port = target.port or (DEFAULT_TLS_PORT if use_tls else DEFAULT_PORT)
+        self.target = dataclasses.replace(target, port=port, use_tls=use_tls)
         self.where = (target.connection_string
                       or f"{target.host or 'localhost'}:{port}") + f" vhost {options['vhost']}"
         self.parameters = pika.ConnectionParameters(
@@ -747,6 +765,7 @@ class AmqpListening(_Reconnecting):
         self.parameters.heartbeat = options["heartbeat"]
         self.parameters.client_properties = {"connection_name": "msgproto master"}
         self.encrypted = urlsplit(options["url"]).scheme == "amqps"
+        self.ca_file = options["ca_file"]
         self.host = self.parameters.host
         self.port = self.parameters.port
         self.vhost = self.parameters.virtual_host
@@ -757,6 +776,13 @@ class AmqpListening(_Reconnecting):
         super().__init__(reactor, self._connect, MASTER_RETRY, "msgproto: amqp")
 
     def _endpoint(self) -> Any:
+        if self.encrypted and self.ca_file:
+            # Twisted's client TLS (chain and host name or IP address checked, SNI) with
+            # the CAs of ca_file as the only trust roots
+            from twisted.internet.ssl import optionsForClientTLS
+
+            options = optionsForClientTLS(self.host, trustRoot=load_trust_root(self.ca_file))
+            return wrapClientTLS(options, HostnameEndpoint(self.reactor, self.host, self.port))
         host = self.host.replace(":", r"\:")
         kind = "tls" if self.encrypted else "tcp"
         return clientFromString(self.reactor, f"{kind}:host={host}:port={self.port}")

@@ -387,7 +387,9 @@ def client_url(target: ClientTarget, path: str) -> str:
                                 target.connection_string))
         host = found.get("host", "").replace("\\", "") or None
         port = int(found["port"]) if found.get("port", "").isdigit() else None
-    secure = target.use_tls or (target.connection_string or "").startswith(("tls:", "ssl:"))
+    # ``target.tls`` (CA file, pin, client certificate) implies TLS, as in client_endpoint
+    secure = (target.use_tls or target.tls is not None
+              or (target.connection_string or "").startswith(("tls:", "ssl:")))
     host = host or "localhost"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
