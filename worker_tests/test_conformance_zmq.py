@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import shutil
 from typing import Any
 
 import zmq as pyzmq
+import zmq.auth as pyzmq_auth
 from twisted.internet import defer
 from twisted.internet import reactor
 from twisted.internet import task
+from twisted.python import log
 from twisted.trial import unittest
 
+from buildbot_worker_msgproto.driver import MessageHandler
+from buildbot_worker_msgproto.driver import SessionDriver
+from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
+from buildbot_worker_msgproto.protocol.session import Role
+from buildbot_worker_msgproto.protocol.session import Session
+from buildbot_worker_msgproto.scripts import gen_keys
 from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.transports import zmq as zmq_transport
 from buildbot_worker_msgproto.transports.base import ClientTarget
@@ -134,8 +145,8 @@ class ZmqSpecifics(unittest.TestCase):
         for index, receiver in enumerate(self.client_receivers):
             frames = yield _timeout(receiver.wait_frames(1))
             self.assertEqual(frames, [b"echo from %d" % index])
-        sockets = [c for c in zmq_transport._factory.connections
-                   if c.socket.get(pyzmq.TYPE) == pyzmq.ROUTER]
+        sockets = [c for c in zmq_transport._factory.connections  # not the ZAP handler's
+                   if isinstance(c.owner, zmq_transport.RouterListening)]
         self.assertEqual(len(sockets), 1)
 
     @defer.inlineCallbacks
@@ -197,3 +208,242 @@ class ZmqSpecifics(unittest.TestCase):
         frames = yield _timeout(self.server_receivers[1].wait_frames(1))
         self.assertEqual(frames, [b"hello again"])
         self.assertIn("127.0.0.1", new.peer())
+
+
+# ====================================================================== CURVE
+
+
+def make_curve_keys(outdir: str, workers: tuple[str, ...] = ("w1",)) -> gen_keys.Layout:
+    """An installation's keys, exactly as ``gen-keys`` writes them (CURVE files included)."""
+    return gen_keys.generate(outdir, workers=workers).layout
+
+
+def curve_master_options(layout: gen_keys.Layout) -> dict[str, Any]:
+    return {"curve_secret_key": layout.curve_master_secret,
+            "curve_authorized_keys": os.path.dirname(layout.curve_worker_public("x"))}
+
+
+def curve_worker_options(layout: gen_keys.Layout, name: str = "w1",
+                         server: gen_keys.Layout | None = None) -> dict[str, str]:
+    return {"curve_secret_key": layout.curve_worker_secret(name),
+            "curve_server_key": (server or layout).curve_master_public}
+
+
+class ZmqCurveConformance(ZmqConformance):
+    """The whole shared suite again, with CURVE encryption and ZAP authentication on."""
+
+    def setUp(self) -> Any:
+        self.keys = make_curve_keys(self.mktemp())
+        return super().setUp()
+
+    def server_options(self) -> dict[str, Any]:
+        return {**super().server_options(), **curve_master_options(self.keys)}
+
+    def client_target(self, listening: Any) -> ClientTarget:
+        target = super().client_target(listening)
+        return dataclasses.replace(target, options={**target.options,
+                                                    **curve_worker_options(self.keys)})
+
+    @defer.inlineCallbacks
+    def test_guarantees_say_encrypted(self) -> Any:
+        client, server = yield self.connect()
+        self.assertTrue(self.listening.guarantees.encrypted)
+        self.assertTrue(server.transport.guarantees.encrypted)
+        self.assertTrue(client.transport.guarantees.encrypted)
+        # the ZAP handler's verdict names the worker's key file
+        self.assertEqual(server.transport.curve_key_name, "w1")
+        self.assertIn("CURVE key w1", server.transport.peer())
+
+
+#: How long a refused worker is watched for a session that must not come.
+REFUSED_FOR = 3.0
+
+
+class ZmqCurveSpecifics(ZmqSpecifics):
+    """CURVE: who gets in, who does not, and what is refused at configuration time."""
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.keys = make_curve_keys(self.mktemp(), ("w1", "w2"))
+        self.stranger = make_curve_keys(self.mktemp(), ("w1",))  # another installation
+        yield super().setUp()
+
+    def listen(self, port: int, curve: bool = True) -> defer.Deferred:
+        options = {"port": port, "interface": "127.0.0.1"}
+        if curve:
+            options.update(curve_master_options(self.keys))
+        return defer.ensureDeferred(self.module.listen(reactor, options,
+                                                       self._new_server_receiver))
+
+    def start_client(self, port: int | None = None, options: Any = None) -> Any:
+        target = ClientTarget(host="127.0.0.1", port=port or self.listening.port_number,
+                              options=curve_worker_options(self.keys)
+                              if options is None else options)
+        client = self.module.client_service(reactor, target, self._new_client_receiver,
+                                            lambda n: 0.1)
+        client.startService()
+        self.clients.append(client)
+        return client
+
+    @defer.inlineCallbacks
+    def assert_no_session(self, what: str) -> Any:
+        """The master's receiver factory is never called; the worker hears nothing."""
+        yield task.deferLater(reactor, REFUSED_FOR, lambda: None)
+        self.assertEqual(self.server_receivers, [], f"{what} reached the master")
+        for receiver in self.client_receivers:
+            self.assertEqual(receiver.frames, [])
+            self.assertFalse(receiver.closed.called, "the worker was told something")
+
+    def test_guarantees(self) -> None:
+        self.assertTrue(self.listening.guarantees.encrypted)
+        self.assertIsNotNone(self.listening.zap_domain)
+
+    def test_frame_from_an_unknown_identity_is_answered_with_close(self) -> Any:
+        raise unittest.SkipTest("a plain DEALER gets nothing from a CURVE ROUTER: "
+                                "see test_plain_dealer_cannot_talk_to_a_curve_router")
+
+    def test_unreachable_peer_ends_its_transport_on_send(self) -> Any:
+        raise unittest.SkipTest("needs a raw plain DEALER; covered without CURVE")
+
+    @defer.inlineCallbacks
+    def test_each_worker_key_gets_in(self) -> Any:
+        self.start_client(options=curve_worker_options(self.keys, "w1"))
+        self.start_client(options=curve_worker_options(self.keys, "w2"))
+        yield self.wait_for(lambda: len(self.server_receivers) == 2, "2 peers")
+        peers = yield defer.gatherResults([r.opened for r in self.server_receivers])
+        self.assertEqual(sorted(p.curve_key_name for p in peers), ["w1", "w2"])
+
+    @defer.inlineCallbacks
+    def test_unauthorized_worker_key_gets_no_session(self) -> Any:
+        messages: list[str] = []
+        observer = lambda event: messages.append(" ".join(map(str, event.get("message", ()))))  # noqa: E731
+        log.addObserver(observer)
+        self.addCleanup(log.removeObserver, observer)
+        self.start_client(options=curve_worker_options(self.stranger, "w1", server=self.keys))
+        yield self.assert_no_session("a worker whose key is not authorized")
+        public, _ = pyzmq_auth.load_certificate(self.stranger.curve_worker_public("w1"))
+        refused = [m for m in messages if "zmq CURVE: refused" in m]
+        self.assertEqual(len(refused), 1, messages)
+        self.assertIn(public.decode(), refused[0])
+
+    @defer.inlineCallbacks
+    def test_wrong_server_key_gets_no_session(self) -> Any:
+        self.start_client(options=curve_worker_options(self.keys, "w1", server=self.stranger))
+        yield self.assert_no_session("a worker expecting another master's key")
+
+    @defer.inlineCallbacks
+    def test_plain_worker_gets_no_session_from_a_curve_master(self) -> Any:
+        self.start_client(options={})
+        yield self.assert_no_session("a worker without CURVE")
+
+    @defer.inlineCallbacks
+    def test_curve_worker_gets_no_session_from_a_plain_master(self) -> Any:
+        yield self.listening.stop()
+        self.listening = yield self.listen(0, curve=False)
+        self.start_client()
+        yield self.assert_no_session("a CURVE worker to a plain master")
+
+    @defer.inlineCallbacks
+    def test_plain_dealer_cannot_talk_to_a_curve_router(self) -> Any:
+        """The cleartext path is closed: a plain socket can neither open a transport nor
+        get anything back (not even the ``close`` a plain master answers with)."""
+        sock = self.raw_dealer()
+        sock.send_multipart([b"", b"open"])
+        sock.send(b'{"type":"ping","seq":3,"ack":1}')
+        yield task.deferLater(reactor, REFUSED_FOR, lambda: None)
+        self.assertEqual(sock.poll(0), 0)
+        self.assertEqual(self.server_receivers, [])
+
+    @defer.inlineCallbacks
+    def test_a_key_file_added_later_is_authorized_without_restart(self) -> Any:
+        options = curve_worker_options(self.stranger, "w1", server=self.keys)
+        self.start_client(options=options)
+        yield task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(self.server_receivers, [])
+        shutil.copy(self.stranger.curve_worker_public("w1"),
+                    self.keys.curve_worker_public("newcomer"))
+        # a refused DEALER does not reconnect (libzmq ends it on the CURVE ERROR): the
+        # worker's next session attempt, a new socket, is the one that gets in
+        self.start_client(options=options)
+        yield self.wait_for(lambda: self.server_receivers, "the newly authorized worker")
+        peer = yield _timeout(self.server_receivers[0].opened)
+        self.assertEqual(peer.curve_key_name, "newcomer")
+
+    @defer.inlineCallbacks
+    def test_refused_worker_session_ends_by_its_handshake_timeout(self) -> Any:
+        """What a refused worker sees: nothing, until its session's handshake timeout
+        ends the attempt; then the client service starts a new one."""
+        limits = DEFAULT_LIMITS.replace(handshake_timeout=0.5)
+        ended: list[str] = []
+
+        class Handler(MessageHandler):
+            def session_ended(self, driver: SessionDriver, code: str, reason: str,
+                              by_peer: bool) -> None:
+                ended.append(code)
+
+        def new_driver() -> SessionDriver:
+            return SessionDriver(Session(Role.WORKER, limits, now=reactor.seconds(),
+                                         worker_name="w1", password="pw"), Handler(), reactor)
+
+        target = ClientTarget(host="127.0.0.1", port=self.listening.port_number,
+                              options=curve_worker_options(self.keys, server=self.stranger))
+        client = self.module.client_service(reactor, target, new_driver, lambda n: 0.1)
+        client.startService()
+        self.clients.append(client)
+        yield self.wait_for(lambda: len(ended) >= 2, "two timed-out attempts")
+        self.assertEqual(set(ended), {"handshake_timeout"})
+        self.assertEqual(self.server_receivers, [])
+
+    def test_half_and_bad_configurations_are_refused(self) -> None:
+        master = curve_master_options(self.keys)
+        for key in master:
+            with self.assertRaisesRegex(ValueError, "needs .* as well"):
+                self.module.validate_options({"port": 1, key: master[key]})
+        worker = curve_worker_options(self.keys)
+        for key in worker:
+            with self.assertRaisesRegex(ValueError, "needs .* as well"):
+                self.module.client_service(reactor, ClientTarget("h", 1, options={
+                    key: worker[key]}), RecordingReceiver)
+        bad_master = [
+            {"curve_secret_key": self.keys.curve_master_public},  # the public file
+            {"curve_secret_key": self.keys.path("nope.key_secret")},
+            {"curve_secret_key": self.keys.master_key},  # a PEM file, not a CURVE key
+            {"curve_authorized_keys": self.keys.curve_master_secret},  # a file, not a dir
+            {"curve_authorized_keys": self.keys.path("nope")},
+        ]
+        for change in bad_master:
+            with self.assertRaises(ValueError, msg=repr(change)):
+                self.module.validate_options({"port": 1, **master, **change})
+        bad_worker = [
+            {"curve_secret_key": self.keys.curve_worker_public("w1")},
+            {"curve_server_key": self.keys.path("nope.key")},
+            {"curve_server_key": self.keys.ca_cert},
+        ]
+        for change in bad_worker:
+            with self.assertRaises(ValueError, msg=repr(change)):
+                self.module.client_service(reactor, ClientTarget("h", 1, options={
+                    **worker, **change}), RecordingReceiver)
+        with self.assertRaisesRegex(ValueError, "public key"):
+            self.module.validate_options({"port": 1, **master})  # fine so far
+            with open(self.keys.curve_worker_public("broken"), "w") as f:
+                f.write("curve\n    public-key = \"short\"\n")
+            self.module.validate_options({"port": 1, **master})
+        # the good ones pass
+        os.unlink(self.keys.curve_worker_public("broken"))
+        self.module.validate_options({"port": 1, **master})
+        self.module.client_service(reactor, ClientTarget("h", 1, options=worker),
+                                   RecordingReceiver)
+
+    def test_two_curve_listeners_share_one_zap_handler(self) -> Any:
+        @defer.inlineCallbacks
+        def run() -> Any:
+            other = yield self.listen(0)
+            try:
+                self.assertIs(zmq_transport._zap, zap)
+                self.assertNotEqual(other.zap_domain, self.listening.zap_domain)
+            finally:
+                yield other.stop()
+            self.assertIs(zmq_transport._zap, zap)  # still serving self.listening
+        zap = zmq_transport._zap
+        self.assertIsNotNone(zap)
+        return run()

@@ -20,23 +20,35 @@ the master, by the first send to a worker whose connection is gone: ``ZMQ_ROUTER
 makes that ``EHOSTUNREACH``, which ends that peer's transport loudly.  A full high-water
 mark (``EAGAIN``) drops nothing: frames wait, in order, in a per-peer queue here and the
 receiver gets ``writable_changed(False)`` until it drains.  See ``docs/transports/zmq.rst``.
+
+CURVE (``docs/security/curve.rst``): with ``curve_secret_key`` and ``curve_authorized_keys``
+the ROUTER is a CURVE server and every connecting worker's public key is checked by a ZAP
+handler that runs in the reactor (:class:`ZapHandler`, one per ZeroMQ context, shared by
+the CURVE listeners of the process through ``ZMQ_ZAP_DOMAIN``); a refused worker's
+connection is closed by ZeroMQ during its handshake, before any message reaches us.  The
+worker's DEALER is a CURVE client with ``curve_secret_key`` and ``curve_server_key``.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
+import itertools
+import os
 import secrets
 from typing import Any
 from typing import Callable
 
 import zmq as pyzmq
+import zmq.auth as pyzmq_auth
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet import task
 from twisted.python import log
 from txzmq import ZmqFactory
 from txzmq.connection import ZmqConnection
+from zmq.utils import z85
 
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import FrameReceiver
@@ -70,8 +82,15 @@ CLOSE = (b"", b"close")
 _DEFAULTS = {"sndhwm": DEFAULT_SNDHWM, "rcvhwm": DEFAULT_RCVHWM,
              "max_message_size": DEFAULT_MAX_MESSAGE_SIZE, "linger": DEFAULT_LINGER,
              "backlog": DEFAULT_BACKLOG}
-_MASTER_OPTIONS = frozenset({"endpoint", "port", "interface", *_DEFAULTS})
-_WORKER_OPTIONS = frozenset({"sndhwm", "rcvhwm", "max_message_size", "linger"})
+_CURVE_MASTER = ("curve_secret_key", "curve_authorized_keys")
+_CURVE_WORKER = ("curve_secret_key", "curve_server_key")
+_MASTER_OPTIONS = frozenset({"endpoint", "port", "interface", *_DEFAULTS, *_CURVE_MASTER})
+_WORKER_OPTIONS = frozenset({"sndhwm", "rcvhwm", "max_message_size", "linger", *_CURVE_WORKER})
+
+#: Where libzmq sends its ZAP requests (RFC 27), one handler per context.
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+#: A refused worker's DEALER reconnects every 100 ms: log its refusal once per this many s.
+ZAP_LOG_INTERVAL = 60.0
 
 #: How a transport ended: our ``close`` went out; the peer closed or is gone, so there is
 #: nobody to tell; or anything else (abort, failed send, malformed message, listener
@@ -115,10 +134,264 @@ def _values(options: dict[str, Any], allowed: frozenset[str], side: str) -> dict
     return values
 
 
-def _guarantees(max_message_size: int) -> TransportGuarantees:
+def _guarantees(max_message_size: int, encrypted: bool = False) -> TransportGuarantees:
     return TransportGuarantees(ordered=True, reliable=True,
                                max_frame_size=max_message_size if max_message_size > 0 else None,
-                               encrypted=False, detects_disconnect=False)
+                               encrypted=encrypted, detects_disconnect=False)
+
+
+# ====================================================================== CURVE keys
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveKeys:
+    """One side's CURVE key pair (Z85) and, on a worker, the master's public key."""
+
+    public: bytes
+    secret: bytes = dataclasses.field(repr=False)
+    server: bytes | None = None
+
+    def apply(self, sock: Any) -> None:
+        """Make ``sock`` a CURVE client (``server`` set) or server; before bind/connect."""
+        if self.server is None:
+            sock.set(pyzmq.CURVE_SERVER, 1)
+        else:
+            sock.set(pyzmq.CURVE_SERVERKEY, self.server)
+        sock.set(pyzmq.CURVE_PUBLICKEY, self.public)
+        sock.set(pyzmq.CURVE_SECRETKEY, self.secret)
+
+
+def _check_z85(key: bytes | None, what: str, path: str) -> bytes:
+    if key is None or len(key) != 40:
+        raise ValueError(f"zmq option: {path!r} has no valid CURVE {what} "
+                         "(40 Z85 characters, as written by gen-keys)")
+    try:
+        z85.decode(key)
+    except Exception:
+        raise ValueError(f"zmq option: the CURVE {what} in {path!r} is not Z85") from None
+    return key
+
+
+def _load_key_file(option: str, path: Any, secret: bool) -> tuple[bytes, bytes | None]:
+    """(public, secret) from a ZeroMQ certificate file (``zmq.auth`` format)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"zmq option {option!r} must be the path of a key file, got {path!r}")
+    if not os.path.isfile(path):
+        raise ValueError(f"zmq option {option!r}: no such key file {str(path)!r}")
+    try:
+        public, secret_key = pyzmq_auth.load_certificate(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"zmq option {option!r}: cannot read {str(path)!r}: {e}") from None
+    public = _check_z85(public, "public key", str(path))
+    if secret:
+        if secret_key is None:
+            raise ValueError(f"zmq option {option!r}: {str(path)!r} holds no secret key (give "
+                             "the .key_secret file, not the public .key file)")
+        secret_key = _check_z85(secret_key, "secret key", str(path))
+        if pyzmq.curve_public(secret_key) != public:
+            raise ValueError(f"zmq option {option!r}: the public key in {str(path)!r} does "
+                             "not belong to its secret key")
+    return public, secret_key
+
+
+def _need_curve() -> None:
+    if not pyzmq.has("curve"):
+        raise ValueError("this libzmq was built without CURVE support "
+                         f"(libzmq {pyzmq.zmq_version()}); CURVE options cannot be used")
+
+
+def _half(options: dict[str, Any], names: tuple[str, str], side: str) -> bool:
+    """True if CURVE is configured (both names), False if not (neither); else refuse."""
+    given = [name for name in names if options.get(name) not in (None, "")]
+    if len(given) == 1:
+        missing = next(name for name in names if name not in given)
+        raise ValueError(f"zmq {side} option {given[0]!r} needs {missing!r} as well: CURVE "
+                         f"needs both {names[0]!r} and {names[1]!r} (or neither)")
+    return bool(given)
+
+
+def master_curve(options: dict[str, Any]) -> tuple[CurveKeys, str] | None:
+    """The master's key pair and the directory of authorized worker keys, or None."""
+    if not _half(options, _CURVE_MASTER, "master"):
+        return None
+    _need_curve()
+    public, secret = _load_key_file("curve_secret_key", options["curve_secret_key"], True)
+    directory = options["curve_authorized_keys"]
+    if not isinstance(directory, (str, os.PathLike)) or not os.path.isdir(directory):
+        raise ValueError("zmq option 'curve_authorized_keys' must be a directory of worker "
+                         f"public key files (*.key), got {directory!r}")
+    AuthorizedKeys(str(directory)).load()  # refuse unreadable key files at config time
+    return CurveKeys(public, secret), str(directory)
+
+
+def worker_curve(options: dict[str, Any]) -> CurveKeys | None:
+    """The worker's key pair and the master's public key, or None."""
+    if not _half(options, _CURVE_WORKER, "worker"):
+        return None
+    _need_curve()
+    public, secret = _load_key_file("curve_secret_key", options["curve_secret_key"], True)
+    server, _ = _load_key_file("curve_server_key", options["curve_server_key"], False)
+    return CurveKeys(public, secret, server)
+
+
+class AuthorizedKeys:
+    """The public keys of ``directory/*.key`` (file name without ``.key``: the key's name).
+
+    Read again whenever the directory's modification time changes, so adding or removing
+    a key file takes effect at the next connection attempt, without a restart.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.keys: dict[bytes, str] = {}  # binary (32 bytes) public key -> name
+        self._stamp: int | None = None
+
+    def load(self) -> dict[bytes, str]:
+        keys = {}
+        for entry in sorted(os.listdir(self.directory)):
+            if not entry.endswith(".key"):
+                continue
+            path = os.path.join(self.directory, entry)
+            public, _ = _load_key_file("curve_authorized_keys", path, False)
+            keys[z85.decode(public)] = entry[:-len(".key")]
+        return keys
+
+    def lookup(self, key: bytes) -> str | None:
+        """The name of the binary public ``key``, None if it is not authorized."""
+        try:
+            stamp: int | None = os.stat(self.directory).st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp != self._stamp:
+            self._stamp = stamp
+            try:
+                self.keys = self.load()
+            except (OSError, ValueError) as e:  # keep the last good set; logged once
+                log.msg(f"msgproto: zmq CURVE: cannot reload {self.directory} "
+                        f"(keeping the {len(self.keys)} key(s) read before): {e}")
+        return self.keys.get(key)
+
+
+class ZapHandler:
+    """ZeroMQ authentication (ZAP, RFC 27) of CURVE clients, in the reactor: no thread.
+
+    libzmq asks ``inproc://zeromq.zap.01`` of the socket's context about every CURVE
+    handshake and waits for the answer before the connection may carry messages.  Only one
+    socket per context can bind that endpoint, and every socket of this module shares one
+    context, so there is one handler per context, bound while at least one CURVE listener
+    exists; each listener registers its authorized keys under its own ``ZMQ_ZAP_DOMAIN``.
+
+    It is a ROUTER rather than the usual REP: a reply that cannot be sent cannot leave it
+    stuck in REP's strict receive/send alternation.  A refused client gets status 400;
+    libzmq then sends it a CURVE ERROR and closes the connection, so nothing it sent ever
+    reaches the application.
+    """
+
+    _counter = itertools.count(1)
+
+    def __init__(self, factory: ZmqFactory) -> None:
+        self.factory = factory
+        self.domains: dict[bytes, AuthorizedKeys] = {}
+        self._logged: dict[tuple[bytes, bytes], float] = {}
+        values = dict(_DEFAULTS, linger=0)
+        self.conn = _Socket(factory, pyzmq.ROUTER, values, self)
+        try:
+            self.conn.socket.bind(ZAP_ENDPOINT)
+        except pyzmq.ZMQError as e:
+            self.conn.close(0)
+            raise RuntimeError(f"zmq CURVE: cannot bind the ZAP handler at {ZAP_ENDPOINT} "
+                               f"(another one runs in this process?): {e}") from None
+
+    def register(self, keys: AuthorizedKeys) -> bytes:
+        domain = b"msgproto-%d" % next(self._counter)
+        self.domains[domain] = keys
+        return domain
+
+    def unregister(self, domain: bytes) -> None:
+        self.domains.pop(domain, None)
+
+    def close(self) -> None:
+        # zmq_close releases an inproc endpoint later, in the reaper thread; an explicit
+        # unbind releases it at once, so a new handler can bind it straight away.
+        if self.conn.socket is not None:
+            with contextlib.suppress(pyzmq.ZMQError):
+                self.conn.socket.unbind(ZAP_ENDPOINT)
+        self.conn.close(0)
+
+    # --- from the socket
+    def message_received(self, parts: list[Any]) -> None:
+        frames = [part.bytes for part in parts]
+        if len(frames) < 3 or frames[1] != b"":
+            return  # not a ZAP request: nothing to answer
+        routing, request = frames[0], frames[2:]
+        if len(request) < 6 or request[0] != b"1.0":
+            request_id = request[1] if len(request) > 1 else b""
+            self._reply(routing, request_id, b"400", b"malformed ZAP request", b"")
+            return
+        _, request_id, domain, address, _identity, mechanism, *credentials = request
+        keys = self.domains.get(domain)
+        if keys is None:
+            if mechanism == b"NULL" and not domain:
+                # a plain (non-CURVE) socket of the same context: not ours to judge
+                self._reply(routing, request_id, b"200", b"OK", b"")
+            else:
+                self._reply(routing, request_id, b"400", b"unknown ZAP domain", b"")
+            return
+        name = None
+        if mechanism == b"CURVE" and len(credentials) == 1:
+            name = keys.lookup(credentials[0])
+        if name is None:
+            self._refused(domain, address, mechanism, credentials)
+            self._reply(routing, request_id, b"400", b"unknown key", b"")
+        else:
+            self._reply(routing, request_id, b"200", b"OK", name.encode("utf-8"))
+
+    def _refused(self, domain: bytes, address: bytes, mechanism: bytes,
+                 credentials: list[bytes]) -> None:
+        key = (z85.encode(credentials[0])
+               if mechanism == b"CURVE" and len(credentials) == 1 and len(credentials[0]) == 32
+               else mechanism)
+        now = self.factory.reactor.seconds()
+        if now - self._logged.get((domain, key), -ZAP_LOG_INTERVAL) >= ZAP_LOG_INTERVAL:
+            self._logged[(domain, key)] = now
+            if len(self._logged) > 1000:
+                self._logged.clear()
+            log.msg(f"msgproto: zmq CURVE: refused {address.decode(errors='replace')}: "
+                    f"public key {key.decode(errors='replace')} is not in "
+                    f"{self.domains[domain].directory} (logged at most every "
+                    f"{ZAP_LOG_INTERVAL:.0f} s per key)")
+
+    def _reply(self, routing: bytes, request_id: bytes, status: bytes, text: bytes,
+               user_id: bytes) -> None:
+        with contextlib.suppress(pyzmq.ZMQError):  # the asking connection went away
+            self.conn.send_parts([routing, b"", b"1.0", request_id, status, text, user_id, b""])
+
+    def writable_again(self) -> None:
+        pass
+
+
+_zap: ZapHandler | None = None
+_zap_users = 0
+
+
+def _zap_acquire(factory: ZmqFactory, keys: AuthorizedKeys) -> bytes:
+    """Register ``keys`` with the process's ZAP handler (bound first if needed)."""
+    global _zap, _zap_users
+    if _zap is None or _zap.factory is not factory or _zap.conn.socket is None:
+        _zap, _zap_users = ZapHandler(factory), 0
+    _zap_users += 1
+    return _zap.register(keys)
+
+
+def _zap_release(domain: bytes) -> None:
+    global _zap, _zap_users
+    if _zap is None:
+        return
+    _zap.unregister(domain)
+    _zap_users -= 1
+    if _zap_users <= 0:
+        _zap.close()
+        _zap, _zap_users = None, 0
 
 
 class _Socket(ZmqConnection):
@@ -331,11 +604,14 @@ class PeerTransport(_QueuedTransport):
     """One worker (a DEALER identity) behind the master's shared ROUTER socket."""
 
     def __init__(self, router: RouterListening, identity: bytes, address: str | None,
-                 receiver: FrameReceiver) -> None:
+                 receiver: FrameReceiver, curve_key_name: str | None = None) -> None:
         super().__init__(router.reactor, receiver, router.values["linger"], router.guarantees)
         self.router = router
         self.identity = identity
         self.address = address
+        #: With CURVE: the name of the worker's authorized key file (``NAME`` of
+        #: ``NAME.key``), as the ZAP handler approved it; None without CURVE.
+        self.curve_key_name = curve_key_name
 
     def _send_now(self, message: tuple[bytes, ...]) -> None:
         self.router.conn.send_parts([self.identity, *message])
@@ -349,25 +625,42 @@ class PeerTransport(_QueuedTransport):
         self.router.forget(self, tell_peer=how == DROPPED)
 
     def peer(self) -> str:
-        return f"{self.address or '?'} (zmq id {self.identity.hex()[:12]})"
+        key = f", CURVE key {self.curve_key_name}" if self.curve_key_name else ""
+        return f"{self.address or '?'} (zmq id {self.identity.hex()[:12]}{key})"
 
 
 class RouterListening:
     """The master's single ROUTER socket, serving every worker; a ``Listening``."""
 
     def __init__(self, reactor: Any, values: dict[str, int],
-                 new_receiver: ReceiverFactory) -> None:
+                 new_receiver: ReceiverFactory,
+                 curve: tuple[CurveKeys, str] | None = None) -> None:
         self.reactor = reactor
         self.values = values
         self.new_receiver = new_receiver
-        self.guarantees = _guarantees(values["max_message_size"])
+        self.guarantees = _guarantees(values["max_message_size"], encrypted=curve is not None)
         self.peers: dict[bytes, PeerTransport] = {}
         self.blocked: dict[bytes, PeerTransport] = {}
-        self.conn = _Socket(_zmq_factory(reactor), pyzmq.ROUTER, values, self)
+        factory = _zmq_factory(reactor)
+        self.conn = _Socket(factory, pyzmq.ROUTER, values, self)
         sock = self.conn.socket
         sock.set(pyzmq.ROUTER_MANDATORY, 1)  # EAGAIN / EHOSTUNREACH instead of dropping
         sock.set(pyzmq.ROUTER_HANDOVER, 1)  # a reconnecting DEALER gets its identity back
         sock.set(pyzmq.BACKLOG, values["backlog"])
+        self.zap_domain: bytes | None = None
+        if curve is not None:
+            keys, directory = curve
+            authorized = AuthorizedKeys(directory)
+            if not authorized.load():
+                log.msg(f"msgproto: zmq CURVE: no worker key (*.key) in {directory}: "
+                        "no worker can connect until one is added")
+            try:
+                self.zap_domain = _zap_acquire(factory, authorized)
+            except Exception:
+                self.conn.close(0)
+                raise
+            keys.apply(sock)  # the ZAP handler is bound before the ROUTER accepts anyone
+            sock.set(pyzmq.ZAP_DOMAIN, self.zap_domain)
         self.endpoint = ""
 
     async def bind(self, endpoint: str) -> None:
@@ -379,6 +672,7 @@ class RouterListening:
             except pyzmq.ZMQError as e:
                 if e.errno != pyzmq.EADDRINUSE or self.reactor.seconds() >= deadline:
                     self.conn.close(0)
+                    self._release_zap()
                     raise
             await task.deferLater(self.reactor, 0.02, lambda: None)
         self.endpoint = self.conn.socket.get(pyzmq.LAST_ENDPOINT).decode()
@@ -392,9 +686,15 @@ class RouterListening:
             with contextlib.suppress(pyzmq.ZMQError):
                 self.conn.socket.unbind(self.endpoint)  # stop accepting at once
             self.conn.close(self.values["linger"])
+        self._release_zap()  # after the ROUTER: it never runs without its ZAP handler
         d: defer.Deferred = defer.Deferred()
         self.reactor.callLater(0, d.callback, None)  # after the receivers were told
         return d
+
+    def _release_zap(self) -> None:
+        if self.zap_domain is not None:
+            _zap_release(self.zap_domain)
+            self.zap_domain = None
 
     def address(self) -> str:
         return f"{NAME}:{self.endpoint}"
@@ -426,7 +726,11 @@ class RouterListening:
             address = part.get("Peer-Address")
         except pyzmq.ZMQError:
             address = None
-        peer = PeerTransport(self, identity, address, self.new_receiver())
+        key_name = None
+        if self.zap_domain is not None:
+            with contextlib.suppress(pyzmq.ZMQError):
+                key_name = part.get("User-Id") or None  # the ZAP handler's answer
+        peer = PeerTransport(self, identity, address, self.new_receiver(), key_name)
         self.peers[identity] = peer
         peer.receiver.transport_opened(peer)
 
@@ -461,8 +765,10 @@ def _endpoint(options: dict[str, Any]) -> str:
 
 def validate_options(options: dict[str, Any]) -> None:
     """Master side: ``endpoint`` (a ZeroMQ endpoint) or ``port`` (and ``interface``), plus
-    ``sndhwm``, ``rcvhwm``, ``max_message_size``, ``linger`` and ``backlog``."""
+    ``sndhwm``, ``rcvhwm``, ``max_message_size``, ``linger`` and ``backlog``, and for CURVE
+    both ``curve_secret_key`` and ``curve_authorized_keys`` (the files are read here)."""
     _values(options, _MASTER_OPTIONS, "master")
+    master_curve(options)
     if ("endpoint" in options) == ("port" in options):
         raise ValueError("the zmq transport needs exactly one of 'endpoint' "
                          "(e.g. 'tcp://*:9990') and 'port' (with optional 'interface')")
@@ -480,7 +786,7 @@ async def listen(reactor: Any, options: dict[str, Any],
     """Bind the master's one ROUTER socket; every worker is a peer of it."""
     validate_options(options)
     listening = RouterListening(reactor, _values(options, _MASTER_OPTIONS, "master"),
-                                new_receiver)
+                                new_receiver, master_curve(options))
     await listening.bind(_endpoint(options))
     return listening
 
@@ -497,6 +803,8 @@ class DealerTransport(_QueuedTransport):
         self.identity = secrets.token_hex(16).encode("ascii")
         self.conn = _Socket(_zmq_factory(client.reactor), pyzmq.DEALER, client.values, self,
                             identity=self.identity)
+        if client.curve is not None:
+            client.curve.apply(self.conn.socket)
         # ZeroMQ connects and reconnects by itself; messages wait in the socket meanwhile.
         self.conn.socket.connect(client.endpoint)
         self.queue.append(OPEN)
@@ -540,11 +848,13 @@ class ZmqClientService(service.Service):
 
     def __init__(self, reactor: Any, endpoint: str, values: dict[str, int],
                  new_receiver: ReceiverFactory,
-                 retry_policy: Callable[[int], float] | None) -> None:
+                 retry_policy: Callable[[int], float] | None,
+                 curve: CurveKeys | None = None) -> None:
         self.reactor = reactor
         self.endpoint = endpoint
         self.values = values
-        self.guarantees = _guarantees(values["max_message_size"])
+        self.curve = curve
+        self.guarantees = _guarantees(values["max_message_size"], encrypted=curve is not None)
         self.new_receiver = new_receiver
         self.retry_policy = retry_policy
         self.transport: DealerTransport | None = None
@@ -595,11 +905,13 @@ def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFac
     """The worker's reconnecting DEALER client of the master's ROUTER at host:port (or at
     the ZeroMQ endpoint given as connection string)."""
     if target.use_tls:
-        raise ValueError("the zmq transport has no TLS (CURVE is not supported yet); "
-                         "use the tcp transport with TLS, or an encrypted network")
+        raise ValueError("the zmq transport has no TLS; for encryption use ZeroMQ CURVE "
+                         "(the curve_secret_key and curve_server_key transport options, see "
+                         "docs/security/curve.rst)")
     if target.proxy_connection_string:
         raise ValueError("the zmq transport cannot tunnel through an HTTP proxy")
     values = _values(target.options, _WORKER_OPTIONS, "worker")
+    curve = worker_curve(target.options)
     if target.connection_string:
         if "://" not in target.connection_string:
             raise ValueError("with the zmq transport a connection string must be a ZeroMQ "
@@ -610,4 +922,4 @@ def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFac
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         endpoint = f"tcp://{host}:{target.port}"
-    return ZmqClientService(reactor, endpoint, values, new_receiver, retry_policy)
+    return ZmqClientService(reactor, endpoint, values, new_receiver, retry_policy, curve)
