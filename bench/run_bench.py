@@ -9,6 +9,15 @@ then a second fresh master with ``--workers`` configured workers sees them all s
 from one process (bench/many_workers.py). Medians are printed as a table (see
 bench/README.rst) and written to bench/results/latest.json. Only 127.0.0.1 is used; every
 wait is bounded; every process started here is stopped by its id.
+
+    /work/venv/bin/python bench/run_bench.py --per-transport [--protocols pb] \
+        [--transports tcp,amp,websocket,zmq,amqp] [--scale 200,1000] [--scale-repeat 1]
+
+measures msg over each transport instead (columns msg/tcp, msg/amp, ...; plus pb or msgpack
+as a baseline if named in --protocols), each with its own fresh master and worker, and per
+--scale N a fresh master with N workers started at once (master sockets, fds, RSS, CPU;
+for amqp also the broker's). A private RabbitMQ broker is started for amqp. Two tables
+are printed (see bench/README.rst) and written to bench/results/transports.json.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ for _p in (HERE, ROOT):
         sys.path.insert(0, _p)
 
 import bench_cfg  # noqa: E402
+import transports_cfg  # noqa: E402
 
 from master_tests.e2e.harness import PROTOCOLS as HARNESS_PROTOCOLS  # noqa: E402
 from master_tests.e2e.harness import RESULT_NAMES  # noqa: E402
@@ -69,6 +79,7 @@ class Proto:
     many_workers_protocol: str  # --protocol of bench/many_workers.py
     master_extra_py: str = ""
     worker_tac_patch: str = ""  # python inserted into buildbot.tac after the Worker import
+    transport: str | None = None  # msg over this transport (--per-transport columns)
 
 
 PROTOS: dict[str, Proto] = {
@@ -90,6 +101,16 @@ PROTOS: dict[str, Proto] = {
     "msg": Proto("msg", HARNESS_PROTOCOLS["msg"], "msg"),
 }
 ALIASES = {"msgpack_experimental_v7": "msgpack"}
+# --per-transport: one column per msg transport, named msg/<transport>
+TRANSPORT_PROTOS: dict[str, Proto] = {
+    f"msg/{t}": Proto(f"msg/{t}", HARNESS_PROTOCOLS["msg"], "msg", transport=t)
+    for t in transports_cfg.TRANSPORTS
+}
+
+
+def proto_for(key: str) -> Proto:
+    return TRANSPORT_PROTOS[key] if key in TRANSPORT_PROTOS else PROTOS[key]
+
 
 # --------------------------------------------------------------------------------------------
 # Results
@@ -103,6 +124,7 @@ class Metric:
     unit: str  # 's', 's/step', 'MiB', 'fds', 'count'
     ratio: bool = True  # print msg/pb, msg/msgpack
     throughput_bytes: int = 0  # if set, cells also show MiB/s
+    workers: int = 0  # --per-transport scale metrics: for this many workers
 
 
 @dataclasses.dataclass
@@ -176,6 +198,16 @@ def proc_status_kib(pid: int, field: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds used so far by process ``pid`` (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def open_fds(pid: int) -> int | None:
@@ -374,6 +406,11 @@ class Params:
     pb_backlog: int | None
     workdir: str
     python: str
+    # --per-transport (empty: the classic pb/msgpack/msg comparison)
+    transports: list[str] = dataclasses.field(default_factory=list)
+    scale: list[int] = dataclasses.field(default_factory=list)
+    scale_repeat: int = 0
+    workers_per_proc: int = 1000
 
     @property
     def log_lines(self) -> int:
@@ -389,6 +426,8 @@ def human_bytes(n: int) -> str:
 
 
 def make_metrics(p: Params) -> list[Metric]:
+    if p.transports:
+        return make_transport_metrics(p)
     fsz = human_bytes(p.file_bytes)
     lsz = human_bytes(p.log_bytes)
     return [
@@ -416,6 +455,54 @@ def make_metrics(p: Params) -> list[Metric]:
 SINGLE_KEYS = ["step_shell", "step_stat", "upload", "download", "bigout",
                "rss_upload", "rss_download", "rss_bigout"]
 MANY_KEYS = ["attach_time", "attach_full", "attach_count", "idle_rss", "attach_rss", "attach_fds"]
+# --per-transport: MANY_KEYS plus these, each suffixed with '@<workers>'
+SCALE_EXTRA_KEYS = ["master_start", "attach_sockets", "attach_inbound", "attach_cpu",
+                    "workers_cpu"]
+BROKER_KEYS = ["broker_sockets", "broker_rss"]  # amqp only
+
+
+def make_transport_metrics(p: Params) -> list[Metric]:
+    """Metrics of --per-transport: the single-worker builds, then per --scale N the
+    many-workers figures (keys suffixed '@N')."""
+    fsz = human_bytes(p.file_bytes)
+    lsz = human_bytes(p.log_bytes)
+    out = [
+        Metric("step_shell", f"per-step overhead, {p.steps} x ShellCommand true", "s/step"),
+        Metric("step_stat", f"per-step overhead, {p.steps} x FileExists (stat)", "s/step"),
+        Metric("upload", f"FileUpload {fsz}", "s", throughput_bytes=p.file_bytes),
+        Metric("download", f"FileDownload {fsz}", "s", throughput_bytes=p.file_bytes),
+        Metric("bigout", f"{lsz} stdout log ({p.log_lines} lines)", "s",
+               throughput_bytes=p.log_lines * bench_cfg.LOG_LINE_BYTES),
+        Metric("rss_upload", "master peak RSS, upload build", "MiB"),
+        Metric("rss_download", "master peak RSS, download build", "MiB"),
+        Metric("rss_bigout", "master peak RSS, log build", "MiB"),
+    ]
+    for n in p.scale:
+        out += [
+            Metric(f"master_start@{n}", f"{n} workers: master startup", "s", workers=n),
+            Metric(f"idle_rss@{n}", f"{n} workers: master RSS, none attached", "MiB",
+                   workers=n),
+            Metric(f"attach_count@{n}", f"{n} workers: attached within limit", "count",
+                   ratio=False, workers=n),
+            Metric(f"attach_time@{n}", f"{n} workers: all connected", "s", workers=n),
+            Metric(f"attach_full@{n}", f"{n} workers: all fully attached", "s", workers=n),
+            Metric(f"attach_cpu@{n}", f"{n} workers: master CPU until all attached", "s",
+                   workers=n),
+            Metric(f"workers_cpu@{n}", f"{n} workers: worker processes' CPU until then", "s",
+                   ratio=False, workers=n),
+            Metric(f"attach_sockets@{n}", f"{n} workers: master open sockets", "sockets",
+                   workers=n),
+            Metric(f"attach_inbound@{n}", f"{n} workers: of which inbound TCP", "sockets",
+                   ratio=False, workers=n),
+            Metric(f"attach_fds@{n}", f"{n} workers: master open fds", "fds", workers=n),
+            Metric(f"attach_rss@{n}", f"{n} workers: master RSS, all attached", "MiB",
+                   workers=n),
+            Metric(f"broker_sockets@{n}", f"{n} workers: broker open sockets", "sockets",
+                   ratio=False, workers=n),
+            Metric(f"broker_rss@{n}", f"{n} workers: broker RSS", "MiB", ratio=False,
+                   workers=n),
+        ]
+    return out
 
 
 def write_random_file(path: str, size: int) -> str:
@@ -451,6 +538,10 @@ class Bench:
         self.results = Results(self.metrics, params.protos)
         self.load: dict[str, list[float]] = {}  # 1-min load average after each repetition
         self.dead: set[tuple[str, str]] = set()  # (protocol, metric) not to be retried
+        self.broker: transports_cfg.BenchBroker | None = None  # --per-transport with amqp
+        self.broker_error: str | None = None
+        self.info: dict[str, Any] = {}  # extra facts for the report / JSON meta
+        self._cpu0: float | None = None  # master CPU seconds when the workers start
         os.makedirs(params.workdir, exist_ok=True)
         self.download_src = os.path.join(params.workdir, "download-src.bin")
         self.warmup_src = os.path.join(params.workdir, "warmup-src.bin")
@@ -474,10 +565,32 @@ class Bench:
                 self.results.fail(k, proto, why)
 
     # -- phase 1: one worker ------------------------------------------------------------
+    def _endpoint(self, proto: Proto, port: int, keys: list[str], rep: int,
+                  phase: str) -> transports_cfg.Endpoint | None:
+        """The transport endpoint of a msg/<transport> column (None for the classic
+        columns); on failure (e.g. no broker) every metric of ``keys`` is failed."""
+        if proto.transport is None:
+            return None
+        try:
+            return transports_cfg.endpoint(proto.transport, port, self.broker)
+        except Exception as e:
+            why = f"rep {rep + 1}: {type(e).__name__}: {e}"
+            if proto.transport == "amqp" and self.broker_error:
+                why += f" ({short(self.broker_error, 300)})"
+            for k in keys:
+                self.results.fail(k, proto.key, why)
+            self.results.notes.append(f"{proto.key}: rep {rep + 1}: {phase} not run: {why}")
+            log(f"{proto.key}: rep {rep + 1}: {phase} not run: {short(why)}")
+            raise PhaseAbort(why) from None
+
     def single_worker_phase(self, proto: Proto, rep: int) -> None:
         p, res, key = self.p, self.results, proto.key
-        pdir = os.path.join(p.workdir, key, f"round{rep + 1}")
+        pdir = os.path.join(p.workdir, key.replace("/", "-"), f"round{rep + 1}")
         port = free_port()
+        try:
+            ep = self._endpoint(proto, port, SINGLE_KEYS, rep, "single-worker phase")
+        except PhaseAbort:
+            return
         upload_dest = os.path.join(pdir, "upload-dest.bin")
         builders = bench_cfg.builders_py(
             steps=p.steps,
@@ -491,7 +604,7 @@ class Bench:
         )
         www = free_port()
         cfg = make_master_cfg(
-            proto.spec.protocols_py,
+            proto.spec.protocols_py if ep is None else transports_cfg.master_protocols_py(ep),
             proto.spec.master_worker_py("w1", PASSWD),
             port,
             www,
@@ -499,7 +612,14 @@ class Bench:
             extra_py=proto.master_extra_py,
         )
         master = Master(os.path.join(pdir, "master"), cfg, www_port=www, master_port=port)
-        worker = Worker.for_protocol(proto.spec, os.path.join(pdir, "worker"), port, "w1", PASSWD)
+        if ep is None:
+            worker = Worker.for_protocol(proto.spec, os.path.join(pdir, "worker"), port, "w1",
+                                         PASSWD)
+        else:  # create-worker --transport NAME --transport-option K=V ... <host:port>
+            spec = dataclasses.replace(proto.spec, create_options=(
+                proto.spec.create_options + transports_cfg.create_options(ep, "w1")))
+            worker = Worker.for_protocol(spec, os.path.join(pdir, "worker"), ep.port, "w1",
+                                         PASSWD)
         before = self._entries(SINGLE_KEYS, key)
         tag = f"{key}: rep {rep + 1}/{p.repeat}"
         try:
@@ -655,64 +775,150 @@ class Bench:
             self.results.add(key, proto, peak.peak_mib)
 
     # -- phase 2: many workers ----------------------------------------------------------
-    def many_workers_phase(self, proto: Proto, rep: int) -> None:
+    def _add(self, key: str, proto: str, value: float) -> None:
+        """Add a sample to ``key`` if this mode has that metric."""
+        if (key, proto) in self.results.cells:
+            self.results.add(key, proto, value)
+
+    def many_workers_phase(self, proto: Proto, rep: int, n: int | None = None) -> None:
+        """``n`` (default ``--workers``) workers start at once against a fresh master
+        configured with exactly those workers. With --per-transport the metric keys carry
+        the suffix '@n'."""
         p, res, key = self.p, self.results, proto.key
-        pdir = os.path.join(p.workdir, key, f"round{rep + 1}", "many")
+        n = p.workers if n is None else n
+        sfx = f"@{n}" if p.transports else ""
+        keys = [k + sfx for k in MANY_KEYS]
+        if p.transports:
+            keys += [k + sfx for k in SCALE_EXTRA_KEYS]
+            if proto.transport == "amqp":
+                keys += [k + sfx for k in BROKER_KEYS]
+        sub = f"many{n}" if p.transports else "many"
+        pdir = os.path.join(p.workdir, key.replace("/", "-"), f"round{rep + 1}", sub)
         os.makedirs(pdir, exist_ok=True)
         port = free_port()
-        names = [f"mw{i:03d}" for i in range(1, p.workers + 1)]
+        try:
+            ep = self._endpoint(proto, port, keys, rep, f"{n}-workers phase")
+        except PhaseAbort:
+            return
+        names = [f"mw{i:03d}" for i in range(1, n + 1)]
         events = os.path.join(pdir, "connect-events.txt")
         www = free_port()
         cfg = make_master_cfg(
-            proto.spec.protocols_py,
-            [proto.spec.master_worker_py(n, PASSWD) for n in names],
+            proto.spec.protocols_py if ep is None else transports_cfg.master_protocols_py(ep),
+            [proto.spec.master_worker_py(x, PASSWD) for x in names],
             port,
             www,
             bench_cfg.many_builders_py(),
             extra_py=proto.master_extra_py + bench_cfg.recorder_py(events),
         )
         master = Master(os.path.join(pdir, "master"), cfg, www_port=www, master_port=port)
-        proc: subprocess.Popen | None = None
-        before = self._entries(MANY_KEYS, key)
+        procs: list[subprocess.Popen] = []
+        before = self._entries(keys, key)
+        tag = f"{key}: rep {rep + 1}: {n} workers"
         try:
+            if ep is not None and ep.transport == "amqp":
+                self._amqp_users(n)
             master.create()
-            master.start(180)
+            t0 = time.monotonic()
+            master.start(max(180.0, n * 0.3))
+            if ep is not None:
+                self._wait_transport_ready(master, ep)
+            startup = time.monotonic() - t0
+            self._add("master_start" + sfx, key, startup)
             rss = proc_status_kib(master.pid, "VmRSS")
             if rss:
-                res.add("idle_rss", key, rss / 1024)
-            proc = self._start_many(proto, port, pdir)
-            self._measure_attach(master, proc, proto, pdir, events, names, rep)
+                res.add("idle_rss" + sfx, key, rss / 1024)
+            if p.transports:
+                log(f"{tag}: master with {n} workers configured up in {startup:.1f}s, "
+                    f"RSS {(rss or 0) / 1024:.0f} MiB")
+            self._cpu0 = cpu_seconds(master.pid)
+            procs, started = self._start_many(proto, ep, port, pdir, n)
+            self._measure_attach(master, procs, started, proto, ep, pdir, events, names, rep,
+                                 sfx, ep.master_ports if ep is not None else (port,))
         except PhaseAbort as e:
-            log(f"{key}: rep {rep + 1}: many-workers phase aborted: {short(e, 500)}")
-            self._fail_rest(MANY_KEYS, key, before, f"rep {rep + 1} aborted: {e}")
-            res.notes.append(f"{key}: rep {rep + 1}: many-workers phase aborted:\n{e}")
+            log(f"{tag}: many-workers phase aborted: {short(e, 500)}")
+            self._fail_rest(keys, key, before, f"rep {rep + 1} aborted: {e}")
+            res.notes.append(f"{key}: rep {rep + 1}: {n}-workers phase aborted:\n{e}")
         except Exception as e:
             tb = traceback.format_exc()
-            log(f"{key}: rep {rep + 1}: many-workers phase failed: {short(e, 500)}")
-            self._fail_rest(MANY_KEYS, key, before, f"rep {rep + 1}: {type(e).__name__}: {e}")
-            res.notes.append(f"{key}: rep {rep + 1}: many-workers phase failed:\n{tb}")
+            log(f"{tag}: many-workers phase failed: {short(e, 500)}")
+            self._fail_rest(keys, key, before, f"rep {rep + 1}: {type(e).__name__}: {e}")
+            res.notes.append(f"{key}: rep {rep + 1}: {n}-workers phase failed:\n{tb}")
         finally:
-            if proc is not None:
+            for proc in procs:
                 self._stop_many(proc)
             master.stop(30)
 
-    def _start_many(self, proto: Proto, port: int, pdir: str) -> subprocess.Popen:
+    def _amqp_users(self, n: int) -> None:
+        """Make sure the broker has AMQP users mw001..mw<n> (normally all were imported at
+        the start of the run, in one call)."""
+        if self.broker is None:
+            raise PhaseAbort(f"no RabbitMQ broker: {self.broker_error}")
+        dt = self.broker.ensure_users([f"mw{i:03d}" for i in range(1, n + 1)])
+        if dt is not None:
+            log(f"amqp: imported missing broker users in {dt:.1f}s")
+
+    @staticmethod
+    def _wait_transport_ready(master: Master, ep: transports_cfg.Endpoint) -> None:
+        """The master logs its transport listener (amqp: and that it consumes) before it
+        reports running; check it, bounded, so workers never start before it listens."""
+        marks = [] if ep.transport == "tcp" else [f"msgproto: {ep.transport} transport "
+                                                  "listening on"]
+        if ep.transport == "amqp":
+            marks.append("msgproto: amqp: consuming from")
+        deadline = time.monotonic() + 30
+        while not all(m in master.log_text() for m in marks):
+            if time.monotonic() > deadline or not master.is_running:
+                raise PhaseAbort(f"the master does not log {marks!r}\n"
+                                 + master.diagnostics(40))
+            time.sleep(0.2)
+
+    def _start_many(self, proto: Proto, ep: transports_cfg.Endpoint | None, port: int,
+                    pdir: str, n: int) -> tuple[list[subprocess.Popen], list[str]]:
+        """Start bench/many_workers.py: one process in the classic mode; with
+        --per-transport ceil(n / --workers-per-proc) processes, each with its share of the
+        workers, told to start them at the same wall-clock moment (--start-at).
+        Returns the processes and their 'started' files."""
         root = os.path.join(pdir, "workers")
         os.makedirs(root, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(root, "started"))
         env = dict(os.environ)
         env.update(SUBPROCESS_ENV)
-        cmd = [
-            self.p.python, os.path.join(HERE, "many_workers.py"),
-            "--protocol", proto.many_workers_protocol, "--port", str(port),
-            "--count", str(self.p.workers), "--root", root, "--passwd", PASSWD,
-        ]
-        with open(os.path.join(root, "console.log"), "ab") as console:
-            return subprocess.Popen(
-                cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=console,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
+        base = [self.p.python, os.path.join(HERE, "many_workers.py"),
+                "--protocol", proto.many_workers_protocol]
+        if ep is None:
+            base += ["--port", str(port)]
+        else:
+            base += ["--host", ep.host, "--port", str(ep.port),
+                     *transports_cfg.many_workers_options(ep)]
+        base += ["--root", root, "--passwd", PASSWD]
+        if not self.p.transports:  # classic: exactly as before
+            jobs = [(base + ["--count", str(n)], os.path.join(root, "started"), "console.log")]
+        else:
+            nproc = max(1, -(-n // max(1, self.p.workers_per_proc)))
+            per = -(-n // nproc)
+            # time for every process to import and build its Worker objects first
+            start_at = time.time() + (3.0 + per * 0.01 if nproc > 1 else 0.0)
+            jobs = []
+            for i in range(nproc):
+                first = 1 + i * per
+                count = min(per, n - first + 1)
+                cmd = base + ["--first", str(first), "--count", str(count),
+                              "--started-file", os.path.join(root, f"started.{i}"),
+                              "--log", os.path.join(root, f"many_workers.{i}.log")]
+                if nproc > 1:
+                    cmd += ["--start-at", f"{start_at:.6f}"]
+                jobs.append((cmd, os.path.join(root, f"started.{i}"), f"console.{i}.log"))
+        procs, started = [], []
+        for cmd, started_path, console_name in jobs:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(started_path)
+            with open(os.path.join(root, console_name), "ab") as console:
+                procs.append(subprocess.Popen(
+                    cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=console,
+                    stderr=subprocess.STDOUT, start_new_session=True,
+                ))
+            started.append(started_path)
+        return procs, started
 
     @staticmethod
     def _stop_many(proc: subprocess.Popen) -> None:
@@ -730,92 +936,184 @@ class Bench:
         doc = master.api_get("workers", field=["name", "connected_to"])
         return sum(1 for w in doc["workers"] if w["connected_to"])
 
-    def _measure_attach(self, master: Master, proc: subprocess.Popen, proto: Proto, pdir: str,
-                        events: str, names: list[str], rep: int) -> None:
+    @staticmethod
+    def _many_logs(root: str, lines: int = 30) -> str:
+        out = []
+        for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            if name.startswith(("many_workers", "console")) and name.endswith(".log"):
+                text = tail(_read(os.path.join(root, name)), lines)
+                if text.strip():
+                    out.append(f"  -- {name}:\n{text}")
+        return "\n".join(out) or "  (no output)"
+
+    def _measure_attach(self, master: Master, procs: list[subprocess.Popen],
+                        started_paths: list[str], proto: Proto,
+                        ep: transports_cfg.Endpoint | None, pdir: str, events: str,
+                        names: list[str], rep: int, sfx: str = "",
+                        worker_ports: tuple[int, ...] = ()) -> None:
         p, res, key = self.p, self.results, proto.key
+        n = len(names)
         root = os.path.join(pdir, "workers")
-        started_path = os.path.join(root, "started")
+
+        def dead() -> list[subprocess.Popen]:
+            return [pr for pr in procs if pr.poll() is not None]
+
         try:
             offset = os.path.getsize(events)
         except OSError:
             offset = 0
-        deadline = time.monotonic() + 60
-        while not os.path.exists(started_path):
-            if proc.poll() is not None:
-                raise PhaseAbort(f"many_workers.py exited ({proc.returncode}):\n"
-                                 + tail(_read(os.path.join(root, "console.log")), 30))
+        deadline = time.monotonic() + 60 + (15 if len(procs) > 1 else 0)
+        while not all(os.path.exists(sp) for sp in started_paths):
+            if dead():
+                raise PhaseAbort(f"many_workers.py exited ({dead()[0].returncode}):\n"
+                                 + self._many_logs(root))
             if time.monotonic() > deadline:
-                raise PhaseAbort("many_workers.py did not start within 60 s")
+                raise PhaseAbort("many_workers.py did not start within 60 s\n"
+                                 + self._many_logs(root))
             time.sleep(0.05)
         time.sleep(0.01)
-        t_start = float(_read(started_path).strip())
+        starts = [float(_read(sp).strip()) for sp in started_paths]
+        wcpu0 = [cpu_seconds(pr.pid) for pr in procs]  # their startup (imports) excluded
+        t_start = min(starts)
         limit_at = t_start + p.attach_limit
         count = 0
-        while True:
-            try:
-                count = self._connected_count(master)
-            except HarnessError as e:
-                log(f"{key}: REST error while polling workers: {short(e)}")
-            if count >= p.workers or time.time() >= limit_at:
-                break
-            if proc.poll() is not None:
-                break
-            time.sleep(0.2)
+        want = set(names)
+        if not p.transports:  # classic: poll the REST API every 0.2 s
+            while True:
+                try:
+                    count = self._connected_count(master)
+                except HarnessError as e:
+                    log(f"{key}: REST error while polling workers: {short(e)}")
+                if count >= n or time.time() >= limit_at:
+                    break
+                if dead():
+                    break
+                time.sleep(0.2)
+        else:
+            # --per-transport: watch the master's own connect events (a file: no load on
+            # the master) and ask the REST API only to confirm, once all seem connected,
+            # and at the end; with 1,000 workers a REST poll every 0.2 s would itself
+            # slow the master down.
+            next_rest = 0.0
+            while True:
+                connected, _attached, _failed = _read_events(events, offset)
+                now = time.time()
+                final = now >= limit_at or bool(dead())
+                if (want <= set(connected) and now >= next_rest) or final:
+                    try:
+                        count = self._connected_count(master)
+                    except HarnessError as e:
+                        log(f"{key}: REST error while polling workers: {short(e)}")
+                    next_rest = time.time() + 1.0
+                    if count >= n or final:
+                        break
+                time.sleep(0.1)
         t_rest = time.time()
         # precise times from the master itself: each worker's first 'connected' event (what
         # REST shows) and the end of its attach sequence (usable for builds). Events can
         # trail the REST view by a few ms; the attach sequence can take longer: wait for it
         # (bounded), also so that no worker is stopped half-attached.
-        want = set(names)
         connected: dict[str, float] = {}
         attached: dict[str, float] = {}
         failed_attach: set[str] = set()
-        settle_until = max(limit_at, time.time() + 10) if count >= p.workers else time.time()
+        settle_until = max(limit_at, time.time() + 10) if count >= n else time.time()
         while True:
             connected, attached, failed_attach = _read_events(events, offset)
-            if want <= set(attached) or time.time() >= settle_until or proc.poll() is not None:
+            if want <= set(attached) or time.time() >= settle_until or dead():
                 break
             time.sleep(0.1)
         rss = proc_status_kib(master.pid, "VmRSS")
         fds = open_fds(master.pid)
-        res.add("attach_count", key, count)
-        if count >= p.workers:  # "once all are attached"; a partial state would mislead
+        cpu = cpu_seconds(master.pid)
+        cpu_master = (cpu - self._cpu0) if cpu is not None and self._cpu0 is not None else None
+        wcpu = [cpu_seconds(pr.pid) for pr in procs]
+        cpu_workers = (sum(a - b for a, b in zip(wcpu, wcpu0))
+                       if None not in wcpu and None not in wcpu0 else None)
+        socks = (transports_cfg.socket_counts(master.pid, worker_ports)
+                 if p.transports else None)
+        broker_socks = broker_rss = None
+        if ep is not None and ep.transport == "amqp" and self.broker is not None:
+            bpid = self.broker.beam_pid()
+            if bpid is not None:
+                broker_socks = transports_cfg.socket_counts(bpid, (self.broker.port,))
+                broker_rss = proc_status_kib(bpid, "VmRSS")
+        res.add("attach_count" + sfx, key, count)
+        if count >= n:  # "once all are attached"; a partial state would mislead
             if rss:
-                res.add("attach_rss", key, rss / 1024)
+                res.add("attach_rss" + sfx, key, rss / 1024)
             if fds is not None:
-                res.add("attach_fds", key, fds)
-        cell = res.cell("attach_time", key)
+                res.add("attach_fds" + sfx, key, fds)
+            if socks is not None:
+                self._add("attach_sockets" + sfx, key, socks["sockets"])
+                self._add("attach_inbound" + sfx, key, socks["tcp_inbound"])
+                res.cell("attach_sockets" + sfx, key).extra.setdefault(
+                    "breakdown", []).append(socks)
+            if broker_socks is not None:
+                self._add("broker_sockets" + sfx, key, broker_socks["sockets"])
+                res.cell("broker_sockets" + sfx, key).extra.setdefault(
+                    "breakdown", []).append(broker_socks)
+            if broker_rss:
+                self._add("broker_rss" + sfx, key, broker_rss / 1024)
+            if cpu_master is not None:
+                self._add("attach_cpu" + sfx, key, cpu_master)
+            if cpu_workers is not None:
+                self._add("workers_cpu" + sfx, key, cpu_workers)
+        cell = res.cell("attach_time" + sfx, key)
         cell.extra.setdefault("rest_poll_seconds", []).append(round(t_rest - t_start, 3))
+        if len(procs) > 1:
+            cell.extra.setdefault("worker_processes", []).append(len(procs))
+            cell.extra.setdefault("start_spread_seconds", []).append(
+                round(max(starts) - t_start, 3))
         if failed_attach:
             res.notes.append(f"{key}: rep {rep + 1}: attach failed on the master for "
                              f"{sorted(failed_attach)[:10]} ({len(failed_attach)} workers)")
-        if count >= p.workers:
+        sock_txt = ""
+        if socks is not None:
+            sock_txt = (f", {socks['sockets']} sockets ({socks['tcp_inbound']} inbound TCP, "
+                        f"{socks['tcp_listen']} listening, {socks['tcp_other']} other TCP, "
+                        f"{socks['non_tcp']} non-TCP)")
+        if cpu_master is not None and p.transports:
+            sock_txt += (f"; CPU master {cpu_master:.1f}s, worker processes "
+                         f"{cpu_workers or 0:.1f}s")
+        if broker_socks is not None:
+            sock_txt += (f"; broker {broker_socks['sockets']} sockets, "
+                         f"RSS {(broker_rss or 0) / 1024:.0f} MiB")
+        if count >= n:
             if want <= set(connected):
-                dt = max(connected[n] for n in names) - t_start
+                dt = max(connected[x] for x in names) - t_start
             else:  # should not happen; fall back to the REST poll time
                 dt = t_rest - t_start
-            res.add("attach_time", key, dt)
-            msg = (f"{key}: rep {rep + 1}/{p.repeat} {p.workers} workers connected in {dt:.2f}s "
+            res.add("attach_time" + sfx, key, dt)
+            msg = (f"{key}: rep {rep + 1}/{p.repeat} {n} workers connected in {dt:.2f}s "
                    f"(REST saw all after {t_rest - t_start:.2f}s)")
+            if len(procs) > 1:
+                msg += f" [{len(procs)} worker processes, start spread " \
+                       f"{max(starts) - t_start:.2f}s]"
             if want <= set(attached):
-                full = max(attached[n] for n in names) - t_start
-                res.add("attach_full", key, full)
+                full = max(attached[x] for x in names) - t_start
+                res.add("attach_full" + sfx, key, full)
                 msg += f", fully attached in {full:.2f}s"
             else:
                 why = (f"rep {rep + 1}: attach sequence completed for only "
-                       f"{len(want & set(attached))}/{p.workers} workers")
-                res.fail("attach_full", key, why)
+                       f"{len(want & set(attached))}/{n} workers")
+                res.fail("attach_full" + sfx, key, why)
                 msg += f"; {why}"
-            log(msg + f"; master RSS {(rss or 0) / 1024:.0f} MiB, {fds} fds")
+            log(msg + f"; master RSS {(rss or 0) / 1024:.0f} MiB, {fds} fds" + sock_txt)
         else:
-            died = "" if proc.poll() is None else f"; many_workers.py exited ({proc.returncode})"
-            why = (f"rep {rep + 1}: only {count}/{p.workers} attached after "
+            gone = dead()
+            died = "" if not gone else f"; many_workers.py exited ({gone[0].returncode})"
+            why = (f"rep {rep + 1}: only {count}/{n} attached after "
                    f"{t_rest - t_start:.0f}s{died}")
-            for k in ("attach_time", "attach_full", "attach_rss", "attach_fds"):
-                res.fail(k, key, why)
-            why += f" (master RSS then {(rss or 0) / 1024:.0f} MiB, {fds} fds)"
+            fail_keys = ["attach_time", "attach_full", "attach_rss", "attach_fds"]
+            if p.transports:
+                fail_keys += ["attach_sockets", "attach_inbound", "attach_cpu", "workers_cpu"]
+                if ep is not None and ep.transport == "amqp":
+                    fail_keys += BROKER_KEYS
+            for k in fail_keys:
+                res.fail(k + sfx, key, why)
+            why += f" (master RSS then {(rss or 0) / 1024:.0f} MiB, {fds} fds{sock_txt})"
             res.notes.append(f"{key}: {why}\n  many_workers log tail:\n"
-                             + tail(_read(os.path.join(root, "many_workers.log")), 30)
+                             + self._many_logs(root)
                              + "\n  master log tail:\n" + tail(master.log_text(), 30))
             log(f"{key}: {why}")
 
@@ -825,6 +1123,9 @@ class Bench:
         background load on the host spreads over all protocols; ``blocks``: protocol-major.
         Either way one master at a time, each repetition with fresh masters and workers."""
         p = self.p
+        if p.transports:
+            self.run_per_transport()
+            return
         if p.order == "rounds":
             plan = [(rep, key) for rep in range(p.repeat) for key in p.protos]
         else:
@@ -839,6 +1140,77 @@ class Bench:
             self.many_workers_phase(proto, rep)
             self.load.setdefault(key, []).append(os.getloadavg()[0])
             log(f"===== {key} rep {rep + 1}/{p.repeat}: done in {time.monotonic() - t0:.0f}s =====")
+
+    def run_per_transport(self) -> None:
+        """--per-transport: per repetition and column (baselines such as pb first, then
+        msg/<transport>), the single-worker builds with a fresh master and worker, then one
+        fresh master per --scale N with N workers at once. The scale phases run in the
+        first --scale-repeat repetitions only. A RabbitMQ broker is started once for the
+        whole run if amqp is measured, and stopped at the end."""
+        p = self.p
+        reps = max(p.repeat, p.scale_repeat)
+        if p.order == "rounds":
+            plan = [(rep, key) for rep in range(reps) for key in p.protos]
+        else:
+            plan = [(rep, key) for key in p.protos for rep in range(reps)]
+        try:
+            if "amqp" in p.transports:
+                self._start_broker()
+            for rep, key in plan:
+                proto = proto_for(key)
+                t0 = time.monotonic()
+                if rep < p.repeat:
+                    log(f"===== {key} rep {rep + 1}/{p.repeat}: single worker "
+                        f"{loadavg()} =====")
+                    self.single_worker_phase(proto, rep)
+                if rep < p.scale_repeat:
+                    for n in p.scale:
+                        log(f"===== {key} rep {rep + 1}/{p.scale_repeat}: {n} workers at once "
+                            f"{loadavg()} =====")
+                        self.many_workers_phase(proto, rep, n)
+                self.load.setdefault(key, []).append(os.getloadavg()[0])
+                log(f"===== {key} rep {rep + 1}: done in {time.monotonic() - t0:.0f}s =====")
+        finally:
+            self._stop_broker()
+
+    def _start_broker(self) -> None:
+        """Start the private RabbitMQ broker and import the AMQP users of the largest
+        --scale at once. A failure is kept in self.broker_error: every amqp cell then
+        reports it, the other transports run as usual."""
+        broker = transports_cfg.BenchBroker(self.p.workdir)
+        try:
+            log(f"amqp: starting a private RabbitMQ broker on 127.0.0.1:{broker.port}")
+            broker.start()
+            self.broker = broker
+            self.info["broker_start_seconds"] = round(broker.start_seconds or 0, 1)
+            n = max(self.p.scale or [0])
+            if n:
+                dt = broker.ensure_users([f"mw{i:03d}" for i in range(1, n + 1)])
+                self.info["broker_users_import"] = {
+                    "users": n, "seconds": round(dt or 0, 2),
+                    "how": "one `rabbitmqctl import_definitions` call, plaintext passwords",
+                }
+                log(f"amqp: broker up in {broker.start_seconds:.1f}s; {n} AMQP users with "
+                    f"their permissions imported in {dt or 0:.1f}s (one import_definitions)")
+        except Exception as e:
+            self.broker_error = f"{type(e).__name__}: {e}"
+            log(f"amqp: broker setup FAILED: {short(self.broker_error, 500)}")
+            self.results.notes.append(f"amqp broker setup failed:\n{traceback.format_exc()}\n"
+                                      + broker.log_tail())
+            self.broker = None
+            with contextlib.suppress(Exception):  # it may not even have started
+                broker.stop()
+
+    def _stop_broker(self) -> None:
+        broker, self.broker = self.broker, None
+        if broker is None:
+            return
+        try:
+            broker.stop()
+            log("amqp: broker stopped")
+        except Exception as e:
+            log(f"amqp: stopping the broker failed: {short(e, 300)}")
+            self.results.notes.append(f"amqp broker stop failed: {e}")
 
 
 def loadavg() -> str:
@@ -897,9 +1269,13 @@ def fmt_value(m: Metric, v: float) -> str:
     return f"{v:.0f}"
 
 
-def fmt_cell(m: Metric, c: Cell, footnotes: list[str], workers: int) -> str:
+def fmt_cell(m: Metric, c: Cell, footnotes: list[str], workers: int,
+             shared_notes: bool = False) -> str:
+    """The text of one cell; failures get a footnote (``shared_notes``: cells failing for
+    the same reason share one footnote, which then does not name the metric)."""
     st = c.status
-    if m.key == "attach_count" and c.samples:
+    workers = m.workers or workers
+    if m.key.split("@")[0] == "attach_count" and c.samples:
         lo = min(c.samples)
         return f"{lo:.0f}/{workers}" if lo == max(c.samples) else (
             f"{lo:.0f}..{max(c.samples):.0f}/{workers}")
@@ -909,8 +1285,12 @@ def fmt_cell(m: Metric, c: Cell, footnotes: list[str], workers: int) -> str:
         return "n/a"
     reasons = c.broken or c.failed
     firsts = (r.strip().splitlines()[0] if r.strip() else r for r in reasons)
-    footnotes.append(f"{m.key}: " + " | ".join(dict.fromkeys(firsts)))
-    ref = f"[{len(footnotes)}]"
+    text = " | ".join(dict.fromkeys(firsts))
+    if shared_notes and text in footnotes:
+        ref = f"[{footnotes.index(text) + 1}]"
+    else:
+        footnotes.append(text if shared_notes else f"{m.key}: {text}")
+        ref = f"[{len(footnotes)}]"
     if st == "BROKEN":
         return f"BROKEN {ref}"
     if st == "PARTIAL":
@@ -929,7 +1309,9 @@ def ratio(res: Results, m: Metric, a: str, b: str) -> float | None:
 
 
 def targets(res: Results, p: Params) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
+    if p.transports:  # the targets compare msg with pb; see socket_scaling() instead
+        return out
 
     def cmp(key: str, limit: float, what: str) -> None:
         m = next(x for x in res.metrics if x.key == key)
@@ -1004,17 +1386,141 @@ def to_json(res: Results, p: Params, meta: dict[str, Any]) -> dict[str, Any]:
                 "failed": c.failed,
                 **({"extra": c.extra} if c.extra else {}),
             }
-        entry["ratios"] = {
-            f"{a}/{b}": ratio(res, m, a, b) for a, b in (("msg", "pb"), ("msg", "msgpack"))
-        }
+        if p.transports:
+            base = ratio_base(res)
+            entry["ratios"] = {f"{pr}/{base}": ratio(res, m, pr, base)
+                               for pr in res.protos if base and pr != base}
+        else:
+            entry["ratios"] = {
+                f"{a}/{b}": ratio(res, m, a, b) for a, b in (("msg", "pb"), ("msg", "msgpack"))
+            }
         metrics.append(entry)
-    return {
+    doc = {
         "meta": meta,
         "params": {k: v for k, v in dataclasses.asdict(p).items() if k != "workdir"},
         "metrics": metrics,
         "targets": targets(res, p),
         "notes": res.notes,
     }
+    if p.transports:
+        doc["ratio_base"] = ratio_base(res)
+        doc["socket_scaling"] = socket_scaling(res, p)
+        single, scale, footnotes = render_transports(res, p)
+        doc["tables"] = {"single_worker": single, "scale": scale, "footnotes": footnotes}
+    return doc
+
+
+# --------------------------------------------------------------------------------------------
+# Report of --per-transport
+# --------------------------------------------------------------------------------------------
+
+
+def ratio_base(res: Results) -> str | None:
+    """The column ratios are relative to: pb if measured in this run, else msg/tcp."""
+    for base in ("pb", "msg/tcp"):
+        if base in res.protos:
+            return base
+    return None
+
+
+def _table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return " | ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
+                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(header), "-+-".join("-" * w for w in widths),
+                      *(line(r) for r in rows)])
+
+
+def render_transports(res: Results, p: Params) -> tuple[str, str, list[str]]:
+    """Two tables, one row per column of the run (pb, ..., msg/tcp, msg/amp, ...): the
+    single-worker builds with ratios against ratio_base(), and the many-workers figures
+    per --scale N."""
+    base = ratio_base(res)
+    by_key = {m.key: m for m in res.metrics}
+    footnotes: list[str] = []
+
+    def cell(key: str, pr: str) -> str:
+        return fmt_cell(by_key[key], res.cell(key, pr), footnotes, p.workers, True)
+
+    def rcell(key: str, pr: str) -> str:
+        if base is None:
+            return "-"
+        if pr == base:
+            return "base"
+        r = ratio(res, by_key[key], pr, base)
+        partial = "PARTIAL" in (res.cell(key, pr).status, res.cell(key, base).status)
+        return f"{r:.2f}x{'*' if partial else ''}" if r is not None else "-"
+
+    def short_s(key: str, pr: str) -> str:  # '0.512 s (125 MiB/s)' -> '0.512 s 125 MiB/s'
+        return cell(key, pr).replace(" (", " ").rstrip(")") if res.cell(
+            key, pr).status == "ok" else cell(key, pr)
+
+    vs = f"vs {base}" if base else "ratio"
+    single_keys = ["step_shell", "step_stat", "upload", "download", "bigout"]
+    heads = {"step_shell": f"step: {p.steps}x true", "step_stat": f"step: {p.steps}x stat",
+             "upload": f"upload {human_bytes(p.file_bytes)}",
+             "download": f"download {human_bytes(p.file_bytes)}",
+             "bigout": f"log {human_bytes(p.log_bytes)}"}
+    header = ["transport"]
+    for k in single_keys:
+        header += [heads[k], vs]
+    header += ["peak RSS up/down/log"]
+    rows = []
+    for pr in res.protos:
+        row = [pr]
+        for k in single_keys:
+            row += [short_s(k, pr), rcell(k, pr)]
+        rss = []
+        for k in ("rss_upload", "rss_download", "rss_bigout"):
+            c = res.cell(k, pr)
+            rss.append(f"{c.median:.0f}" if c.median is not None else c.status)
+        row.append("/".join(rss) + " MiB" if any(x[0].isdigit() for x in rss) else "-")
+        rows.append(row)
+    single = _table(header, rows)
+
+    cols = [("attach_count", "attached"), ("attach_time", "all conn."),
+            ("attach_full", "all attached"), ("attach_cpu", "master CPU"),
+            ("workers_cpu", "workers CPU"), ("master_start", "master start"),
+            ("attach_sockets", "master sockets"), ("attach_inbound", "inbound TCP"),
+            ("attach_fds", "master fds"), ("idle_rss", "RSS idle"),
+            ("attach_rss", "RSS attached"), ("broker_sockets", "broker sockets"),
+            ("broker_rss", "broker RSS")]
+    header = ["transport", "workers", *[h for _k, h in cols]]
+    rows = []
+    for pr in res.protos:
+        for n in p.scale:
+            row = [pr, str(n)]
+            for k, _h in cols:
+                c = res.cell(f"{k}@{n}", pr)
+                if k.startswith("broker_") and c.status == "n/a":
+                    row.append("-")
+                else:
+                    row.append(cell(f"{k}@{n}", pr))
+            rows.append(row)
+    scale = _table(header, rows, left=1) if p.scale else "(no --scale)"
+    return single, scale, footnotes
+
+
+def socket_scaling(res: Results, p: Params) -> list[dict[str, Any]]:
+    """Per column: the master's open sockets at each --scale N and the extra sockets per
+    extra worker between the smallest and the largest N (about 1: one socket per worker;
+    about 0: a constant number)."""
+    out = []
+    if len(p.scale) < 1:
+        return out
+    lo, hi = min(p.scale), max(p.scale)
+    for pr in res.protos:
+        vals = {n: res.cell(f"attach_sockets@{n}", pr).median for n in p.scale}
+        inbound = {n: res.cell(f"attach_inbound@{n}", pr).median for n in p.scale}
+        slope = None
+        if hi > lo and vals[lo] is not None and vals[hi] is not None:
+            slope = (vals[hi] - vals[lo]) / (hi - lo)
+        out.append({"column": pr, "sockets": vals, "inbound_tcp": inbound,
+                    "per_extra_worker": slope})
+    return out
 
 
 def versions() -> dict[str, str]:
@@ -1038,8 +1544,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; quick: 1)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: 20 steps, 8 MiB files, 5 MB log, 20 workers, 1 repetition")
-    ap.add_argument("--protocols", default="pb,msgpack,msg",
-                    help="comma separated subset of pb,msgpack,msg (default: all three)")
+    ap.add_argument("--protocols", default=None,
+                    help="comma separated subset of pb,msgpack,msg (default: all three; with "
+                         "--per-transport: none, i.e. only the msg transports)")
+    ap.add_argument("--per-transport", action="store_true",
+                    help="measure msg over each transport (--transports), each with its own "
+                         "fresh master and worker, plus --scale workers at once")
+    ap.add_argument("--transports", default=None,
+                    help="comma separated subset of tcp,amp,websocket,zmq,amqp (default with "
+                         "--per-transport: all five); implies --per-transport")
+    ap.add_argument("--scale", default=None,
+                    help="--per-transport: worker counts started at once, each against its "
+                         "own fresh master (default 200,1000; quick: 20)")
+    ap.add_argument("--scale-repeat", type=int, default=None,
+                    help="--per-transport: repetitions of the scale part (default: --repeat)")
+    ap.add_argument("--workers-per-proc", type=int, default=1000,
+                    help="--per-transport: most workers one many_workers.py process runs "
+                         "(default 1000: one process; e.g. 500 splits 1,000 workers over 2 "
+                         "processes that start them at the same moment)")
     ap.add_argument("--order", choices=("rounds", "blocks"), default="rounds",
                     help="rounds: pb,msgpack,msg,pb,... (default); blocks: all repetitions of "
                          "one protocol, then the next")
@@ -1058,8 +1580,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="keep the work dir (kept anyway after a failure)")
     ap.add_argument("--render", metavar="JSON",
                     help="only print the report of an earlier run from its JSON file")
-    ap.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"),
-                    help="JSON output file (default bench/results/latest.json)")
+    ap.add_argument("--json", default=None,
+                    help="JSON output file (default bench/results/latest.json; with "
+                         "--per-transport bench/results/transports.json)")
     return ap.parse_args(argv)
 
 
@@ -1069,6 +1592,9 @@ def make_params(a: argparse.Namespace) -> Params:
     def pick(v: Any, full: Any, quick: Any) -> Any:
         return v if v is not None else (quick if q else full)
 
+    per_transport = bool(a.per_transport or a.transports)
+    if a.protocols is None:
+        a.protocols = "" if per_transport else "pb,msgpack,msg"
     protos = []
     for name in a.protocols.split(","):
         name = ALIASES.get(name.strip(), name.strip())
@@ -1079,6 +1605,30 @@ def make_params(a: argparse.Namespace) -> Params:
         if name not in protos:
             protos.append(name)
     protos.sort(key=list(PROTOS).index)
+    transports: list[str] = []
+    scale: list[int] = []
+    if per_transport:
+        names = (a.transports or ",".join(transports_cfg.TRANSPORTS)).split(",")
+        for name in names:
+            name = name.strip()
+            if name and name not in transports_cfg.TRANSPORTS:
+                raise SystemExit(f"unknown transport {name!r}; choose from "
+                                 f"{', '.join(transports_cfg.TRANSPORTS)}")
+            if name and name not in transports:
+                transports.append(name)
+        if "msg" in protos:  # msg (over tcp) is the msg/tcp column
+            protos.remove("msg")
+            if "tcp" not in transports:
+                transports.insert(0, "tcp")
+        if not transports:
+            raise SystemExit("--per-transport needs at least one transport")
+        scale_text = a.scale if a.scale is not None else ("20" if q else "200,1000")
+        scale = sorted({int(x) for x in scale_text.split(",") if x.strip()})
+        if any(x < 1 for x in scale):
+            raise SystemExit("--scale takes positive worker counts")
+        protos += [f"msg/{t}" for t in transports]
+    elif a.scale is not None or a.scale_repeat is not None:
+        raise SystemExit("--scale and --scale-repeat go with --per-transport")
     if a.pb_backlog:
         pb = PROTOS["pb"]
         portstr = f"'tcp:{{PORT}}:interface=127.0.0.1:backlog={int(a.pb_backlog)}'"
@@ -1097,6 +1647,11 @@ def make_params(a: argparse.Namespace) -> Params:
         pb_backlog=a.pb_backlog,
         workdir=os.path.abspath(workdir),
         python=sys.executable,
+        transports=transports,
+        scale=scale,
+        scale_repeat=(max(0, a.scale_repeat) if a.scale_repeat is not None
+                      else max(1, pick(a.repeat, 3, 1))) if per_transport else 0,
+        workers_per_proc=max(1, a.workers_per_proc),
     )
 
 
@@ -1119,6 +1674,9 @@ def _sigterm(_signo: int, _frame: Any) -> None:
 
 def report(res: Results, p: Params, meta: dict[str, Any]) -> None:
     """Print the table, footnotes, samples, targets and failure details."""
+    if p.transports:
+        report_transports(res, p, meta)
+        return
     table, footnotes = render(res, p)
     load = meta.get("loadavg_after_protocol") or {}
     cpus = (meta.get("host") or {}).get("cpus")
@@ -1154,6 +1712,83 @@ def report(res: Results, p: Params, meta: dict[str, Any]) -> None:
             print("  " + n.replace("\n", "\n  "))
 
 
+def report_transports(res: Results, p: Params, meta: dict[str, Any]) -> None:
+    """--per-transport: the two tables, footnotes, socket scaling, samples, failures."""
+    single, scale, footnotes = render_transports(res, p)
+    base = ratio_base(res)
+    load = meta.get("loadavg_after_protocol") or {}
+    cpus = (meta.get("host") or {}).get("cpus")
+    print()
+    print(f"msg over each transport. Single-worker builds: medians of {p.repeat} "
+          f"repetition(s); many workers: {p.scale_repeat} repetition(s). Ratios are against "
+          f"{base or '(nothing: neither pb nor msg/tcp measured)'} from this run; < 1 means "
+          "faster/smaller; * = over the successful repetitions only. "
+          f"Total run time {meta.get('seconds', 0):.0f} s.")
+    print("1-minute load average after each repetition: " + "; ".join(
+        f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in load.items())
+        + f" (host has {cpus} cpus).")
+    print()
+    print("Single worker (fresh master and worker per transport and repetition):")
+    print(single)
+    print()
+    print(f"Workers at scale (all started at once; limit {p.attach_limit:.0f} s; master "
+          "sockets/fds/RSS once all are attached; broker = the RabbitMQ node, amqp only):")
+    print(scale)
+    if footnotes:
+        print()
+        for i, fn in enumerate(footnotes, 1):
+            print(f"[{i}] {short(fn, 600)}")
+    scaling = socket_scaling(res, p)
+    if len(p.scale) > 1:
+        lo, hi = min(p.scale), max(p.scale)
+        print()
+        print(f"Master sockets from {lo} to {hi} workers (extra sockets per extra worker: "
+              "~1 = one per worker, ~0 = constant):")
+        for row in scaling:
+            s_lo, s_hi = row["sockets"].get(lo), row["sockets"].get(hi)
+            i_lo, i_hi = row["inbound_tcp"].get(lo), row["inbound_tcp"].get(hi)
+            slope = row["per_extra_worker"]
+            print(f"  {row['column']:14} {_num(s_lo)} -> {_num(s_hi)} sockets "
+                  f"(inbound TCP {_num(i_lo)} -> {_num(i_hi)}): "
+                  + (f"{slope:.3f} per extra worker" if slope is not None else "n/a"))
+    info = meta.get("info") or {}
+    if info:
+        print()
+        print("Run facts: " + json.dumps(info, sort_keys=True))
+    extras = []
+    for m in res.metrics:
+        if not m.key.startswith("attach_time@"):
+            continue
+        for pr in res.protos:
+            ex = res.cell(m.key, pr).extra
+            if ex.get("worker_processes"):
+                extras.append(f"{pr} {m.workers}: {ex['worker_processes']} worker processes, "
+                              f"start spread {ex.get('start_spread_seconds')} s")
+    if extras:
+        print("Many-workers processes: " + "; ".join(extras))
+    print()
+    print("Samples per repetition (in run order):")
+    for m in res.metrics:
+        parts = []
+        for pr in res.protos:
+            c = res.cell(m.key, pr)
+            if not c.samples and not c.failed and not c.broken:
+                continue
+            vals = " ".join(fmt_value(m, v).split(" (")[0] for v in c.samples) or "-"
+            parts.append(f"{pr}: {vals}")
+        if parts:
+            print(f"  {m.key:20} " + " | ".join(parts))
+    if res.notes:
+        print()
+        print("Details of failures:")
+        for n in res.notes:
+            print("  " + n.replace("\n", "\n  "))
+
+
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0f}"
+
+
 def load_json(path: str) -> tuple[Results, Params, dict[str, Any]]:
     """Results of an earlier run, from its JSON file (for --render)."""
     with open(path, encoding="utf-8") as f:
@@ -1181,12 +1816,17 @@ def main(argv: list[str] | None = None) -> int:
         report(res, p, meta)
         return 0
     p = make_params(args)
+    if args.json is None:
+        args.json = os.path.join(HERE, "results",
+                                 "transports.json" if p.transports else "latest.json")
     signal.signal(signal.SIGTERM, _sigterm)
     started = time.time()
     t0 = time.monotonic()
     log(f"work dir {p.workdir}; protocols {','.join(p.protos)}; repeat {p.repeat}; "
         f"steps {p.steps}; files {human_bytes(p.file_bytes)}; log {human_bytes(p.log_bytes)}; "
-        f"workers {p.workers}")
+        + (f"workers {p.workers}" if not p.transports else
+           f"scale {','.join(map(str, p.scale))} (x{p.scale_repeat}, at most "
+           f"{p.workers_per_proc} per worker process)"))
     bench = Bench(p)
     interrupted = False
     try:
@@ -1204,6 +1844,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "loadavg_after_protocol": bench.load,
         "versions": versions(),
+        **({"info": bench.info} if bench.info else {}),
     }
     report(res, p, meta)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

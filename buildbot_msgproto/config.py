@@ -22,6 +22,9 @@ LIMIT_KEYS = ("max_frame_size", "max_handshake_frame_size", "handshake_timeout",
 #: Keys of c['protocols']['msg'] for the failed-login throttle (ListenerOptions fields).
 THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")
 
+#: Keys of c['protocols']['msg'] for TLS built in code and mutual TLS (docs/security/mtls.rst).
+TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "client_certificates")
+
 
 class MsgProtocolConfigError(ValueError):
     """c['protocols']['msg'] is not valid."""
@@ -42,6 +45,12 @@ class ListenerOptions:
     login_failures_before_throttle: int = DEFAULT_FAILURES_BEFORE_THROTTLE
     #: First refusal period in seconds; doubles per further failure (capped); 0 disables.
     login_throttle_seconds: float = DEFAULT_THROTTLE_SECONDS
+    #: TLS on the negotiated port, built in code (PEM paths); None: as ``port`` says.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    #: 'off' | 'optional' | 'required' (see :mod:`buildbot_msgproto.client_certs`).
+    client_certificates: str = "off"
 
     def transport_options(self) -> dict[str, dict[str, Any]]:
         return {name: dict(options) for name, options in self.transports}
@@ -52,7 +61,7 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     where = "c['protocols']['msg']"
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
-    known = {"port", "backlog", "pb", "transports", *LIMIT_KEYS, *THROTTLE_KEYS}
+    known = {"port", "backlog", "pb", "transports", *LIMIT_KEYS, *THROTTLE_KEYS, *TLS_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -96,10 +105,53 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
         except (ValueError, ImportError) as e:
             raise MsgProtocolConfigError(f"{where}['transports'][{name!r}]: {e}") from e
         frozen.append((name, tuple(sorted(transport_options.items()))))
+    tls = _parse_tls(options, port, frozen, where)
     return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits,
                            transports=tuple(frozen),
                            login_failures_before_throttle=failures,
-                           login_throttle_seconds=float(throttle_seconds))
+                           login_throttle_seconds=float(throttle_seconds), **tls)
+
+
+def _parse_tls(options: dict[str, Any], port: str | int, transports: list,
+               where: str) -> dict[str, Any]:
+    """The TLS keys of ListenerOptions; the files are loaded here to report problems early."""
+    from buildbot_msgproto import client_certs
+
+    mode = options.get("client_certificates", client_certs.OFF)
+    if mode not in client_certs.MODES:
+        raise MsgProtocolConfigError(
+            f"{where}['client_certificates'] must be one of {list(client_certs.MODES)}")
+    paths = {}
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise MsgProtocolConfigError(f"{where}[{key!r}] must be the path of a PEM file")
+        paths[key] = value
+    if paths["tls_cert"] is None:
+        if mode != client_certs.OFF or paths["tls_key"] or paths["tls_client_ca"]:
+            raise MsgProtocolConfigError(
+                f"{where}: tls_key, tls_client_ca and client_certificates need 'tls_cert' "
+                "(Twisted's ssl: strport cannot ask for client certificates)")
+        return {}
+    if isinstance(port, str) and ":" in port and port.split(":", 1)[0] not in ("tcp", "tcp6"):
+        raise MsgProtocolConfigError(
+            f"{where}: with 'tls_cert' the 'port' must be an int or a tcp:/tcp6: strport "
+            "(the master adds TLS itself)")
+    if paths["tls_client_ca"] and mode == client_certs.OFF:
+        raise MsgProtocolConfigError(
+            f"{where}['tls_client_ca'] is only used with client_certificates "
+            "'optional' or 'required'")
+    if mode == client_certs.REQUIRED and transports:
+        raise MsgProtocolConfigError(
+            f"{where}: client_certificates='required' applies to the negotiated port only; "
+            "the extra transports cannot ask for client certificates: remove them or use "
+            "'optional'")
+    try:
+        client_certs.server_tls_options(paths["tls_cert"], paths["tls_key"],
+                                        paths["tls_client_ca"], mode)
+    except ValueError as e:
+        raise MsgProtocolConfigError(f"{where}: {e}") from e
+    return {**paths, "client_certificates": mode}
 
 
 def normalize_portstr(port: str | int, backlog: int) -> str:

@@ -17,10 +17,12 @@ from buildbot.worker.protocols import base
 from buildbot.worker.protocols.manager.base import BaseManager
 from buildbot.worker.protocols.manager.base import Registration
 from buildbot.worker.protocols.manager.pb import Dispatcher as PBDispatcher
+from twisted.application import strports
 from twisted.internet import defer
 from twisted.python import log
 from twisted.spread import pb
 
+from buildbot_msgproto import client_certs
 from buildbot_msgproto.config import ListenerOptions
 from buildbot_msgproto.config import normalize_portstr
 from buildbot_msgproto.connection import MsgConnection
@@ -49,9 +51,17 @@ class MsgDispatcher(PBDispatcher):
             serve_pb=options.serve_pb)
         self.login_throttle = LoginThrottle(options.login_failures_before_throttle,
                                             options.login_throttle_seconds)
+        self.tls_creator: client_certs.ServerTLSCreator | None = None
 
     def reconfigure(self, options: ListenerOptions) -> None:
         """Apply new limits to sessions started from now on."""
+        if self.tls_creator is not None and options.tls_cert and options is not self.options:
+            try:  # new certificates for new connections
+                self.tls_creator.options = _server_tls_options(options)
+            except ValueError as e:
+                log.msg(f"msgproto: keeping the old TLS settings of {self.portstr}: {e}")
+        elif (self.tls_creator is not None) != bool(options.tls_cert):
+            log.msg(f"msgproto: turning tls_cert on or off for {self.portstr} needs a restart")
         self.options = options
         self.serverFactory.negotiation_timeout = options.limits.handshake_timeout
         self.login_throttle.configure(options.login_failures_before_throttle,
@@ -99,14 +109,26 @@ class MsgDispatcher(PBDispatcher):
         name = None if isinstance(avatarId, tuple) else bytes2unicode(avatarId)
         if not name or name not in self.users:
             raise ValueError(f"no perspective for {name!r}")
+        transport = getattr(getattr(mind, "broker", None), "transport", None)
+        refusal = client_certs.refusal(self.options.client_certificates, transport, name,
+                                       _peer_of(transport))
+        if refusal is not None:
+            raise ValueError(refusal[1])
         persp = yield self.master.workers.pb._create_connection(mind, name)
         yield persp.attached(mind)
         return (pb.IPerspective, persp, lambda: persp.detached(mind))
 
     def start_listening_port(self) -> Any:
-        port = super().start_listening_port()
+        tls = ""
+        if self.options.tls_cert:  # TLS built here: an ssl: strport cannot ask for client certs
+            self.tls_creator = client_certs.ServerTLSCreator(_server_tls_options(self.options))
+            port = strports.listen(self.portstr, client_certs.tls_server_factory(
+                self.tls_creator, self.serverFactory))
+            tls = f", TLS, client certificates {self.options.client_certificates}"
+        else:
+            port = super().start_listening_port()
         log.msg(f"msgproto: listening on {self.portstr} "
-                f"({'msg and PB' if self.options.serve_pb else 'msg only'})")
+                f"({'msg and PB' if self.options.serve_pb else 'msg only'}{tls})")
         return port
 
     @defer.inlineCallbacks
@@ -147,9 +169,20 @@ class MasterHandshake(MessageHandler):
                         f"for another {wait:.0f} s (too many failed logins)")
             driver.close("login_throttled", f"too many failed logins; retry in {wait:.0f} s")
             return
+        refusal = self._certificate_refusal(driver, event.worker)
+        if refusal is not None:  # before the challenge: the password is not even tried
+            driver.close(*refusal)
+            return
         d = self.dispatcher.credentials_for(event.worker)
         d.addCallback(driver.answer_hello)
         d.addErrback(self._internal_error, driver, "looking up credentials")
+
+    def _certificate_refusal(self, driver: SessionDriver, worker: str) -> Any:
+        # a duck-typed dispatcher without options (unit tests) has no certificate policy
+        mode = getattr(getattr(self.dispatcher, "options", None), "client_certificates",
+                       client_certs.OFF)
+        return client_certs.refusal(mode, getattr(driver, "transport", None), worker,
+                                    driver.peer)
 
     def authenticated(self, driver: SessionDriver, event: Authenticated) -> None:
         self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
@@ -242,6 +275,19 @@ def get_listener(master: Any) -> Any:
         listener = master.msgproto_listener = MsgListener(master)
         yield listener.manager.setServiceParent(master)
     return listener
+
+
+def _server_tls_options(options: ListenerOptions) -> Any:
+    return client_certs.server_tls_options(options.tls_cert, options.tls_key,
+                                           options.tls_client_ca, options.client_certificates)
+
+
+def _peer_of(transport: Any) -> str:
+    try:
+        address = transport.getPeer()
+        return f"{address.host}:{address.port}"
+    except Exception:
+        return "?"
 
 
 def _reactor() -> Any:

@@ -97,7 +97,8 @@ class WorkerSessions:
     """Makes the worker's sessions (one per connection) and remembers the current one."""
 
     #: Close codes meaning "this worker cannot log in", counted like PB's failed logins.
-    LOGIN_FAILURES = ("authentication_failed", "master_not_authenticated", "unknown_worker")
+    LOGIN_FAILURES = ("authentication_failed", "master_not_authenticated", "unknown_worker",
+                      "certificate_mismatch", "certificate_required")
 
     def __init__(self, bot: MessageHandler, name: str, password: str, reactor: Any,
                  limits: Limits = DEFAULT_LIMITS, software: dict[str, Any] | None = None,

@@ -1,0 +1,222 @@
+"""Mutual TLS: the master asks for worker certificates and binds them to worker names.
+
+Certificates come from ``gen-keys`` (``gen_keys.generate``) in a temp dir.  One master with
+``client_certificates='required'`` (TLS built by the master from ``tls_cert``/``tls_key``/
+``tls_client_ca`` over a plain ``tcp:`` port on 127.0.0.1); then
+
+- our worker presenting the certificate of ITS name builds over msg, and so does a stock PB
+  worker (``tls:`` connection string with ``certificate=``/``privateKey=``);
+- a worker presenting the certificate of ANOTHER worker (right password) is refused before
+  the challenge with ``certificate_mismatch``, logged with the peer address, never attaches;
+  the same for a stock PB worker (refused at its PB login);
+- a worker without a client certificate fails the TLS handshake (logged), never attaches.
+
+A second master with ``client_certificates='optional'`` lets a worker without a certificate
+in, and still binds a presented one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from buildbot_worker_msgproto.scripts import gen_keys
+
+from . import harness
+
+REJECT_WAIT = 12  # seconds a refused worker must stay unattached
+ATTACH_TIMEOUT = 30
+
+BUILDERS_PY = """
+for name in WORKER_NAMES:
+    c['builders'].append(util.BuilderConfig(
+        name='b-' + name, workernames=[name],
+        factory=util.BuildFactory([
+            steps.ShellCommand(name='hello', command=['sh', '-c', 'echo hello-from-$0', name]),
+        ])))
+"""
+
+OURS = harness.PROTOCOLS["msg"]
+STOCK = harness.ProtocolSpec(name="stock-pb", protocols_py="", worker_py="")
+
+
+class MTLSEnv:
+    def __init__(self, root: str, mode: str, layout: gen_keys.Layout) -> None:
+        self.root = root
+        self.mode = mode
+        self.layout = layout
+        self.port = harness.free_port()
+        self.specs: dict[str, tuple[harness.ProtocolSpec, tuple[str, ...]]] = {}
+        self.master: harness.Master | None = None
+        self.workers: dict[str, harness.Worker] = {}
+        self.started_at = 0.0
+
+    def ours(self, cert_of: str | None) -> tuple[harness.ProtocolSpec, tuple[str, ...]]:
+        args: tuple[str, ...] = ("--tls-ca-file", self.layout.ca_cert)
+        if cert_of:
+            args += ("--tls-client-cert", self.layout.worker_cert(cert_of),
+                     "--tls-client-key", self.layout.worker_key(cert_of))
+        return OURS, args
+
+    def stock(self, cert_of: str) -> tuple[harness.ProtocolSpec, tuple[str, ...]]:
+        return STOCK, ("--connection-string",
+                       f"tls:host=127.0.0.1:port={self.port}"
+                       f":trustRoots={os.path.dirname(self.layout.ca_cert)}"
+                       f":certificate={self.layout.worker_cert(cert_of)}"
+                       f":privateKey={self.layout.worker_key(cert_of)}")
+
+    def start(self) -> None:
+        www_port = harness.free_port()
+        protocols_py = repr({"msg": {
+            "port": f"tcp:{self.port}:interface=127.0.0.1",
+            "tls_cert": self.layout.master_cert, "tls_key": self.layout.master_key,
+            "tls_client_ca": self.layout.ca_cert, "client_certificates": self.mode}})
+        cfg = harness.make_master_cfg(
+            protocols_py, [f"worker.MsgWorker({n!r}, 'pw')" for n in self.specs], self.port,
+            www_port, BUILDERS_PY)
+        self.master = harness.Master(os.path.join(self.root, "master"), cfg,
+                                     www_port=www_port, master_port=self.port)
+        self.master.create()
+        for name, (spec, args) in self.specs.items():
+            w = harness.Worker.for_protocol(spec, os.path.join(self.root, name), self.port,
+                                            name, "pw", extra_create_args=args)
+            self.workers[name] = w.create()
+        self.master.start()
+        self.started_at = time.monotonic()
+        for w in self.workers.values():
+            w.start()
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+        if self.master is not None:
+            self.master.stop()
+
+    def e2e_diagnostics(self) -> str:
+        parts = [self.master.diagnostics(60)] if self.master else []
+        parts.extend(w.diagnostics(30) for w in self.workers.values())
+        return "\n".join(parts)
+
+    def check_build(self, name: str) -> None:
+        self.master.wait_worker_connected(name, ATTACH_TIMEOUT, worker=self.workers[name])
+        build = self.master.run_build("b-" + name, timeout=60)
+        assert build["results"] == harness.SUCCESS, self.master.build_summary(build["buildid"])
+        text = self.master.step_log_text(self.master.step(build["buildid"], "hello")["stepid"])
+        assert f"hello-from-{name}" in text
+
+    def wait_refusals(self) -> None:
+        remaining = REJECT_WAIT - (time.monotonic() - self.started_at)
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def assert_never_attached(self, name: str, keeps_running: bool = True) -> None:
+        if keeps_running:
+            assert self.workers[name].is_running, self.workers[name].diagnostics()
+        assert not self.master.worker_data(name)["connected_to"], self.e2e_diagnostics()
+        assert f"worker '{name}' attaching" not in self.master.log_text()
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("e2e-mtls-keys"))
+    return gen_keys.generate(root, workers=["good", "impostor", "nocert", "stock_good",
+                                             "stock_impostor", "plain", "opt_good",
+                                             "opt_impostor"]).layout
+
+
+def _env(tmp_path_factory, layout, mode: str, specs) -> MTLSEnv:
+    env = MTLSEnv(str(tmp_path_factory.mktemp(f"e2e-mtls-{mode}")), mode, layout)
+    env.specs = specs(env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def required_env(tmp_path_factory, layout):
+    env = _env(tmp_path_factory, layout, "required", lambda e: {
+        "good": e.ours("good"),
+        "impostor": e.ours("good"),  # name 'impostor', certificate of 'good'
+        "nocert": e.ours(None),
+        "stock_good": e.stock("stock_good"),
+        "stock_impostor": e.stock("good"),
+    })
+    try:
+        env.start()
+        yield env
+    finally:
+        env.close()
+
+
+@pytest.fixture(scope="module")
+def optional_env(tmp_path_factory, layout):
+    env = _env(tmp_path_factory, layout, "optional", lambda e: {
+        "plain": e.ours(None),
+        "opt_good": e.ours("opt_good"),
+        "opt_impostor": e.ours("good"),
+    })
+    try:
+        env.start()
+        yield env
+    finally:
+        env.close()
+
+
+def test_required_own_certificate_builds(required_env):
+    required_env.check_build("good")
+    log = required_env.master.log_text()
+    assert "worker 'good' attaching over msgproto" in log
+    assert "client certificates required" in log  # the listening line
+
+
+def test_required_stock_pb_worker_with_own_certificate_builds(required_env):
+    required_env.check_build("stock_good")
+    assert "worker 'stock_good' attaching from" in required_env.master.log_text()
+
+
+def test_required_certificate_of_another_worker_is_refused(required_env):
+    required_env.wait_refusals()
+    required_env.assert_never_attached("impostor")
+    log = required_env.master.log_text()
+    lines = [ln for ln in log.splitlines()
+             if "refusing worker 'impostor' from 127.0.0.1:" in ln]
+    assert lines, required_env.e2e_diagnostics()
+    assert "certificate_mismatch" in lines[0] and "worker names ['good']" in lines[0], lines[0]
+    worker_log = required_env.workers["impostor"].log_text()
+    assert "peer closed it: certificate_mismatch" in worker_log, worker_log[-3000:]
+    # refused before the challenge: never counted as a failed password
+    assert "throttling logins of worker 'impostor'" not in log
+
+
+def test_required_stock_pb_worker_with_another_certificate_is_refused(required_env):
+    required_env.wait_refusals()
+    # a stock worker stops after a refused PB login, as after a wrong password
+    required_env.assert_never_attached("stock_impostor", keeps_running=False)
+    log = required_env.master.log_text()
+    assert "refusing worker 'stock_impostor' from 127.0.0.1:" in log, \
+        required_env.e2e_diagnostics()
+    assert ("the TLS client certificate is not valid for worker 'stock_impostor'"
+            in required_env.workers["stock_impostor"].log_text())
+
+
+def test_required_without_certificate_is_refused(required_env):
+    required_env.wait_refusals()
+    required_env.assert_never_attached("nocert")
+    log = required_env.master.log_text()
+    assert "msgproto: TLS handshake with 127.0.0.1:" in log, required_env.e2e_diagnostics()
+    assert "refusing worker 'nocert'" not in log  # it never got as far as a session
+
+
+def test_optional_without_certificate_builds(optional_env):
+    optional_env.check_build("plain")
+    assert "client certificates optional" in optional_env.master.log_text()
+
+
+def test_optional_own_certificate_builds(optional_env):
+    optional_env.check_build("opt_good")
+
+
+def test_optional_certificate_of_another_worker_is_refused(optional_env):
+    optional_env.wait_refusals()
+    optional_env.assert_never_attached("opt_impostor")
+    assert "refusing worker 'opt_impostor' from 127.0.0.1:" in optional_env.master.log_text()
