@@ -30,6 +30,7 @@ from master_tests import rabbitmq
 
 from . import harness
 from .test_tls import Certs
+from .tls_checks import assert_certificate_rejected
 from .transport_suite import PASSWD
 from .transport_suite import WORKER
 from .transport_suite import TransportEnv
@@ -149,19 +150,9 @@ class TestAmqps(TransportSuite):
         ("w2", "is not the pinned"),
     ])
     def test_rejected_broker_certificate(self, env: AmqpsEnv, name: str, why: str) -> None:
-        remaining = REJECT_WAIT - (time.monotonic() - env.rejected_started)
-        if remaining > 0:
-            time.sleep(remaining)
-        worker = env.rejected[name]
-        assert worker.is_running, worker.diagnostics()
-        assert not env.master.worker_data(name)["connected_to"]
-        assert f"worker {name!r} attaching" not in env.master.log_text()
-        log = worker.log_text()
-        rejections = [ln for ln in log.splitlines() if "TLS: master certificate rejected" in ln]
-        assert len(rejections) >= 2, worker.diagnostics()  # it keeps retrying
-        assert why in rejections[0], rejections[0]
-        assert f"127.0.0.1:{env.broker.tls_port}" in rejections[0], rejections[0]
-        assert "Connected to buildmaster" not in log
+        assert_certificate_rejected(env.master, env.rejected[name], name, why,
+                                    f"127.0.0.1:{env.broker.tls_port}",
+                                    env.rejected_started, REJECT_WAIT)
 
     def test_master_rejects_an_untrusted_broker(self, env: AmqpsEnv) -> None:
         """The master's side, in a process of its own: listen() with an unrelated CA as
