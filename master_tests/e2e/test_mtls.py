@@ -25,33 +25,19 @@ import pytest
 from buildbot_worker_msgproto.scripts import gen_keys
 
 from . import harness
+from .multi_worker_env import MultiWorkerEnv
 
 REJECT_WAIT = 12  # seconds a refused worker must stay unattached
-ATTACH_TIMEOUT = 30
-
-BUILDERS_PY = """
-for name in WORKER_NAMES:
-    c['builders'].append(util.BuilderConfig(
-        name='b-' + name, workernames=[name],
-        factory=util.BuildFactory([
-            steps.ShellCommand(name='hello', command=['sh', '-c', 'echo hello-from-$0', name]),
-        ])))
-"""
-
 OURS = harness.PROTOCOLS["msg"]
 STOCK = harness.ProtocolSpec(name="stock-pb", protocols_py="", worker_py="")
 
 
-class MTLSEnv:
+class MTLSEnv(MultiWorkerEnv):
     def __init__(self, root: str, mode: str, layout: gen_keys.Layout) -> None:
-        self.root = root
+        super().__init__(root)
         self.mode = mode
         self.layout = layout
-        self.port = harness.free_port()
         self.specs: dict[str, tuple[harness.ProtocolSpec, tuple[str, ...]]] = {}
-        self.master: harness.Master | None = None
-        self.workers: dict[str, harness.Worker] = {}
-        self.started_at = 0.0
 
     def ours(self, cert_of: str | None) -> tuple[harness.ProtocolSpec, tuple[str, ...]]:
         args: tuple[str, ...] = ("--tls-ca-file", self.layout.ca_cert)
@@ -68,43 +54,12 @@ class MTLSEnv:
                        f":privateKey={self.layout.worker_key(cert_of)}")
 
     def start(self) -> None:
-        www_port = harness.free_port()
         protocols_py = repr({"msg": {
             "port": f"tcp:{self.port}:interface=127.0.0.1",
             "tls_cert": self.layout.master_cert, "tls_key": self.layout.master_key,
             "tls_client_ca": self.layout.ca_cert, "client_certificates": self.mode}})
-        cfg = harness.make_master_cfg(
-            protocols_py, [f"worker.MsgWorker({n!r}, 'pw')" for n in self.specs], self.port,
-            www_port, BUILDERS_PY)
-        self.master = harness.Master(os.path.join(self.root, "master"), cfg,
-                                     www_port=www_port, master_port=self.port)
-        self.master.create()
-        for name, (spec, args) in self.specs.items():
-            w = harness.Worker.for_protocol(spec, os.path.join(self.root, name), self.port,
-                                            name, "pw", extra_create_args=args)
-            self.workers[name] = w.create()
-        self.master.start()
-        self.started_at = time.monotonic()
-        for w in self.workers.values():
-            w.start()
-
-    def close(self) -> None:
-        for w in self.workers.values():
-            w.stop()
-        if self.master is not None:
-            self.master.stop()
-
-    def e2e_diagnostics(self) -> str:
-        parts = [self.master.diagnostics(60)] if self.master else []
-        parts.extend(w.diagnostics(30) for w in self.workers.values())
-        return "\n".join(parts)
-
-    def check_build(self, name: str) -> None:
-        self.master.wait_worker_connected(name, ATTACH_TIMEOUT, worker=self.workers[name])
-        build = self.master.run_build("b-" + name, timeout=60)
-        assert build["results"] == harness.SUCCESS, self.master.build_summary(build["buildid"])
-        text = self.master.step_log_text(self.master.step(build["buildid"], "hello")["stepid"])
-        assert f"hello-from-{name}" in text
+        self.start_all(protocols_py, {name: (spec, args, self.port)
+                                      for name, (spec, args) in self.specs.items()})
 
     def wait_refusals(self) -> None:
         remaining = REJECT_WAIT - (time.monotonic() - self.started_at)

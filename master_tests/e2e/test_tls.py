@@ -29,20 +29,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from . import harness
+from .multi_worker_env import MultiWorkerEnv
 
 REJECT_WAIT = 15  # seconds a rejected worker must stay unattached
-ATTACH_TIMEOUT = 30
-
-BUILDERS_PY = """
-for name in WORKER_NAMES:
-    c['builders'].append(util.BuilderConfig(
-        name='b-' + name, workernames=[name],
-        factory=util.BuildFactory([
-            steps.ShellCommand(name='hello', command=['sh', '-c', 'echo hello-from-$0', name]),
-        ])))
-"""
-
-
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
@@ -108,11 +97,10 @@ OURS = harness.PROTOCOLS["msg"]
 STOCK = harness.ProtocolSpec(name="stock-pb", protocols_py="", worker_py="")
 
 
-class TLSEnv:
+class TLSEnv(MultiWorkerEnv):
     def __init__(self, root: str) -> None:
-        self.root = root
+        super().__init__(root)
         self.certs = Certs(os.path.join(root, "certs"))
-        self.port = harness.free_port()
         self.amp_port = harness.free_port()
         fp = self.certs.fingerprint
         wrong_fp = ":".join(re.findall("..", ("00" + fp[2:]).upper()))  # colon/case variant
@@ -131,39 +119,11 @@ class TLSEnv:
             "wrong-ca": (OURS, ("--tls-ca-file", other), self.port),
             "pin-bad": (OURS, ("--tls-fingerprint", wrong_fp), self.port),
         }
-        self.master: harness.Master | None = None
-        self.workers: dict[str, harness.Worker] = {}
-        self.started_at = 0.0
 
     def start(self) -> None:
-        www_port = harness.free_port()
         protocols_py = repr({"msg": {"port": self.certs.strport(self.port), "transports": {
             "amp": {"port": self.certs.strport(self.amp_port)}}}})
-        cfg = harness.make_master_cfg(
-            protocols_py, [f"worker.MsgWorker({n!r}, 'pw')" for n in self.specs], self.port,
-            www_port, BUILDERS_PY)
-        self.master = harness.Master(os.path.join(self.root, "master"), cfg,
-                                     www_port=www_port, master_port=self.port)
-        self.master.create()
-        for name, (spec, args, port) in self.specs.items():
-            w = harness.Worker.for_protocol(spec, os.path.join(self.root, name), port, name,
-                                            "pw", extra_create_args=args)
-            self.workers[name] = w.create()
-        self.master.start()
-        self.started_at = time.monotonic()
-        for w in self.workers.values():
-            w.start()
-
-    def close(self) -> None:
-        for w in self.workers.values():
-            w.stop()
-        if self.master is not None:
-            self.master.stop()
-
-    def e2e_diagnostics(self) -> str:
-        parts = [self.master.diagnostics(60)] if self.master else []
-        parts.extend(w.diagnostics(30) for w in self.workers.values())
-        return "\n".join(parts)
+        self.start_all(protocols_py, self.specs)
 
 
 @pytest.fixture(scope="module")
@@ -176,14 +136,6 @@ def tls_env(tmp_path_factory):
         env.close()
 
 
-def _check_build(env: TLSEnv, name: str) -> None:
-    env.master.wait_worker_connected(name, ATTACH_TIMEOUT, worker=env.workers[name])
-    build = env.master.run_build("b-" + name, timeout=60)
-    assert build["results"] == harness.SUCCESS, env.master.build_summary(build["buildid"])
-    text = env.master.step_log_text(env.master.step(build["buildid"], "hello")["stepid"])
-    assert f"hello-from-{name}" in text
-
-
 def test_tac_has_tls_settings(tls_env):
     tac = harness.read_text(os.path.join(tls_env.workers["ca-ok"].basedir, "buildbot.tac"))
     assert f"tls_ca_file = {tls_env.certs.ca_file!r}" in tac
@@ -193,31 +145,31 @@ def test_tac_has_tls_settings(tls_env):
 
 
 def test_our_worker_with_ca_file_builds_over_msg(tls_env):
-    _check_build(tls_env, "ca-ok")
+    tls_env.check_build("ca-ok")
     assert "worker 'ca-ok' attaching over msgproto" in tls_env.master.log_text()
     assert "TLS: master certificate rejected" not in tls_env.workers["ca-ok"].log_text()
 
 
 def test_our_worker_with_ca_file_builds_over_amp(tls_env):
-    _check_build(tls_env, "amp-ok")
+    tls_env.check_build("amp-ok")
     assert "worker 'amp-ok' attaching over msgproto" in tls_env.master.log_text()
 
 
 def test_stock_pb_worker_over_tls_builds(tls_env):
-    _check_build(tls_env, "stock")
+    tls_env.check_build("stock")
     log = tls_env.master.log_text()
     assert "worker 'stock' attaching from" in log  # Buildbot's PB attach line
     assert "worker 'stock' attaching over msgproto" not in log
 
 
 def test_pinned_fingerprint_builds(tls_env):
-    _check_build(tls_env, "pin-ok")
+    tls_env.check_build("pin-ok")
     assert "worker 'pin-ok' attaching over msgproto" in tls_env.master.log_text()
 
 
 def test_client_certificate_presented(tls_env):
     # only that the worker loads and presents it; the master does not ask for one here
-    _check_build(tls_env, "mtls")
+    tls_env.check_build("mtls")
 
 
 @pytest.mark.parametrize("name, why", [

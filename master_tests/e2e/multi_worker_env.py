@@ -1,0 +1,74 @@
+"""One real master with several workers, each created by its own command line.
+
+Shared by the TLS and mTLS end-to-end tests: every worker gets a builder ``b-NAME``
+that echoes ``hello-from-NAME``, so a test can check that worker's build.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from . import harness
+
+ATTACH_TIMEOUT = 30
+
+BUILDERS_PY = """
+for name in WORKER_NAMES:
+    c['builders'].append(util.BuilderConfig(
+        name='b-' + name, workernames=[name],
+        factory=util.BuildFactory([
+            steps.ShellCommand(name='hello', command=['sh', '-c', 'echo hello-from-$0', name]),
+        ])))
+"""
+
+#: worker name -> (protocol spec, extra create-worker args, master port the worker uses)
+WorkerSpecs = dict[str, tuple[harness.ProtocolSpec, tuple[str, ...], int]]
+
+
+class MultiWorkerEnv:
+    """A master on ``port`` and the workers of ``specs`` (all with password 'pw')."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.port = harness.free_port()
+        self.master: harness.Master | None = None
+        self.workers: dict[str, harness.Worker] = {}
+        self.started_at = 0.0
+
+    def start_all(self, protocols_py: str, specs: WorkerSpecs) -> None:
+        """Write master.cfg for ``protocols_py``, create everything, start it all."""
+        www_port = harness.free_port()
+        cfg = harness.make_master_cfg(
+            protocols_py, [f"worker.MsgWorker({n!r}, 'pw')" for n in specs], self.port,
+            www_port, BUILDERS_PY)
+        self.master = harness.Master(os.path.join(self.root, "master"), cfg,
+                                     www_port=www_port, master_port=self.port)
+        self.master.create()
+        for name, (spec, args, port) in specs.items():
+            w = harness.Worker.for_protocol(spec, os.path.join(self.root, name), port, name,
+                                            "pw", extra_create_args=args)
+            self.workers[name] = w.create()
+        self.master.start()
+        self.started_at = time.monotonic()
+        for w in self.workers.values():
+            w.start()
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            w.stop()
+        if self.master is not None:
+            self.master.stop()
+
+    def e2e_diagnostics(self) -> str:
+        parts = [self.master.diagnostics(60)] if self.master else []
+        parts.extend(w.diagnostics(30) for w in self.workers.values())
+        return "\n".join(parts)
+
+    def check_build(self, name: str) -> None:
+        """Worker ``name`` attaches and its builder's build succeeds with its output."""
+        self.master.wait_worker_connected(name, ATTACH_TIMEOUT, worker=self.workers[name])
+        build = self.master.run_build("b-" + name, timeout=60)
+        assert build["results"] == harness.SUCCESS, self.master.build_summary(build["buildid"])
+        text = self.master.step_log_text(self.master.step(build["buildid"], "hello")["stepid"])
+        assert f"hello-from-{name}" in text
