@@ -127,7 +127,12 @@ def _parse_tls(options: dict[str, Any], port: str | int, transports: list,
         if value is not None and (not isinstance(value, str) or not value):
             raise MsgProtocolConfigError(f"{where}[{key!r}] must be the path of a PEM file")
         paths[key] = value
+    tls_transports = [name for name, items in transports if dict(items).get("tls")]
     if paths["tls_cert"] is None:
+        if tls_transports:
+            raise MsgProtocolConfigError(
+                f"{where}['transports']: 'tls': True ({', '.join(tls_transports)}) uses the "
+                f"master's TLS certificate: set {where}['tls_cert']")
         if mode != client_certs.OFF or paths["tls_key"] or paths["tls_client_ca"]:
             raise MsgProtocolConfigError(
                 f"{where}: tls_key, tls_client_ca and client_certificates need 'tls_cert' "
@@ -141,11 +146,12 @@ def _parse_tls(options: dict[str, Any], port: str | int, transports: list,
         raise MsgProtocolConfigError(
             f"{where}['tls_client_ca'] is only used with client_certificates "
             "'optional' or 'required'")
-    if mode == client_certs.REQUIRED and transports:
+    without = [name for name, _ in transports if name not in tls_transports]
+    if mode == client_certs.REQUIRED and without:
         raise MsgProtocolConfigError(
-            f"{where}: client_certificates='required' applies to the negotiated port only; "
-            "the extra transports cannot ask for client certificates: remove them or use "
-            "'optional'")
+            f"{where}: client_certificates='required', but the transports "
+            f"{', '.join(without)} cannot ask for client certificates: give them 'tls': True "
+            "(amp, websocket) or remove them, or use 'optional'")
     try:
         client_certs.server_tls_options(paths["tls_cert"], paths["tls_key"],
                                         paths["tls_client_ca"], mode)

@@ -18,6 +18,7 @@ from buildbot.worker.protocols.manager.base import BaseManager
 from buildbot.worker.protocols.manager.base import Registration
 from buildbot.worker.protocols.manager.pb import Dispatcher as PBDispatcher
 from twisted.application import strports
+from twisted.cred import error as cred_error
 from twisted.internet import defer
 from twisted.python import log
 from twisted.spread import pb
@@ -31,12 +32,27 @@ from buildbot_msgproto.throttle import LoginThrottle
 from buildbot_msgproto.throttle import peer_host
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
+from buildbot_worker_msgproto.protocol import auth
 from buildbot_worker_msgproto.protocol.auth import ScramCredentials
 from buildbot_worker_msgproto.protocol.events import Authenticated
 from buildbot_worker_msgproto.protocol.events import HelloReceived
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.transports import registry
+
+
+class _CertificateOnly:
+    """The registered "password" of a worker without one (``MsgWorker(name, None)``).
+
+    Buildbot's registration skips workers whose password is falsy, so a certificate-only
+    worker is registered with this truthy marker instead; no password ever matches it.
+    """
+
+    def __repr__(self) -> str:
+        return "CERTIFICATE_ONLY"
+
+
+CERTIFICATE_ONLY = _CertificateOnly()
 
 
 class MsgDispatcher(PBDispatcher):
@@ -81,6 +97,10 @@ class MsgDispatcher(PBDispatcher):
             if worker_name not in self.users:
                 return None
             password, _ = self.users[worker_name]
+            if password is CERTIFICATE_ONLY:
+                log.msg(f"msgproto: worker {worker_name!r} has no password on this master "
+                        "(certificate login only); refusing its password login")
+                return None
             props = Properties()
             props.master = self.master
             password = yield props.render(password)
@@ -93,6 +113,12 @@ class MsgDispatcher(PBDispatcher):
         finally:
             eventually(self.master.initLock.release)
 
+    def certificate_only(self, worker_name: str) -> bool | None:
+        """True if the worker is registered without a password (certificate login only),
+        False if with one, None if it is not registered."""
+        entry = self.users.get(worker_name)
+        return None if entry is None else entry[0] is CERTIFICATE_ONLY
+
     def connection_factory(self, worker_name: str) -> Any:
         entry = self.users.get(worker_name)
         return entry[1] if entry else None
@@ -102,6 +128,15 @@ class MsgDispatcher(PBDispatcher):
         self._credentials.pop(username, None)
 
     # ---------------------------------------------------------------- PB on the same port
+    def requestAvatarId(self, creds: Any) -> Any:  # noqa: N802 - Twisted's name
+        """Buildbot's PB password check, refusing workers without a password cleanly."""
+        name = bytes2unicode(creds.username)
+        if self.certificate_only(name):
+            log.msg(f"msgproto: refusing the PB login of worker {name!r}: it has no password "
+                    "(certificate login over msg only)")
+            return defer.fail(cred_error.UnauthorizedLogin())
+        return super().requestAvatarId(creds)
+
     @defer.inlineCallbacks
     def requestAvatar(self, avatarId: Any, mind: Any, *interfaces: Any) -> Any:  # noqa: N802,N803
         """A legacy PB worker logged in: attach it with Buildbot's own PB connection."""
@@ -138,9 +173,15 @@ class MsgDispatcher(PBDispatcher):
         self.listening = []
         for name, options in self.options.transport_options().items():
             backend = registry.load(name)
+            extra: dict[str, Any] = {}
+            tls = ""
+            if options.get("tls"):  # the port's TLS layer, with client certificates
+                creator = self.tls_creator
+                extra["wrap_factory"] = lambda f, c=creator: client_certs.tls_server_factory(c, f)
+                tls = f" (TLS, client certificates {self.options.client_certificates})"
             listening = yield defer.ensureDeferred(
-                backend.listen(self.master.reactor, options, self.new_driver))
-            log.msg(f"msgproto: {name} transport listening on {listening.address()}")
+                backend.listen(self.master.reactor, options, self.new_driver, **extra))
+            log.msg(f"msgproto: {name} transport listening on {listening.address()}{tls}")
             self.listening.append(listening)
 
     @defer.inlineCallbacks
@@ -169,6 +210,9 @@ class MasterHandshake(MessageHandler):
                         f"for another {wait:.0f} s (too many failed logins)")
             driver.close("login_throttled", f"too many failed logins; retry in {wait:.0f} s")
             return
+        if auth.SCRAM not in event.mechanisms:  # the worker offers certificate login only
+            self._certificate_login(driver, event.worker)
+            return
         refusal = self._certificate_refusal(driver, event.worker)
         if refusal is not None:  # before the challenge: the password is not even tried
             driver.close(*refusal)
@@ -176,6 +220,46 @@ class MasterHandshake(MessageHandler):
         d = self.dispatcher.credentials_for(event.worker)
         d.addCallback(driver.answer_hello)
         d.addErrback(self._internal_error, driver, "looking up credentials")
+
+    def _certificate_login(self, driver: SessionDriver, worker: str) -> None:
+        """Open the session of a worker that logs in with its TLS client certificate:
+        allowed if client certificates are on, the verified certificate names the worker
+        and the worker has no password on this master (docs/security/mtls.rst)."""
+        mode = getattr(getattr(self.dispatcher, "options", None), "client_certificates",
+                       client_certs.OFF)
+        if mode == client_certs.OFF:
+            self._refuse(driver, worker, "unsupported_auth",
+                         "this master does not accept certificate login (its "
+                         "client_certificates option is 'off')")
+            return
+        refusal = client_certs.refusal(mode, getattr(driver, "transport", None), worker,
+                                       driver.peer)
+        if refusal is not None:
+            driver.close(*refusal)
+            return
+        cert = client_certs.peer_certificate(getattr(driver, "transport", None))
+        if cert is None:
+            self._refuse(driver, worker, client_certs.CERTIFICATE_REQUIRED,
+                         "certificate login needs a TLS client certificate")
+            return
+        only = self.dispatcher.certificate_only(worker)
+        if only is None:
+            self._refuse(driver, worker, "authentication_failed",
+                         f"worker {worker!r} failed to authenticate (unknown worker)")
+            return
+        if not only:
+            self._refuse(driver, worker, "unsupported_auth",
+                         f"worker {worker!r} has a password on this master and must log in "
+                         f"with it (certificate login needs MsgWorker({worker!r}, None))")
+            return
+        log.msg(f"msgproto: worker {worker!r} from {driver.peer} logs in with its TLS client "
+                f"certificate ({client_certs.describe(cert)})")
+        driver.accept_certificate()
+
+    @staticmethod
+    def _refuse(driver: SessionDriver, worker: str, code: str, reason: str) -> None:
+        log.msg(f"msgproto: refusing worker {worker!r} from {driver.peer}: {code}: {reason}")
+        driver.close(code, reason)
 
     def _certificate_refusal(self, driver: SessionDriver, worker: str) -> Any:
         # a duck-typed dispatcher without options (unit tests) has no certificate policy

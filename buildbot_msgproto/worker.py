@@ -6,8 +6,10 @@ from typing import Any
 
 from buildbot.worker import Worker
 from twisted.internet import defer
+from twisted.python import log
 
 from buildbot_msgproto.config import parse_options
+from buildbot_msgproto.manager import CERTIFICATE_ONLY
 from buildbot_msgproto.manager import get_listener
 
 
@@ -16,6 +18,8 @@ class MsgWorker(Worker):
 
     Takes exactly the keyword arguments of ``buildbot.plugins.worker.Worker``.  If
     ``c['protocols']`` also has a ``'pb'`` entry, the worker stays reachable there too.
+    ``password=None`` makes a worker that logs in with its TLS client certificate only
+    (needs ``client_certificates`` on the msg port; docs/security/mtls.rst).
     """
 
     _msg_registered = False
@@ -25,17 +29,25 @@ class MsgWorker(Worker):
         yield super().reconfigService(name, password, **kwargs)
         msg_options = self.master.config.protocols.get("msg")
         options = parse_options(msg_options) if msg_options is not None else None
+        if password is None and (options is None or options.client_certificates == "off"):
+            log.msg(f"msgproto: worker {name!r} has no password, so it can only log in with "
+                    "a TLS client certificate, but c['protocols']['msg'] does not ask for "
+                    "client certificates (client_certificates is 'off'): it cannot log in")
         listener = yield get_listener(self.master)
-        yield listener.updateRegistration(self.workername, self.password, options)
+        yield listener.updateRegistration(self.workername, self._registered_password, options)
         self._msg_registered = options is not None
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
         if self._msg_registered:
             listener = yield get_listener(self.master)
-            yield listener.updateRegistration(self.workername, self.password, None)
+            yield listener.updateRegistration(self.workername, self._registered_password, None)
             self._msg_registered = False
         yield super().stopService()
+
+    @property
+    def _registered_password(self) -> Any:
+        return CERTIFICATE_ONLY if self.password is None else self.password
 
     def get_msg_port(self) -> int:
         """The TCP port number the msg listener is bound to (useful with port 0 in tests)."""

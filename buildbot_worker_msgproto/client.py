@@ -68,6 +68,11 @@ class NegotiatingClientProtocol(protocol.Protocol):
         if negotiation.choose(offered, (MSG_DIALECT,)) is not None:
             self.transport.write(negotiation.encode_string(MSG_DIALECT))
             self._become(FramedProtocol(self.factory.new_driver()), rest)
+        elif self.factory.sessions.password is None:
+            self.factory.sessions.login_failed(
+                "unsupported_auth", "the master does not offer the msg protocol, and PB has "
+                "no certificate login (this worker has no password)")
+            self.transport.abortConnection()
         else:
             log.msg("msgproto: the master does not offer the msg protocol "
                     f"(offers {[d.decode('ascii', 'replace') for d in offered]}); "
@@ -98,9 +103,9 @@ class WorkerSessions:
 
     #: Close codes meaning "this worker cannot log in", counted like PB's failed logins.
     LOGIN_FAILURES = ("authentication_failed", "master_not_authenticated", "unknown_worker",
-                      "certificate_mismatch", "certificate_required")
+                      "certificate_mismatch", "certificate_required", "unsupported_auth")
 
-    def __init__(self, bot: MessageHandler, name: str, password: str, reactor: Any,
+    def __init__(self, bot: MessageHandler, name: str, password: str | None, reactor: Any,
                  limits: Limits = DEFAULT_LIMITS, software: dict[str, Any] | None = None,
                  retry_policy: Any = None) -> None:
         self.bot = bot
@@ -116,7 +121,7 @@ class WorkerSessions:
     def new_driver(self) -> SessionDriver:
         session = Session(Role.WORKER, self.limits, now=self.reactor.seconds(),
                           worker_name=self.name, password=self.password,
-                          software=self.software)
+                          certificate_login=self.password is None, software=self.software)
         self.driver = SessionDriver(session, self.bot, self.reactor, label="msgproto-worker")
         self.driver.end_callbacks.append(self._session_ended)
         return self.driver
@@ -125,14 +130,20 @@ class WorkerSessions:
         """Count failed logins and apply the retry policy to them, as PB does
         (the policy stops the worker after ``maxRetries``)."""
         if code in self.LOGIN_FAILURES:
-            self.failed_logins += 1
-            log.msg(f"msgproto: login to the master failed ({code}): {reason}; "
-                    "check the worker name and password")
-            if self.retry_policy is not None:
-                self.retry_policy(self.failed_logins)
+            self.login_failed(code, reason)
         elif code not in ("handshake_timeout",) and self.driver is not None \
                 and self.driver.session.version is not None:
             self.failed_logins = 0
+
+    def login_failed(self, code: str, reason: str) -> None:
+        """Count a failed login and apply the retry policy (it stops the worker after
+        ``maxRetries``)."""
+        self.failed_logins += 1
+        what = "password" if self.password is not None else "TLS client certificate"
+        log.msg(f"msgproto: login to the master failed ({code}): {reason}; "
+                f"check the worker name and {what}")
+        if self.retry_policy is not None:
+            self.retry_policy(self.failed_logins)
 
     @property
     def active_driver(self) -> SessionDriver | None:

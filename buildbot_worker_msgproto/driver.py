@@ -209,6 +209,13 @@ class SessionDriver:
         self._handle(self.session.answer_hello(credentials, self.reactor.seconds()))
         self._after()
 
+    def accept_certificate(self) -> None:
+        """Master: open a certificate login (the caller checked the client certificate)."""
+        if self.session.is_closed:
+            return
+        self._handle(self.session.accept_certificate(self.reactor.seconds()))
+        self._after()
+
     def close(self, code: str = "normal", reason: str = "closing") -> None:
         """Close the session cleanly (send ``close``, flush, drop the transport)."""
         if not self.session.is_closed:

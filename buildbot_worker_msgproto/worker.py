@@ -29,6 +29,20 @@ from buildbot_worker_msgproto.transports.tls import TLSSettings
 
 PROTOCOLS = ("msg", "pb")
 TRANSPORTS = registry.names()
+#: Transports on which the master sees the worker's TLS client certificate, so that it
+#: can log in with it instead of a password (AMQP ends TLS at the broker; ZeroMQ uses CURVE).
+CERTIFICATE_LOGIN_TRANSPORTS = ("tcp", "amp", "websocket")
+
+
+def check_certificate_login(protocol: str, transport: str) -> None:
+    """Raise ValueError if a worker without password cannot log in this way."""
+    if protocol != "msg":
+        raise ValueError("a worker without password logs in with its TLS client certificate, "
+                         "which needs protocol 'msg' (PB has no certificate login)")
+    if transport not in CERTIFICATE_LOGIN_TRANSPORTS:
+        raise ValueError(f"certificate login (no password) works over the transports "
+                         f"{', '.join(CERTIFICATE_LOGIN_TRANSPORTS)}, not {transport!r}: the "
+                         "master cannot see a client certificate there")
 
 
 class Worker(worker_pb.Worker):
@@ -39,6 +53,8 @@ class Worker(worker_pb.Worker):
     ``tls_ca_file``, ``tls_fingerprint`` and ``tls_client_cert``/``tls_client_key``
     verify the master's certificate against a CA file or a pinned SHA-256 fingerprint and
     present a client certificate; each implies ``useTls`` (docs/security/tls.rst).
+    With ``tls_client_cert`` and no ``passwd`` (None or empty) the worker logs in with its
+    certificate alone (docs/security/mtls.rst).
     Every other argument keeps its buildbot-worker meaning.  ``keepalive`` applies
     to PB; msg sessions use the heartbeat interval the master announces.
     """
@@ -74,6 +90,12 @@ class Worker(worker_pb.Worker):
         if tls_settings is not None and connection_string:
             raise ValueError("tls_ca_file, tls_fingerprint and tls_client_cert need "
                              "buildmaster_host and port, not a connection string")
+        certificate_login = not passwd
+        if certificate_login:
+            if tls_settings is None or not tls_settings.client_cert:
+                raise ValueError("a worker needs a password, or a TLS client certificate "
+                                 "(tls_client_cert) to log in with instead")
+            check_certificate_login(protocol, transport)
 
         WorkerBase.__init__(self, name, basedir, BotMsg, umask=umask,
                             unicode_encoding=unicode_encoding,
@@ -106,10 +128,10 @@ class Worker(worker_pb.Worker):
         self.bf = worker_pb.BotFactory(buildmaster_host, port, keepalive, maxdelay,
                                        retryPolicy=policy)
         self.bf.startLogin(credentials.UsernamePassword(unicode2bytes(name, encoding),
-                                                        unicode2bytes(passwd, encoding)),
+                                                        unicode2bytes(passwd or "", encoding)),
                            client=self.bot)
         self.sessions = WorkerSessions(
-            self.bot, name, passwd, reactor, self.limits,
+            self.bot, name, None if certificate_login else passwd, reactor, self.limits,
             software={"buildbot_worker_msgproto": buildbot_worker_msgproto.__version__},
             retry_policy=policy)
         target = ClientTarget(host=buildmaster_host, port=port,

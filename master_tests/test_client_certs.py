@@ -136,7 +136,15 @@ def test_config(keys):
     ({"tls_cert": None, "client_certificates": "optional"}, "need 'tls_cert'"),
     ({"tls_cert": ""}, "path of a PEM file"),
     ({"client_certificates": "required", "tls_client_ca": "CA",
-      "transports": {"amp": {"port": 0}}}, "extra transports"),
+      "transports": {"amp": {"port": 0}}}, "transports amp cannot ask for client"),
+    ({"client_certificates": "required", "tls_client_ca": "CA",
+      "transports": {"amp": {"port": 0, "tls": True}, "zmq": {"port": 0}}},
+     "transports zmq cannot ask for client"),
+    ({"transports": {"amp": {"port": 0, "tls": True}}, "tls_cert": None},
+     r"'tls': True \(amp\) uses the master's TLS certificate"),
+    ({"transports": {"amp": {"port": 0, "tls": "yes"}}}, "amp 'tls' must be True or False"),
+    ({"transports": {"websocket": {"port": "ssl:0", "tls": True}}},
+     "needs an int or tcp: port"),
 ])
 def test_config_errors(keys, extra, message):
     layout, _ = keys

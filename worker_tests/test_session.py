@@ -327,14 +327,24 @@ def test_impostor_master_is_detected():
     assert close["type"] == "close" and close["code"] == "master_not_authenticated"
 
 
-def test_forged_welcome_signature_is_detected():
-    worker = make_worker()
+def challenge_for(worker: Session) -> dict[str, Any]:
+    """Start ``worker``; a valid challenge (as a message) for its hello."""
     worker.start(0)
     hello = decoded(worker.frames_to_send())[0]
-    challenge = {"type": "challenge", "version": 1, "salt": CREDENTIALS.salt_b64,
-                 "iterations": ITERATIONS, "nonce": hello["nonce"] + "m" * 32}
-    worker.receive_frame(peer_frame(worker, challenge), 0)
+    return {"type": "challenge", "version": 1, "salt": CREDENTIALS.salt_b64,
+            "iterations": ITERATIONS, "nonce": hello["nonce"] + "m" * 32}
+
+
+def challenged_worker() -> Session:
+    """A password worker that answered a valid challenge and now awaits ``welcome``."""
+    worker = make_worker()
+    worker.receive_frame(peer_frame(worker, challenge_for(worker)), 0)
     worker.frames_to_send()
+    return worker
+
+
+def test_forged_welcome_signature_is_detected():
+    worker = challenged_worker()
     welcome = {"type": "welcome", "signature": codec.b64encode(b"\0" * 32), "session": "s",
                "heartbeat_interval": 1, "heartbeat_timeout": 2, "max_frame_size": 1 << 20}
     events = worker.receive_frame(peer_frame(worker, welcome), 0)

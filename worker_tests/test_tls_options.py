@@ -146,3 +146,46 @@ def test_create_worker_options(pki):
         _parse("--tls-client-key", pki["client"])
     with pytest.raises(usage.UsageError, match="not --connection-string"):
         _parse("--connection-string", "tcp:host=h:port=1", "--tls-ca-file", pki["ca_file"])
+
+
+def _parse_without_password(*args):
+    options = CreateWorkerOptions()
+    options.parseOptions([*args, "basedir", "127.0.0.1:9989", "w"])
+    return options
+
+
+def test_create_worker_without_password_needs_a_client_certificate(pki):
+    options = _parse_without_password("--tls-client-cert", pki["client"])
+    assert options["passwd"] is None and options["use-tls"]
+    with pytest.raises(usage.UsageError, match="only be left out with --tls-client-cert"):
+        _parse_without_password()
+    with pytest.raises(usage.UsageError, match="needs protocol 'msg'"):
+        _parse_without_password("--tls-client-cert", pki["client"], "--protocol", "pb")
+    with pytest.raises(usage.UsageError, match="not 'zmq'"):
+        _parse_without_password("--tls-client-cert", pki["client"], "--transport", "zmq")
+
+
+def test_create_worker_tac_for_certificate_login(pki):
+    from buildbot_worker_msgproto.scripts.create_worker import make_tac
+
+    tac = make_tac(_parse_without_password("--tls-client-cert", pki["client"]))
+    assert "\npasswd = None\n" in tac
+    assert f"\ntls_client_cert = {pki['client']!r}\n" in tac
+
+
+def test_worker_without_password(pki, tmp_path):
+    from buildbot_worker_msgproto.worker import Worker
+
+    def make(**kwargs):
+        return Worker("127.0.0.1", 1, "w", kwargs.pop("passwd", None), str(tmp_path), 0,
+                      **kwargs)
+
+    with pytest.raises(ValueError, match="needs a password, or a TLS client certificate"):
+        make()
+    with pytest.raises(ValueError, match="needs a password, or a TLS client certificate"):
+        make(passwd="", tls_ca_file=pki["ca_file"])
+    with pytest.raises(ValueError, match="not 'amqp'"):
+        make(tls_client_cert=pki["client"], transport="amqp")
+    worker = make(tls_client_cert=pki["client"], tls_ca_file=pki["ca_file"])
+    assert worker.sessions.password is None
+    assert worker.sessions.new_driver().session.certificate_login

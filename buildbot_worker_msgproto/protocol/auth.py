@@ -18,6 +18,16 @@ import os
 NONCE_BYTES = 24
 SALT_BYTES = 16
 
+#: Authentication mechanisms a worker may offer in ``hello.auth``.
+#: ``scram-sha-256``: the password proof of this module (the default when ``auth`` is absent).
+#: ``tls-client-cert``: the worker's verified TLS client certificate names it and no
+#: password is used; the worker authenticates the master by its TLS certificate
+#: (docs/security/mtls.rst).  The session only carries the choice; checking the
+#: certificate is the transport's and the master's job.
+SCRAM = "scram-sha-256"
+CLIENT_CERTIFICATE = "tls-client-cert"
+MECHANISMS = (SCRAM, CLIENT_CERTIFICATE)
+
 #: Per-process secret from which the decoy salts of unknown workers are derived.
 _DECOY_KEY = os.urandom(32)
 

@@ -18,6 +18,10 @@ class HelloReceived(Event):
     worker: str
     versions: tuple[int, ...]
     software: dict[str, Any]
+    #: Authentication mechanisms the worker offers (``auth.SCRAM`` if it named none):
+    #: answer ``auth.SCRAM`` with ``Session.answer_hello`` and ``auth.CLIENT_CERTIFICATE``
+    #: with ``Session.accept_certificate`` (after checking the certificate).
+    mechanisms: tuple[str, ...] = ("scram-sha-256",)
 
 
 @dataclasses.dataclass(frozen=True)

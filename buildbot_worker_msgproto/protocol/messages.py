@@ -130,6 +130,10 @@ MESSAGES: tuple[MessageSpec, ...] = (
                        minimum=MIN_FRAME_SIZE),
                     _f("features", "array", "Optional features the worker supports "
                        "(strings, e.g. 'blob').", False),
+                    _f("auth", "array", "Authentication mechanisms the worker offers "
+                       "(strings): 'scram-sha-256' (password proof, the default when absent) "
+                       "or 'tls-client-cert' (its verified TLS client certificate names it; "
+                       "no password).", False),
                 )),
     MessageSpec("challenge", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master picks a version and sends the SCRAM salt and combined nonce.", (
@@ -144,7 +148,13 @@ MESSAGES: tuple[MessageSpec, ...] = (
                 )),
     MessageSpec("welcome", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master accepts the worker and proves it knows the password too.", (
-                    _f("signature", "string", "SCRAM ServerSignature, base64."),
+                    _f("signature", "string", "SCRAM ServerSignature, base64 (required unless "
+                       "'auth' is 'tls-client-cert').", False),
+                    _f("auth", "string", "The mechanism that authenticated the worker: "
+                       "'scram-sha-256' (the default when absent) or 'tls-client-cert' (sent "
+                       "directly after hello, without challenge).", False),
+                    _f("version", "integer", "The chosen protocol version (as in challenge; "
+                       "the only place it is sent in a certificate login).", False, minimum=1),
                     _f("session", "string", "Session id, for resuming in later versions."),
                     _f("heartbeat_interval", "number", "Seconds of silence before a ping."),
                     _f("heartbeat_timeout", "number", "Seconds of silence before the peer is "

@@ -12,6 +12,10 @@ States::
     worker: IDLE -start-> AWAIT_CHALLENGE -challenge-> AWAIT_WELCOME -welcome-> OPEN
     master: AWAIT_HELLO -hello-> AWAIT_CREDENTIALS -answer_hello-> AWAIT_AUTHENTICATE
             -authenticate-> OPEN
+
+    certificate login (no password; the TLS layer authenticates both peers):
+    worker: IDLE -start-> AWAIT_WELCOME -welcome-> OPEN
+    master: AWAIT_HELLO -hello-> AWAIT_CREDENTIALS -accept_certificate-> OPEN
     any state -close/error/timeout-> CLOSED
 """
 
@@ -77,17 +81,22 @@ _ENVELOPE_KEYS = frozenset({"type", "seq", "ack", "id", "reply_to", "blob"})
 class Session:
     """One side of one master<->worker session.
 
-    Worker side: ``Session(Role.WORKER, worker_name=..., password=...)`` then ``start(now)``.
-    Master side: ``Session(Role.MASTER)``, then on ``HelloReceived`` call ``answer_hello``.
+    Worker side: ``Session(Role.WORKER, worker_name=..., password=...)`` then ``start(now)``;
+    ``password=None, certificate_login=True`` logs in with the TLS client certificate.
+    Master side: ``Session(Role.MASTER)``, then on ``HelloReceived`` call ``answer_hello``
+    (password) or ``accept_certificate`` (certificate login, once the owner checked it).
     """
 
     def __init__(self, role: Role, limits: Limits = DEFAULT_LIMITS, *, now: float = 0.0,
                  worker_name: str | None = None, password: str | None = None,
                  versions: tuple[int, ...] = SUPPORTED_VERSIONS,
                  features: tuple[str, ...] = SUPPORTED_FEATURES,
-                 software: dict[str, Any] | None = None) -> None:
-        if role is Role.WORKER and (worker_name is None or password is None):
-            raise LocalProtocolError("a worker session needs worker_name and password")
+                 software: dict[str, Any] | None = None,
+                 certificate_login: bool = False) -> None:
+        if role is Role.WORKER and (worker_name is None
+                                    or (password is None) != certificate_login):
+            raise LocalProtocolError("a worker session needs worker_name and either a "
+                                     "password or certificate_login=True")
         self.role = role
         self.limits = limits
         self.versions = tuple(versions)
@@ -103,6 +112,10 @@ class Session:
         self.close_code: str | None = None
         self.close_reason: str | None = None
         self._password = password
+        #: Worker: log in with the TLS client certificate instead of a password.
+        self.certificate_login = certificate_login
+        #: The mechanism that authenticated the session (set when it opens).
+        self.auth_mechanism: str | None = None
         self._software = software or {}
         self._outgoing: list[bytes] = []
         self._send_seq = 0
@@ -127,6 +140,7 @@ class Session:
         self._hello_versions: tuple[int, ...] = ()
         self._unknown_worker = False
         self._hello_features: frozenset[str] = frozenset()
+        self._hello_mechanisms: tuple[str, ...] = (auth.SCRAM,)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -223,8 +237,10 @@ class Session:
             hello["software"] = self._software
         if self.supported_features:
             hello["features"] = sorted(self.supported_features)
+        if self.certificate_login:
+            hello["auth"] = [auth.CLIENT_CERTIFICATE]
         self._send("hello", hello, now)
-        self.state = State.AWAIT_CHALLENGE
+        self.state = State.AWAIT_WELCOME if self.certificate_login else State.AWAIT_CHALLENGE
 
     def send_request(self, message_type: str, body: dict[str, Any], now: float,
                      blob: bytes | None = None) -> int:
@@ -309,14 +325,9 @@ class Session:
         """
         if self.state is State.CLOSED:
             return []
-        if self.state is not State.AWAIT_CREDENTIALS:
-            raise LocalProtocolError(f"answer_hello in state {self.state.value}")
-        common = set(self._hello_versions) & set(self.versions)
-        if not common:
-            return self._fail(ProtocolError(
-                f"no common protocol version: worker offers {sorted(self._hello_versions)}, "
-                f"master speaks {sorted(self.versions)}", code="unsupported_version"), now)
-        self.version = max(common)
+        failed = self._choose_version("answer_hello", now)
+        if failed is not None:
+            return failed
         if credentials is None:
             credentials = auth.decoy_credentials(self.worker_name, self.limits.auth_iterations)
             self._unknown_worker = True
@@ -329,6 +340,34 @@ class Session:
                    now)
         self.state = State.AWAIT_AUTHENTICATE
         return []
+
+    def accept_certificate(self, now: float) -> list[Event]:
+        """Master: open a certificate login: the worker offered ``tls-client-cert`` and the
+        owner verified that the connection's TLS client certificate names this worker.
+
+        The session cannot see the certificate: calling this is the owner's statement
+        that it checked it.  Sends ``welcome`` without a challenge.
+        """
+        if self.state is State.CLOSED:
+            return []
+        if auth.CLIENT_CERTIFICATE not in self._hello_mechanisms:
+            raise LocalProtocolError("the worker did not offer certificate login")
+        failed = self._choose_version("accept_certificate", now)
+        if failed is not None:
+            return failed
+        return self._welcome({"auth": auth.CLIENT_CERTIFICATE}, now)
+
+    def _choose_version(self, caller: str, now: float) -> list[Event] | None:
+        """Master, after hello: pick the highest common version (None), or fail (events)."""
+        if self.state is not State.AWAIT_CREDENTIALS:
+            raise LocalProtocolError(f"{caller} in state {self.state.value}")
+        common = set(self._hello_versions) & set(self.versions)
+        if not common:
+            return self._fail(ProtocolError(
+                f"no common protocol version: worker offers {sorted(self._hello_versions)}, "
+                f"master speaks {sorted(self.versions)}", code="unsupported_version"), now)
+        self.version = max(common)
+        return None
 
     # ------------------------------------------------------------------ input
     def receive_frame(self, frame: bytes, now: float) -> list[Event]:
@@ -398,6 +437,10 @@ class Session:
                 raise ProtocolError("binary side frames are not allowed during the handshake",
                                     code="unexpected_message")
             expected = _EXPECTED_HANDSHAKE.get(self.state)
+            if message_type == "challenge" and self.certificate_login:
+                raise ProtocolError("the master asks for a password, but this worker logs in "
+                                    "with its TLS client certificate only; the master does "
+                                    "not support certificate login", code="unsupported_auth")
             if message_type != expected:
                 raise ProtocolError(
                     f"got {message_type!r} while {self.state.value.replace('_', ' ')}"
@@ -486,9 +529,20 @@ class Session:
         if peer_limit is not None:  # at least MIN_FRAME_SIZE: checked by the codec
             self._frame_limit = min(self._frame_limit, peer_limit)
         self._hello_features = _feature_names(message.get("features"))
+        mechanisms = message.get("auth")
+        if mechanisms is None:
+            self._hello_mechanisms = (auth.SCRAM,)
+        else:
+            known = tuple(m for m in mechanisms[:16] if m in auth.MECHANISMS)
+            if not known:
+                raise ProtocolError("hello.auth offers no mechanism this master knows "
+                                    f"(known: {', '.join(auth.MECHANISMS)})",
+                                    code="unsupported_auth")
+            self._hello_mechanisms = known
         self.state = State.AWAIT_CREDENTIALS
         software = message.get("software") or {}
-        return [HelloReceived(self.worker_name, self._hello_versions, software)]
+        return [HelloReceived(self.worker_name, self._hello_versions, software,
+                              self._hello_mechanisms)]
 
     def _auth_message(self) -> bytes:
         assert self._credentials is not None and self._nonce is not None
@@ -503,11 +557,17 @@ class Session:
             raise ProtocolError(f"worker {self.worker_name!r} failed to authenticate "
                                 "(wrong password or unknown worker)",
                                 code="authentication_failed")
+        signature = self._credentials.server_signature(self._auth_message())
+        self._credentials = None
+        return self._welcome({"signature": base64.b64encode(signature).decode("ascii")}, now)
+
+    def _welcome(self, proof: dict[str, Any], now: float) -> list[Event]:
+        """Master: send ``welcome`` (with ``proof``: signature or auth mechanism), open."""
         self.session_id = auth.new_nonce()
         features = self.supported_features & self._hello_features
         welcome: dict[str, Any] = {
-            "signature": base64.b64encode(
-                self._credentials.server_signature(self._auth_message())).decode("ascii"),
+            **proof,
+            "version": self.version,
             "session": self.session_id,
             "heartbeat_interval": self._heartbeat_interval,
             "heartbeat_timeout": self._heartbeat_timeout,
@@ -517,8 +577,7 @@ class Session:
             welcome["features"] = sorted(features)
         self._send("welcome", welcome, now)
         self.features = features
-        self._credentials = None
-        return self._open()
+        return self._open(welcome.get("auth", auth.SCRAM))
 
     def _on_challenge(self, message: dict[str, Any], now: float) -> list[Event]:
         if message["version"] not in self.versions:
@@ -543,12 +602,31 @@ class Session:
         return []
 
     def _on_welcome(self, message: dict[str, Any], now: float) -> list[Event]:
-        signature = _b64(message["signature"], "welcome.signature")
-        assert self._expected_server_signature is not None
-        if not auth.signatures_match(self._expected_server_signature, signature):
-            raise ProtocolError("the master could not prove it knows this worker's password: "
-                                "refusing to talk to a possible impostor",
-                                code="master_not_authenticated")
+        mechanism = message.get("auth", auth.SCRAM)
+        if self.certificate_login:
+            # No password proof: the worker authenticated the master by its TLS certificate
+            # (checked by the transport before the first frame), the master the worker by
+            # the client certificate.  The master must say so; nothing else is accepted.
+            if mechanism != auth.CLIENT_CERTIFICATE:
+                raise ProtocolError("the master did not accept certificate login "
+                                    f"(welcome.auth is {mechanism!r})",
+                                    code="master_not_authenticated")
+            version = message.get("version")
+            if version not in self.versions:
+                raise ProtocolError(f"master chose version {version!r}, which was not offered",
+                                    code="unsupported_version")
+            self.version = version
+        else:
+            if mechanism != auth.SCRAM or "signature" not in message:
+                raise ProtocolError("the master skipped the password proof (welcome without "
+                                    "signature): refusing to talk to a possible impostor",
+                                    code="master_not_authenticated")
+            signature = _b64(message["signature"], "welcome.signature")
+            assert self._expected_server_signature is not None
+            if not auth.signatures_match(self._expected_server_signature, signature):
+                raise ProtocolError("the master could not prove it knows this worker's "
+                                    "password: refusing to talk to a possible impostor",
+                                    code="master_not_authenticated")
         try:
             interval = float(message["heartbeat_interval"])
             timeout = float(message["heartbeat_timeout"])
@@ -560,10 +638,11 @@ class Session:
         self._frame_limit = min(self._frame_limit, message["max_frame_size"])
         self.session_id = message["session"]
         self.features = self.supported_features & _feature_names(message.get("features"))
-        return self._open()
+        return self._open(mechanism)
 
-    def _open(self) -> list[Event]:
+    def _open(self, mechanism: str) -> list[Event]:
         self.state = State.OPEN
+        self.auth_mechanism = mechanism
         self._password = None
         return [Authenticated(self.worker_name, self.version, self.session_id)]
 

@@ -14,6 +14,7 @@ from buildbot_worker_msgproto.scripts.create_worker import TLS_OPTIONS
 from buildbot_worker_msgproto.transports.tls import normalize_fingerprint
 from buildbot_worker_msgproto.worker import PROTOCOLS
 from buildbot_worker_msgproto.worker import TRANSPORTS
+from buildbot_worker_msgproto.worker import check_certificate_login
 
 
 class CreateWorkerOptions(upstream.CreateWorkerOptions):
@@ -34,7 +35,9 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
          "Pin the SHA-256 fingerprint of the master's TLS certificate (hex, colons "
          "allowed; implies --use-tls)"],
         ["tls-client-cert", None, None,
-         "Present this PEM client certificate to the master (mutual TLS; implies --use-tls)"],
+         "Present this PEM client certificate to the master (mutual TLS; implies --use-tls). "
+         "With it, <passwd> may be left out: the worker then logs in with the certificate "
+         "alone (docs/security/mtls.rst)"],
         ["tls-client-key", None, None,
          "PEM private key of --tls-client-cert (default: in the certificate's file)"],
     ]
@@ -52,7 +55,20 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
 
     def getSynopsis(self) -> str:  # noqa: N802
         return ("Usage:    buildbot-worker-msgproto create-worker [options] "
-                "<basedir> <master> <name> <passwd>")
+                "<basedir> <master> <name> <passwd>\n"
+                "          buildbot-worker-msgproto create-worker --tls-client-cert FILE "
+                "[options] <basedir> <master> <name>")
+
+    def parseArgs(self, *args: str) -> None:  # noqa: N802
+        """As buildbot-worker's, but <passwd> may be left out with --tls-client-cert."""
+        if len(args) == 3 and self["tls-client-cert"]:
+            super().parseArgs(*args, "")
+            self["passwd"] = None
+            return
+        if len(args) == 3:
+            raise usage.UsageError("incorrect number of arguments: <passwd> may only be left "
+                                   "out with --tls-client-cert (certificate login)")
+        super().parseArgs(*args)
 
     def postOptions(self) -> None:  # noqa: N802
         super().postOptions()
@@ -63,6 +79,11 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
         if self["protocol"] == "pb" and self["transport"] != "tcp":
             raise usage.UsageError("--protocol pb only runs over --transport tcp")
         self._check_tls_options()
+        if self["passwd"] is None:
+            try:
+                check_certificate_login(self["protocol"], self["transport"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
 
     def _check_tls_options(self) -> None:
         """Make the TLS file options absolute, check them, and turn on --use-tls."""

@@ -20,8 +20,11 @@ from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import TransportGuarantees
+from buildbot_worker_msgproto.transports.endpoints import TLS_OPTION
+from buildbot_worker_msgproto.transports.endpoints import FactoryWrapper
 from buildbot_worker_msgproto.transports.endpoints import PortListening
 from buildbot_worker_msgproto.transports.endpoints import ReceiverProtocolFactory
+from buildbot_worker_msgproto.transports.endpoints import check_tls_option
 from buildbot_worker_msgproto.transports.endpoints import listen_stream
 from buildbot_worker_msgproto.transports.endpoints import stream_client_service
 from buildbot_worker_msgproto.transports.tcp import WritabilityReporter
@@ -134,18 +137,21 @@ class AmpFrameProtocol(amp.AMP, FrameTransport):
 
 def validate_options(options: dict[str, Any]) -> None:
     """Master side: ``{'port': int or strport, 'backlog': int}``."""
-    unknown = set(options) - {"port", "backlog"}
+    unknown = set(options) - {"port", "backlog", TLS_OPTION}
     if unknown:
-        raise ValueError(f"unknown amp options {sorted(unknown)}; known: backlog, port")
+        raise ValueError(f"unknown amp options {sorted(unknown)}; known: backlog, port, tls")
     if not isinstance(options.get("port"), (int, str)):
         raise ValueError("the amp transport needs a 'port' (int or strport)")
+    check_tls_option(NAME, options)
 
 
-async def listen(reactor: Any, options: dict[str, Any],
-                 new_receiver: ReceiverFactory) -> PortListening:
-    """Listen for AMP frame connections on ``options['port']``."""
+async def listen(reactor: Any, options: dict[str, Any], new_receiver: ReceiverFactory,
+                 wrap_factory: FactoryWrapper | None = None) -> PortListening:
+    """Listen for AMP frame connections on ``options['port']`` (behind ``wrap_factory``,
+    the master's TLS layer, with ``'tls': True``)."""
     return await listen_stream(reactor, NAME, options,
-                               ReceiverProtocolFactory(AmpFrameProtocol, new_receiver))
+                               ReceiverProtocolFactory(AmpFrameProtocol, new_receiver),
+                               wrap_factory)
 
 
 def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory,

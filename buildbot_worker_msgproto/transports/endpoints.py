@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from typing import Callable
 
 from buildbot_worker.tunnel import HTTPTunnelEndpoint
 from twisted.application.internet import ClientService
@@ -92,11 +93,36 @@ class ReceiverProtocolFactory(protocol.Factory):
         return self.protocol_class(self.new_receiver())
 
 
+#: Wraps a server factory, e.g. in the master's TLS layer with client certificates.
+FactoryWrapper = Callable[[protocol.Factory], protocol.Factory]
+
+#: The ``tls`` option of stream transports on the master: TLS made by the master from
+#: c['protocols']['msg']['tls_cert'] (with client certificates), passed in as a wrapper.
+TLS_OPTION = "tls"
+
+
+def check_tls_option(kind: str, options: dict[str, Any]) -> None:
+    """``options['tls']``, if given, must be a bool and go with a plain tcp port."""
+    if TLS_OPTION not in options:
+        return
+    if not isinstance(options[TLS_OPTION], bool):
+        raise ValueError(f"{kind} 'tls' must be True or False")
+    port = options.get("port")
+    if options[TLS_OPTION] and isinstance(port, str) and ":" in port \
+            and port.split(":", 1)[0] not in ("tcp", "tcp6"):
+        raise ValueError(f"{kind} with 'tls': True needs an int or tcp: port (the master "
+                         f"adds TLS itself), not {port!r}")
+
+
 async def listen_stream(reactor: Any, kind: str, options: dict[str, Any],
-                        factory: protocol.Factory) -> PortListening:
-    """Listen on ``options['port']`` (int or strport) with ``options['backlog']``."""
+                        factory: protocol.Factory,
+                        wrap_factory: FactoryWrapper | None = None) -> PortListening:
+    """Listen on ``options['port']`` (int or strport) with ``options['backlog']``;
+    ``wrap_factory`` (the master's TLS layer) wraps ``factory`` if given."""
     endpoint = server_endpoint(reactor, options["port"],
                                options.get("backlog", DEFAULT_BACKLOG))
+    if wrap_factory is not None:
+        factory = wrap_factory(factory)
     return PortListening(kind, await endpoint.listen(factory))
 
 

@@ -44,7 +44,10 @@ from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import TransportGuarantees
 from buildbot_worker_msgproto.transports.endpoints import DEFAULT_BACKLOG
+from buildbot_worker_msgproto.transports.endpoints import TLS_OPTION
+from buildbot_worker_msgproto.transports.endpoints import FactoryWrapper
 from buildbot_worker_msgproto.transports.endpoints import PortListening
+from buildbot_worker_msgproto.transports.endpoints import check_tls_option
 from buildbot_worker_msgproto.transports.endpoints import client_endpoint
 from buildbot_worker_msgproto.transports.endpoints import server_endpoint
 from buildbot_worker_msgproto.transports.tcp import WritabilityReporter
@@ -62,7 +65,7 @@ DEFAULT_AUTO_PING_TIMEOUT = 20.0
 MAX_HANDSHAKE_SIZE = 64 * 1024
 
 SERVER_OPTIONS = ("port", "backlog", "path", "compression", "auto_ping_interval",
-                  "auto_ping_timeout")
+                  "auto_ping_timeout", TLS_OPTION)
 CLIENT_OPTIONS = ("path", "compression", "auto_ping_interval", "auto_ping_timeout")
 
 PLAIN = TransportGuarantees(ordered=True, reliable=True, max_frame_size=None, encrypted=False)
@@ -149,6 +152,11 @@ class WebSocketFrameTransport(FrameTransport):
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
         self.guarantees = ENCRYPTED if ISSLTransport.providedBy(protocol.transport) else PLAIN
+
+    @property
+    def transport(self) -> Any:
+        """The stream under the WebSocket (a TLS one can show a client certificate)."""
+        return self.protocol.transport
 
     def send_frames(self, frames: list[bytes]) -> None:
         protocol = self.protocol
@@ -357,16 +365,22 @@ def validate_options(options: dict[str, Any]) -> None:
     backlog = options.get("backlog", DEFAULT_BACKLOG)
     if not isinstance(backlog, int) or isinstance(backlog, bool) or backlog <= 0:
         raise ValueError("websocket 'backlog' must be a positive int")
+    check_tls_option(NAME, options)
 
 
-async def listen(reactor: Any, options: dict[str, Any],
-                 new_receiver: ReceiverFactory) -> WebSocketListening:
-    """Listen for WebSocket upgrades on ``options['port']`` at ``options['path']``."""
+async def listen(reactor: Any, options: dict[str, Any], new_receiver: ReceiverFactory,
+                 wrap_factory: FactoryWrapper | None = None) -> WebSocketListening:
+    """Listen for WebSocket upgrades on ``options['port']`` at ``options['path']``
+    (behind ``wrap_factory``, the master's TLS layer, with ``'tls': True``)."""
     validate_options(options)
     settings = parse_settings(options, SERVER_OPTIONS)
     endpoint = server_endpoint(reactor, options["port"], options.get("backlog", DEFAULT_BACKLOG))
-    port = await endpoint.listen(MsgServerFactory(settings, new_receiver, reactor))
-    secure = isinstance(options["port"], str) and options["port"].startswith(("ssl:", "tls:"))
+    factory: Any = MsgServerFactory(settings, new_receiver, reactor)
+    if wrap_factory is not None:
+        factory = wrap_factory(factory)
+    port = await endpoint.listen(factory)
+    secure = wrap_factory is not None or (isinstance(options["port"], str)
+                                          and options["port"].startswith(("ssl:", "tls:")))
     return WebSocketListening(port, settings.path, secure)
 
 

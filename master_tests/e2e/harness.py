@@ -207,9 +207,10 @@ class ProtocolSpec:
         basedir: str,
         master_port: int,
         name: str,
-        passwd: str,
+        passwd: str | None,
         extra_args: Sequence[str] = (),
     ) -> list[str]:
+        """The create command; ``passwd=None`` leaves the password out (certificate login)."""
         # twisted's usage.Options uses getopt: options must come before positional arguments
         return [
             venv_exe(self.create_prefix[0]),
@@ -219,7 +220,7 @@ class ProtocolSpec:
             basedir,
             f"127.0.0.1:{int(master_port)}",
             name,
-            passwd,
+            *([passwd] if passwd is not None else []),
         ]
 
     def worker_start_cmd(self, basedir: str) -> list[str]:
@@ -845,7 +846,7 @@ class Worker(_Process):
         basedir: str,
         master_port: int,
         name: str,
-        passwd: str,
+        passwd: str | None,
         *,
         extra_create_args: Sequence[str] = (),
         env: dict[str, str] | None = None,

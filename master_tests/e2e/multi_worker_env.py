@@ -27,10 +27,12 @@ WorkerSpecs = dict[str, tuple[harness.ProtocolSpec, tuple[str, ...], int]]
 
 
 class MultiWorkerEnv:
-    """A master on ``port`` and the workers of ``specs`` (all with password 'pw')."""
+    """A master on ``port`` and the workers of ``specs`` (with password 'pw' on both sides,
+    unless ``passwords[name]`` gives (master's, worker's); None: no password)."""
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self.passwords: dict[str, tuple[str | None, str | None]] = {}
         self.port = harness.free_port()
         self.master: harness.Master | None = None
         self.workers: dict[str, harness.Worker] = {}
@@ -40,14 +42,16 @@ class MultiWorkerEnv:
         """Write master.cfg for ``protocols_py``, create everything, start it all."""
         www_port = harness.free_port()
         cfg = harness.make_master_cfg(
-            protocols_py, [f"worker.MsgWorker({n!r}, 'pw')" for n in specs], self.port,
-            www_port, BUILDERS_PY)
+            protocols_py,
+            [f"worker.MsgWorker({n!r}, {self.passwords.get(n, ('pw', 'pw'))[0]!r})"
+             for n in specs], self.port, www_port, BUILDERS_PY)
         self.master = harness.Master(os.path.join(self.root, "master"), cfg,
                                      www_port=www_port, master_port=self.port)
         self.master.create()
         for name, (spec, args, port) in specs.items():
             w = harness.Worker.for_protocol(spec, os.path.join(self.root, name), port, name,
-                                            "pw", extra_create_args=args)
+                                            self.passwords.get(name, ("pw", "pw"))[1],
+                                            extra_create_args=args)
             self.workers[name] = w.create()
         self.master.start()
         self.started_at = time.monotonic()
