@@ -129,6 +129,10 @@ class WorkerSessions:
     def _session_ended(self, code: str, reason: str, by_peer: bool) -> None:
         """Count failed logins and apply the retry policy to them, as PB does
         (the policy stops the worker after ``maxRetries``)."""
+        if self.driver is not None and self.driver.session.auth_mechanism is not None:
+            logged_in = getattr(self.retry_policy, "logged_in", None)
+            if logged_in is not None:  # the session had opened: retry soon
+                logged_in()
         if code in self.LOGIN_FAILURES:
             self.login_failed(code, reason)
         elif code not in ("handshake_timeout",) and self.driver is not None \
@@ -142,8 +146,9 @@ class WorkerSessions:
         what = "password" if self.password is not None else "TLS client certificate"
         log.msg(f"msgproto: login to the master failed ({code}): {reason}; "
                 f"check the worker name and {what}")
-        if self.retry_policy is not None:
-            self.retry_policy(self.failed_logins)
+        check = getattr(self.retry_policy, "check_failures", self.retry_policy)
+        if check is not None:
+            check(self.failed_logins)
 
     @property
     def active_driver(self) -> SessionDriver | None:

@@ -10,7 +10,6 @@ from buildbot_worker import pb as worker_pb
 from buildbot_worker.base import WorkerBase
 from buildbot_worker.compat import unicode2bytes
 from twisted.application.internet import ClientService
-from twisted.application.internet import backoffPolicy
 from twisted.cred import credentials
 from twisted.internet import defer
 from twisted.internet import reactor
@@ -22,6 +21,7 @@ from buildbot_worker_msgproto.client import MsgClientFactory
 from buildbot_worker_msgproto.client import WorkerSessions
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
+from buildbot_worker_msgproto.retry import RetryPolicy
 from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.endpoints import client_endpoint
@@ -43,6 +43,18 @@ def check_certificate_login(protocol: str, transport: str) -> None:
         raise ValueError(f"certificate login (no password) works over the transports "
                          f"{', '.join(CERTIFICATE_LOGIN_TRANSPORTS)}, not {transport!r}: the "
                          "master cannot see a client certificate there")
+
+
+class _BotFactory(worker_pb.BotFactory):
+    """buildbot-worker's PB factory, telling the retry policy when a PB login worked."""
+
+    def __init__(self, *args: Any, retryPolicy: RetryPolicy) -> None:  # noqa: N803
+        super().__init__(*args, retryPolicy=retryPolicy)
+        self.retry_policy = retryPolicy
+
+    def gotPerspective(self, perspective: Any) -> None:  # noqa: N802 - Twisted's name
+        self.retry_policy.logged_in()
+        super().gotPerspective(perspective)
 
 
 class Worker(worker_pb.Worker):
@@ -116,17 +128,12 @@ class Worker(worker_pb.Worker):
             self.shutdown_mtime = 0
         self.allow_shutdown = allow_shutdown
 
-        backoff = backoffPolicy()  # as buildbot-worker: maxdelay is deprecated there too
-
-        def policy(attempt: int) -> float:
-            if maxRetries and attempt >= maxRetries:
-                reactor.stop()
-            return backoff(attempt)
+        # as buildbot-worker (maxdelay is deprecated there too), growing until a login works
+        policy = self.retry_policy = RetryPolicy(maxRetries, reactor.stop)
 
         # The PB factory serves protocol='pb' and the automatic fallback of 'msg'.
         encoding = self.bot.unicode_encoding
-        self.bf = worker_pb.BotFactory(buildmaster_host, port, keepalive, maxdelay,
-                                       retryPolicy=policy)
+        self.bf = _BotFactory(buildmaster_host, port, keepalive, maxdelay, retryPolicy=policy)
         self.bf.startLogin(credentials.UsernamePassword(unicode2bytes(name, encoding),
                                                         unicode2bytes(passwd or "", encoding)),
                            client=self.bot)
