@@ -156,8 +156,14 @@ class _Recorder(protocol.Protocol):
 
 
 class _Echo(protocol.Protocol):
+    def connectionMade(self) -> None:  # noqa: N802
+        self.factory.open.add(self)
+
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.transport.write(data)
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.factory.open.discard(self)
 
 
 class _CountingFactory(protocol.Factory):
@@ -174,12 +180,22 @@ class _CountingFactory(protocol.Factory):
 class TestTunnel(unittest.TestCase):
     def setUp(self) -> None:
         self.server = sshd.current()
-        self.echo = reactor.listenTCP(0, protocol.Factory.forProtocol(_Echo),
-                                      interface="127.0.0.1")
+        echo_factory = protocol.Factory.forProtocol(_Echo)
+        echo_factory.open = set()
+        self.echo = reactor.listenTCP(0, echo_factory, interface="127.0.0.1")
         self.addCleanup(self.echo.stopListening)
+        self.addCleanup(self._echo_closed, echo_factory)
         self.dest_port = self.echo.getHost().port
         self.tmp = self.mktemp()
         os.makedirs(self.tmp)
+
+    @defer.inlineCallbacks
+    def _echo_closed(self, factory: Any) -> Any:
+        # sshd closes its side of the tunnelled connections a moment after the channel
+        for _ in range(TIMEOUT * 20):
+            if not factory.open:
+                return
+            yield task.deferLater(reactor, 0.05, lambda: None)
 
     def endpoint(self, key: str | None = None, known_hosts: str | None = None,
                  port: int | None = None) -> ssh.SSHTunnelEndpoint:

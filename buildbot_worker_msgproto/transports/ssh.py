@@ -448,6 +448,12 @@ class TunnelChannel(SSHChannel):
         if conn is not None and not self.localClosed and self in conn.channelsToRemoteChannel:
             conn.sendClose(self)
 
+    def setTcpNoDelay(self, enabled: bool) -> None:  # noqa: N802
+        """Nothing to do: the SSH connection's socket has TCP_NODELAY already."""
+
+    def getTcpNoDelay(self) -> bool:  # noqa: N802
+        return True
+
     def getPeer(self) -> SSHTunnelAddress:  # noqa: N802
         return self.dest
 
@@ -680,6 +686,8 @@ class _Tunnel:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             self._fire(d, result)
+        if not isinstance(result, Failure) and not self.channels:
+            self.close()  # every waiter gave up meanwhile: do not keep an idle login
 
     @staticmethod
     def _fire(d: defer.Deferred, result: Any) -> None:
