@@ -138,6 +138,110 @@ class TestSettings:
         assert ssh.SSHSettings.create("bb@gw:2200", key, str(tmp / "hashed")).port == 2200
 
 
+class TestOptions:
+    """create-worker flags, buildbot.tac, client_endpoint() and Worker(...) with a tunnel."""
+
+    @pytest.fixture
+    def files(self, tmp_path: Any) -> Any:
+        key = str(tmp_path / "id")
+        write_key_pair(key)
+        kh = _known_hosts(str(tmp_path / "kh"), "[gw]:2222",
+                          write_key_pair(str(tmp_path / "host")))
+        return key, kh, tmp_path
+
+    @staticmethod
+    def _parse(*args: str) -> Any:
+        from buildbot_worker_msgproto.scripts.runner import CreateWorkerOptions
+
+        options = CreateWorkerOptions()
+        options.parseOptions([*args, "basedir", "127.0.0.1:9989", "w", "pw"])
+        return options
+
+    def test_create_worker_writes_the_tac(self, files: Any, monkeypatch: Any) -> None:
+        from buildbot_worker_msgproto.scripts.create_worker import make_tac
+
+        key, kh, tmp = files
+        monkeypatch.chdir(tmp)
+        options = self._parse("--ssh-tunnel", "bb@gw:2222", "--ssh-key", "id",
+                              "--ssh-key", key, "--ssh-known-hosts", kh)
+        assert options["ssh-key"] == [key, key]  # made absolute
+        tac = make_tac(options)
+        assert "ssh_tunnel = 'bb@gw:2222'" in tac
+        assert f"ssh_key = {[key, key]!r}" in tac
+        assert f"ssh_known_hosts = {kh!r}" in tac
+        assert "ssh_tunnel=ssh_tunnel, ssh_key=ssh_key, ssh_known_hosts=ssh_known_hosts" in tac
+        compile(tac, "buildbot.tac", "exec")
+        assert "ssh_tunnel = None" in make_tac(self._parse())
+
+    def test_create_worker_refusals(self, files: Any) -> None:
+        from twisted.python import usage
+
+        key, kh, tmp = files
+        with pytest.raises(usage.UsageError, match="needs --ssh-tunnel"):
+            self._parse("--ssh-key", key)
+        with pytest.raises(usage.UsageError, match="cannot read the SSH key"):
+            self._parse("--ssh-tunnel", "bb@gw:2222", "--ssh-key", str(tmp / "no"),
+                        "--ssh-known-hosts", kh)
+        with pytest.raises(usage.UsageError, match="has no host key for gw"):
+            self._parse("--ssh-tunnel", "bb@gw", "--ssh-key", key, "--ssh-known-hosts", kh)
+        with pytest.raises(usage.UsageError, match="not --connection-string"):
+            self._parse("--ssh-tunnel", "bb@gw:2222", "--ssh-key", key,
+                        "--ssh-known-hosts", kh, "--connection-string", "tcp:host=h:port=1")
+
+    def test_client_endpoint(self, files: Any) -> None:
+        from buildbot_worker_msgproto.transports.base import ClientTarget
+        from buildbot_worker_msgproto.transports.endpoints import client_endpoint
+        from buildbot_worker_msgproto.transports.tls import TLSSettings
+        from buildbot_worker_msgproto.transports.tls import VerifiedTLSEndpoint
+
+        settings = ssh.SSHSettings.create("bb@gw:2222", files[0], files[1])
+        plain = client_endpoint(reactor, ClientTarget("10.0.0.5", 9989, ssh=settings))
+        assert isinstance(plain, ssh.SSHTunnelEndpoint)
+        assert (plain.dest_host, plain.dest_port) == ("10.0.0.5", 9989)
+        tls = client_endpoint(reactor, ClientTarget("10.0.0.5", 9989, ssh=settings,
+                                                    tls=TLSSettings(fingerprint="ab" * 32)))
+        assert isinstance(tls, VerifiedTLSEndpoint)
+        assert isinstance(tls.wrapped, ssh.SSHTunnelEndpoint)
+        with pytest.raises(ValueError, match="not a connection string"):
+            client_endpoint(reactor, ClientTarget(connection_string="tcp:host=h:port=1",
+                                                  ssh=settings))
+        with pytest.raises(ValueError, match="HTTP proxy"):
+            client_endpoint(reactor, ClientTarget("h", 1, ssh=settings,
+                                                  proxy_connection_string="tcp:p:3128"))
+
+    def test_worker_arguments(self, files: Any, monkeypatch: Any) -> None:
+        from buildbot_worker_msgproto import worker as worker_module
+        from buildbot_worker_msgproto.worker import Worker
+
+        made: list[Any] = []
+
+        def recording_client_endpoint(*args: Any) -> Any:
+            made.append(worker_module.client_endpoint.__wrapped__(*args))
+            return made[-1]
+
+        recording_client_endpoint.__wrapped__ = worker_module.client_endpoint
+        monkeypatch.setattr(worker_module, "client_endpoint", recording_client_endpoint)
+
+        key, kh, tmp = files
+        with pytest.raises(ValueError, match="need ssh_tunnel"):
+            Worker("h", 1, "w", "pw", str(tmp), 0, ssh_key=key)
+        with pytest.raises(ValueError, match="without connection_string"):
+            Worker(None, None, "w", "pw", str(tmp), 0, connection_string="tcp:host=h:port=1",
+                   ssh_tunnel="bb@gw:2222", ssh_key=key, ssh_known_hosts=kh)
+        with pytest.raises(ValueError, match="protected by a passphrase|cannot load"):
+            (tmp / "bad").write_text("junk")
+            Worker("h", 1, "w", "pw", str(tmp), 0, ssh_tunnel="bb@gw:2222",
+                   ssh_key=str(tmp / "bad"), ssh_known_hosts=kh)
+        for protocol_name in ("msg", "pb"):
+            made.clear()
+            Worker("127.0.0.1", 9989, "w", "pw", str(tmp), 0, protocol=protocol_name,
+                   ssh_tunnel="bb@gw:2222", ssh_key=[key], ssh_known_hosts=kh)
+            [endpoint] = made
+            assert isinstance(endpoint, ssh.SSHTunnelEndpoint), endpoint
+            assert endpoint.settings.where == "bb@gw:2222"
+            assert (endpoint.dest_host, endpoint.dest_port) == ("127.0.0.1", 9989)
+
+
 # ============================================================================ against sshd
 
 
