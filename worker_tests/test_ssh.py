@@ -22,6 +22,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial import unittest
 
 from buildbot_worker_msgproto.transports import ssh
+from buildbot_worker_msgproto.transports import ssh_forward
 from master_tests import sshd
 from master_tests.sshd import ssh_server  # noqa: F401 - the fixture
 from master_tests.sshd import write_key_pair
@@ -418,7 +419,7 @@ class TestTunnel(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_local_forward(self) -> Any:
-        forward = ssh.LocalForward(reactor, self.endpoint())
+        forward = ssh_forward.LocalForward(reactor, self.endpoint())
         port = forward.start()
         self.addCleanup(forward.stop)
         before = self.server.tunnels_to(self.dest_port)
@@ -437,7 +438,7 @@ class TestTunnel(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_local_forward_closes_when_the_tunnel_fails(self) -> Any:
-        forward = ssh.LocalForward(reactor, self.endpoint(
+        forward = ssh_forward.LocalForward(reactor, self.endpoint(
             known_hosts=self.server.wrong_known_hosts))
         port = forward.start()
         self.addCleanup(forward.stop)

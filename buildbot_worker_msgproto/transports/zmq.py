@@ -933,12 +933,13 @@ def _tunnelled_client(reactor: Any, target: ClientTarget, values: dict[str, int]
     """The DEALER client connecting to a local forward (127.0.0.1, a free port) whose
     connections go through the SSH tunnel to the master's ROUTER."""
     from buildbot_worker_msgproto.transports import ssh
+    from buildbot_worker_msgproto.transports import ssh_forward
     from buildbot_worker_msgproto.transports.endpoints import check_ssh_target
 
     check_ssh_target(target)
-    forward = ssh.LocalForward(reactor, ssh.tunnel_endpoint(
+    forward = ssh_forward.LocalForward(reactor, ssh.tunnel_endpoint(
         reactor, target.ssh, target.host or "localhost", target.port))
     client = ZmqClientService(reactor, "", values, new_receiver, retry_policy, curve)
-    return ssh.ForwardedService(forward, client,
+    return ssh_forward.ForwardedService(forward, client,
                                 lambda port: setattr(client, "endpoint",
                                                      f"tcp://127.0.0.1:{port}"))
