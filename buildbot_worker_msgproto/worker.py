@@ -67,6 +67,11 @@ class Worker(worker_pb.Worker):
     present a client certificate; each implies ``useTls`` (docs/security/tls.rst).
     With ``tls_client_cert`` and no ``passwd`` (None or empty) the worker logs in with its
     certificate alone (docs/security/mtls.rst).
+    ``ssh_tunnel='user@host[:port]'`` reaches the master through that SSH server, logging
+    in with ``ssh_key`` (private key file(s), default ``~/.ssh/id_ed25519``...) and checking
+    its host key against ``ssh_known_hosts`` (default ``~/.ssh/known_hosts``);
+    ``buildmaster_host`` and ``port`` are then the master as seen from the SSH server
+    (docs/security/ssh.rst).
     Every other argument keeps its buildbot-worker meaning.  ``keepalive`` applies
     to PB; msg sessions use the heartbeat interval the master announces.
     """
@@ -83,7 +88,9 @@ class Worker(worker_pb.Worker):
                  transport: str = "tcp", transport_options: dict[str, Any] | None = None,
                  limits: Limits | None = None, tls_ca_file: str | None = None,
                  tls_fingerprint: str | None = None, tls_client_cert: str | None = None,
-                 tls_client_key: str | None = None) -> None:
+                 tls_client_key: str | None = None, ssh_tunnel: str | None = None,
+                 ssh_key: str | list[str] | None = None,
+                 ssh_known_hosts: str | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
         if transport not in TRANSPORTS:
@@ -108,6 +115,15 @@ class Worker(worker_pb.Worker):
                 raise ValueError("a worker needs a password, or a TLS client certificate "
                                  "(tls_client_cert) to log in with instead")
             check_certificate_login(protocol, transport)
+        ssh_settings = None
+        if ssh_tunnel or ssh_key or ssh_known_hosts:
+            from buildbot_worker_msgproto.transports.ssh import SSHSettings
+
+            ssh_settings = SSHSettings.create(ssh_tunnel, ssh_key, ssh_known_hosts)
+            if connection_string or proxy_connection_string:
+                raise ValueError("ssh_tunnel needs buildmaster_host and port (the master as "
+                                 "seen from the SSH server), without connection_string or "
+                                 "proxy_connection_string")
 
         WorkerBase.__init__(self, name, basedir, BotMsg, umask=umask,
                             unicode_encoding=unicode_encoding,
@@ -144,7 +160,7 @@ class Worker(worker_pb.Worker):
         target = ClientTarget(host=buildmaster_host, port=port,
                               connection_string=connection_string,
                               use_tls=bool(useTls) or tls_settings is not None,
-                              tls=tls_settings,
+                              tls=tls_settings, ssh=ssh_settings,
                               proxy_connection_string=proxy_connection_string,
                               options=dict(transport_options or {}, **({"path": path}
                                                                       if path else {})))

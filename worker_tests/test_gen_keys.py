@@ -138,7 +138,8 @@ def test_defaults_and_private_key_files(tmp_path: Any) -> None:
         datetime.timedelta(days=825)
     assert stat.S_IMODE(os.stat(layout.outdir).st_mode) == 0o700
     private = [layout.ca_key, layout.master_key, layout.worker_key("w1"),
-               layout.curve_master_secret, layout.curve_worker_secret("w1")]
+               layout.curve_master_secret, layout.curve_worker_secret("w1"),
+               layout.ssh_worker_key("w1")]
     for path in private:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     for path in set(gen_keys.Layout(layout.outdir, ["w1"]).all_files()) - set(private):
@@ -379,3 +380,18 @@ def test_curve_keys_work(tmp_path: Any) -> None:
     finally:
         auth.stop()
         ctx.term()
+
+
+def test_ssh_key_pair(tmp_path: Any) -> None:
+    """The worker's SSH key loads as --ssh-key does and its .pub is an authorized_keys line
+    for that very key."""
+    from twisted.conch.ssh import keys
+
+    from buildbot_worker_msgproto.transports.ssh import load_private_key
+
+    layout = gen_keys.generate(str(tmp_path / "keys"), workers=["w1"]).layout
+    private = load_private_key(layout.ssh_worker_key("w1"))
+    assert private.sshType() == b"ssh-ed25519"
+    line = read(layout.ssh_worker_key("w1") + ".pub").decode()
+    assert line.endswith(" buildbot worker w1\n")
+    assert keys.Key.fromString(line.encode()) == private.public()

@@ -12,9 +12,12 @@ STOCK_CALL = "protocol=protocol, useTls=use_tls,"
 OUR_CALL = ("protocol=protocol, transport=transport,\n"
             "           transport_options=transport_options, useTls=use_tls,\n"
             "           tls_ca_file=tls_ca_file, tls_fingerprint=tls_fingerprint,\n"
-            "           tls_client_cert=tls_client_cert, tls_client_key=tls_client_key,")
+            "           tls_client_cert=tls_client_cert, tls_client_key=tls_client_key,\n"
+            "           ssh_tunnel=ssh_tunnel, ssh_key=ssh_key, ssh_known_hosts=ssh_known_hosts,")
 #: create-worker options written to buildbot.tac as ``tls_...`` settings (None: unset).
 TLS_OPTIONS = ("tls-ca-file", "tls-fingerprint", "tls-client-cert", "tls-client-key")
+#: create-worker options written to buildbot.tac as ``ssh_...`` settings (None: unset).
+SSH_OPTIONS = ("ssh-tunnel", "ssh-key", "ssh-known-hosts")
 
 
 def make_tac(config: Any) -> str:
@@ -28,7 +31,7 @@ def make_tac(config: Any) -> str:
     settings = (f"transport = {config['transport']!r}\n"
                 f"transport_options = {dict(config.get('transport-options') or {})!r}\n")
     settings += "".join(f"{name.replace('-', '_')} = {config.get(name)!r}\n"
-                        for name in TLS_OPTIONS)
+                        for name in TLS_OPTIONS + SSH_OPTIONS)
     return tac.replace("protocol = ", settings + "protocol = ", 1)
 
 

@@ -1,4 +1,5 @@
-"""``gen-keys``: a private CA, TLS certificates and ZeroMQ CURVE keys for a small installation.
+"""``gen-keys``: a private CA, TLS certificates, ZeroMQ CURVE and SSH keys for a small
+installation.
 
 Everything is made with the ``cryptography`` library (EC P-256, SHA-256 signatures) and
 pyzmq's ``zmq.curve_keypair()``; no ``openssl`` command is run.  The layout of the output
@@ -24,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.oid import NameOID
 from twisted.python import usage
@@ -155,12 +157,18 @@ class Layout:
     def curve_worker_secret(self, name: str) -> str:
         return self.path("curve", f"worker-{name}.key_secret")
 
+    def ssh_worker_key(self, name: str) -> str:
+        """The worker's SSH private key (OpenSSH format) for ``--ssh-key``; ``.pub`` next
+        to it goes into authorized_keys on the SSH server."""
+        return self.path("ssh", f"worker-{name}")
+
     def all_files(self) -> list[str]:
         files = [self.ca_cert, self.ca_key, self.master_cert, self.master_key,
                  self.master_fingerprint, self.curve_master_public, self.curve_master_secret]
         for name in self.workers:
             files += [self.worker_cert(name), self.worker_key(name),
-                      self.curve_worker_public(name), self.curve_worker_secret(name)]
+                      self.curve_worker_public(name), self.curve_worker_secret(name),
+                      self.ssh_worker_key(name), self.ssh_worker_key(name) + ".pub"]
         return files
 
 
@@ -204,6 +212,17 @@ def _curve_file(public: bytes, secret: bytes | None, now: datetime.datetime) -> 
 
 
 # -- certificates ------------------------------------------------------------------------------
+
+
+def _ssh_key_pair(comment: str) -> tuple[bytes, bytes]:
+    """A new ed25519 SSH key: the private key (OpenSSH format, no passphrase) and the
+    ``authorized_keys`` line."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH)
+    return private, public + b" " + comment.encode("utf-8") + b"\n"
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -340,6 +359,9 @@ def generate(outdir: str, master_hosts: Iterable[str] = DEFAULT_MASTER_HOSTS,
         public, secret = zmq.curve_keypair()
         write(layout.curve_worker_public(name), _curve_file(public, None, now))
         write(layout.curve_worker_secret(name), _curve_file(public, secret, now), private=True)
+        ssh_private, ssh_public = _ssh_key_pair(f"buildbot worker {name}")
+        write(layout.ssh_worker_key(name), ssh_private, private=True)
+        write(layout.ssh_worker_key(name) + ".pub", ssh_public)
     return result
 
 
@@ -358,8 +380,9 @@ class GenKeysOptions(usage.Options):
         ["days", None, DEFAULT_DAYS, "Validity of every certificate, in days", int],
     ]
     longdesc = ("Write a private CA, a TLS server certificate for the master, a TLS client "
-                "certificate per worker and ZeroMQ CURVE key pairs into OUTDIR, and print the "
-                "SHA-256 fingerprint of the master certificate. See docs/security/gen-keys.rst.")
+                "certificate, a ZeroMQ CURVE and an SSH key pair per worker into OUTDIR, and "
+                "print the SHA-256 fingerprint of the master certificate. "
+                "See docs/security/gen-keys.rst.")
 
     def __init__(self) -> None:
         super().__init__()
@@ -371,7 +394,7 @@ class GenKeysOptions(usage.Options):
         self["master-hosts"].append(value)
 
     def opt_worker(self, value: str) -> None:
-        """Worker name: a client certificate and a CURVE key pair (repeatable)"""
+        """Worker name: a client certificate, a CURVE and an SSH key pair (repeatable)"""
         self["workers"].append(value)
 
     def getSynopsis(self) -> str:  # noqa: N802
@@ -415,4 +438,5 @@ def genKeys(config: Any) -> int:  # noqa: N802 - named like buildbot-worker's co
 
 
 def _is_private(path: str) -> bool:
-    return path.endswith(("-key.pem", ".key_secret"))
+    return path.endswith(("-key.pem", ".key_secret")) or (
+        os.path.basename(os.path.dirname(path)) == "ssh" and not path.endswith(".pub"))

@@ -10,6 +10,7 @@ from buildbot_worker.scripts import runner as upstream
 from twisted.python import reflect
 from twisted.python import usage
 
+from buildbot_worker_msgproto.scripts.create_worker import SSH_OPTIONS
 from buildbot_worker_msgproto.scripts.create_worker import TLS_OPTIONS
 from buildbot_worker_msgproto.transports.tls import normalize_fingerprint
 from buildbot_worker_msgproto.worker import PROTOCOLS
@@ -40,11 +41,22 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
          "alone (docs/security/mtls.rst)"],
         ["tls-client-key", None, None,
          "PEM private key of --tls-client-cert (default: in the certificate's file)"],
+        ["ssh-tunnel", None, None,
+         "Reach the master through this SSH server, USER@HOST[:PORT]; MASTER is then the "
+         "master as seen from the SSH server (docs/security/ssh.rst)"],
+        ["ssh-known-hosts", None, None,
+         "known_hosts file with the SSH server's host key (default: ~/.ssh/known_hosts)"],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["transport-options"] = {}
+        self["ssh-key"] = None
+
+    def opt_ssh_key(self, value: str) -> None:
+        """Private key FILE to log in to the SSH server with (repeatable; default:
+        ~/.ssh/id_ed25519, id_ecdsa or id_rsa); no passphrase."""
+        self["ssh-key"] = [*(self["ssh-key"] or []), value]
 
     def opt_transport_option(self, value: str) -> None:
         """Transport-specific KEY=VALUE (repeatable), e.g. path=/msg; see docs/transports/."""
@@ -84,6 +96,29 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
                 check_certificate_login(self["protocol"], self["transport"])
             except ValueError as e:
                 raise usage.UsageError(str(e)) from None
+        self._check_ssh_options()
+
+    def _check_ssh_options(self) -> None:
+        """Check the SSH tunnel options now (keys readable, host key known), as the worker
+        will at startup, and make the paths absolute."""
+        given = [name for name in SSH_OPTIONS if self[name]]
+        if not given:
+            return
+        if not self["ssh-tunnel"]:
+            raise usage.UsageError(f"--{given[0]} needs --ssh-tunnel USER@HOST[:PORT]")
+        if self["connection-string"] or self["proxy-connection-string"]:
+            raise usage.UsageError("--ssh-tunnel needs the master as HOST:PORT (as seen from "
+                                   "the SSH server), not --connection-string or "
+                                   "--proxy-connection-string")
+        from buildbot_worker_msgproto.transports.ssh import SSHSettings
+
+        try:
+            settings = SSHSettings.create(self["ssh-tunnel"], self["ssh-key"],
+                                          self["ssh-known-hosts"])
+        except ValueError as e:
+            raise usage.UsageError(f"--ssh-tunnel: {e}") from None
+        self["ssh-key"] = list(settings.key_files)
+        self["ssh-known-hosts"] = settings.known_hosts
 
     def _check_tls_options(self) -> None:
         """Make the TLS file options absolute, check them, and turn on --use-tls."""

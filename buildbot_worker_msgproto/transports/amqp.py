@@ -622,11 +622,14 @@ class _WorkerLink(_Reconnecting):
             client_properties={"connection_name": f"msgproto worker {options['user']}"})
         self.new_receiver = new_receiver
         self.transport: AmqpClientTransport | None = None
+        # an SSH tunnel is set up once: its checks and log line at startup, and its
+        # SSH connection shared while a link is open
+        self.endpoint = client_endpoint(reactor, self.target) if target.ssh else None
         super().__init__(reactor, self._connect, retry_policy, "msgproto-worker: amqp")
 
     async def _connect(self) -> _Link:
-        link = await _open_link(self.reactor, client_endpoint(self.reactor, self.target),
-                                self.parameters, self.prefetch)
+        endpoint = self.endpoint or client_endpoint(self.reactor, self.target)
+        link = await _open_link(self.reactor, endpoint, self.parameters, self.prefetch)
         try:
             queue = self.names.worker_queue(self.user)
             await link.channel.queue_declare(queue=queue, exclusive=True, auto_delete=True)

@@ -67,6 +67,10 @@ class ClientTarget:
     #: :class:`~buildbot_worker_msgproto.transports.tls.TLSSettings`; implies ``use_tls``).
     #: None: the system's trusted CAs and the host name, when ``use_tls``.
     tls: Any = None
+    #: Tunnel through this SSH server (an
+    #: :class:`~buildbot_worker_msgproto.transports.ssh.SSHSettings`); ``host`` and ``port``
+    #: are then the master as seen from the SSH server.  None: connect directly.
+    ssh: Any = None
 
 
 class Listening(Protocol):

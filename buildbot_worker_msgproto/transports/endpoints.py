@@ -22,13 +22,17 @@ DEFAULT_BACKLOG = 4096
 
 
 def client_endpoint(reactor: Any, target: ClientTarget) -> Any:
-    """The client endpoint for ``target``: connection string, proxy tunnel, or tcp/tls.
+    """The client endpoint for ``target``: connection string, proxy tunnel, SSH tunnel, or
+    tcp/tls.
 
-    TLS to host and port (directly or through the proxy tunnel) verifies the master's
-    certificate as ``target.tls`` says (see :mod:`.tls`); a connection string is used as
-    it is (a ``tls:`` one has its own ``trustRoots=``, ``certificate=``...).
+    TLS to host and port (directly, through the proxy tunnel or through the SSH tunnel)
+    verifies the master's certificate as ``target.tls`` says (see :mod:`.tls`); a
+    connection string is used as it is (a ``tls:`` one has its own ``trustRoots=``,
+    ``certificate=``...).
     """
     use_tls = target.use_tls or target.tls is not None
+    if target.ssh is not None:
+        check_ssh_target(target)
     if target.connection_string is not None:
         if target.tls is not None:
             raise ValueError(
@@ -37,7 +41,11 @@ def client_endpoint(reactor: Any, target: ClientTarget) -> Any:
                 "string has its own trustRoots=, certificate= and privateKey= options")
         return clientFromString(reactor, target.connection_string)
     host = target.host or "localhost"
-    if target.proxy_connection_string:
+    if target.ssh is not None:
+        from buildbot_worker_msgproto.transports import ssh
+
+        endpoint = ssh.tunnel_endpoint(reactor, target.ssh, host, target.port)
+    elif target.proxy_connection_string:
         log.msg("Using HTTP tunnel to connect through proxy")
         endpoint = HTTPTunnelEndpoint(target.host, target.port,
                                       clientFromString(reactor, target.proxy_connection_string))
@@ -50,6 +58,18 @@ def client_endpoint(reactor: Any, target: ClientTarget) -> Any:
         endpoint = tls.tls_endpoint(reactor, host, endpoint, target.tls,
                                     f"{host}:{target.port}")
     return endpoint
+
+
+def check_ssh_target(target: ClientTarget) -> None:
+    """Raise ValueError if ``target`` combines an SSH tunnel with what it cannot have."""
+    if target.connection_string is not None:
+        raise ValueError("an SSH tunnel needs the master host and port (as seen from the SSH "
+                         "server), not a connection string")
+    if target.proxy_connection_string:
+        raise ValueError("an SSH tunnel cannot be combined with an HTTP proxy "
+                         "(proxy_connection_string)")
+    if not target.port:
+        raise ValueError("an SSH tunnel needs the master port")
 
 
 def server_endpoint(reactor: Any, port: int | str, backlog: int | None = None) -> Any:

@@ -912,6 +912,8 @@ def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFac
         raise ValueError("the zmq transport cannot tunnel through an HTTP proxy")
     values = _values(target.options, _WORKER_OPTIONS, "worker")
     curve = worker_curve(target.options)
+    if target.ssh is not None:
+        return _tunnelled_client(reactor, target, values, new_receiver, retry_policy, curve)
     if target.connection_string:
         if "://" not in target.connection_string:
             raise ValueError("with the zmq transport a connection string must be a ZeroMQ "
@@ -923,3 +925,21 @@ def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFac
             host = f"[{host}]"
         endpoint = f"tcp://{host}:{target.port}"
     return ZmqClientService(reactor, endpoint, values, new_receiver, retry_policy, curve)
+
+
+def _tunnelled_client(reactor: Any, target: ClientTarget, values: dict[str, int],
+                      new_receiver: ReceiverFactory, retry_policy: Any,
+                      curve: CurveKeys | None) -> service.MultiService:
+    """The DEALER client connecting to a local forward (127.0.0.1, a free port) whose
+    connections go through the SSH tunnel to the master's ROUTER."""
+    from buildbot_worker_msgproto.transports import ssh
+    from buildbot_worker_msgproto.transports import ssh_forward
+    from buildbot_worker_msgproto.transports.endpoints import check_ssh_target
+
+    check_ssh_target(target)
+    forward = ssh_forward.LocalForward(reactor, ssh.tunnel_endpoint(
+        reactor, target.ssh, target.host or "localhost", target.port))
+    client = ZmqClientService(reactor, "", values, new_receiver, retry_policy, curve)
+    return ssh_forward.ForwardedService(forward, client,
+                                lambda port: setattr(client, "endpoint",
+                                                     f"tcp://127.0.0.1:{port}"))
