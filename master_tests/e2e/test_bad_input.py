@@ -7,7 +7,6 @@ real worker stays attached, and a later build works.
 
 from __future__ import annotations
 
-import os
 import struct
 
 import pytest
@@ -17,51 +16,26 @@ from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 from master_tests.rawclient import RawClient
 
 from . import harness
+from .single_worker_env import PASSWD
+from .single_worker_env import WORKER
+from .single_worker_env import SingleWorkerEnv
+from .single_worker_env import long_and_quick_builders_py
 
 HANDSHAKE_TIMEOUT = 3
 LONG_LINES = 40
-WORKER = "w1"
-PASSWD = "right-password"
-
-BUILDERS_PY = f"""
-c['builders'].append(util.BuilderConfig(
-    name='long', workernames=WORKER_NAMES,
-    factory=util.BuildFactory([steps.ShellCommand(
-        name='count', command=['sh', '-c',
-        'i=0; while [ $i -lt {LONG_LINES} ]; do echo line-$i; i=$((i+1)); sleep 0.25; done'])])))
-c['builders'].append(util.BuilderConfig(
-    name='quick', workernames=WORKER_NAMES,
-    factory=util.BuildFactory([steps.ShellCommand(name='hello', command=['echo', 'still-ok'])])))
-"""
 
 
-class Env:
+class Env(SingleWorkerEnv):
     def __init__(self, root: str) -> None:
-        self.port = harness.free_port()
-        www_port = harness.free_port()
-        spec = harness.PROTOCOLS["msg"]
-        protocols_py = ("{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1', "
-                        f"'handshake_timeout': {HANDSHAKE_TIMEOUT}}}}}")
-        cfg = harness.make_master_cfg(protocols_py, spec.master_worker_py(WORKER, PASSWD),
-                                      self.port, www_port, BUILDERS_PY)
-        self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
-                                     master_port=self.port)
-        self.worker = harness.Worker.for_protocol(spec, os.path.join(root, "worker"), self.port,
-                                                  WORKER, PASSWD)
+        super().__init__(root, {"handshake_timeout": HANDSHAKE_TIMEOUT},
+                         long_and_quick_builders_py(LONG_LINES))
         self.long_request = None
 
-    def start(self) -> None:
-        self.master.create()
-        self.worker.create()
-        self.master.start()
-        self.worker.start()
-        self.master.wait_worker_connected(WORKER, 30, worker=self.worker)
+    def start(self) -> Env:
+        super().start()
         self.long_request = self.master.force_build("long")
         self.master.wait_build_started(self.long_request, 30)
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.master.stop()
+        return self
 
     def assert_log(self, text: str) -> None:
         log = self.master.log_text()

@@ -32,6 +32,9 @@ from buildbot_worker_msgproto.protocol import negotiation
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 
 from . import harness
+from .single_worker_env import WORKER
+from .single_worker_env import SingleWorkerEnv
+from .single_worker_env import long_and_quick_builders_py
 
 HANDSHAKE_TIMEOUT = 3
 CLOSE_MARGIN = 5.0  # seconds beyond handshake_timeout a flood connection may stay open
@@ -40,20 +43,6 @@ KINDS = ("silent", "msg-silent", "partial-frame")
 RSS_LIMIT_KIB = 100 * 1024
 FD_SLACK = 8
 LONG_LINES = 60  # 60 x 0.25 s = 15 s, long enough to overlap the whole flood
-WORKER = "w1"
-PASSWD = "flood-pw"
-
-BUILDERS_PY = f"""
-c['builders'].append(util.BuilderConfig(
-    name='long', workernames=WORKER_NAMES,
-    factory=util.BuildFactory([steps.ShellCommand(
-        name='count', command=['sh', '-c',
-        'i=0; while [ $i -lt {LONG_LINES} ]; do echo line-$i; i=$((i+1)); sleep 0.25; done'])])))
-c['builders'].append(util.BuilderConfig(
-    name='quick', workernames=WORKER_NAMES,
-    factory=util.BuildFactory([steps.ShellCommand(name='hello', command=['echo', 'still-ok'])])))
-"""
-
 
 # --------------------------------------------------------------------------------------------
 # /proc sampling of the master process
@@ -199,33 +188,10 @@ def flood(port: int, deadline_s: float) -> list[FloodConn]:
 # --------------------------------------------------------------------------------------------
 
 
-class FloodEnv:
+class FloodEnv(SingleWorkerEnv):
     def __init__(self, root: str) -> None:
-        self.port = harness.free_port()
-        www_port = harness.free_port()
-        spec = harness.PROTOCOLS["msg"]
-        protocols_py = repr({"msg": {"port": f"tcp:{self.port}:interface=127.0.0.1",
-                                     "handshake_timeout": HANDSHAKE_TIMEOUT}})
-        cfg = harness.make_master_cfg(protocols_py, spec.master_worker_py(WORKER, PASSWD),
-                                      self.port, www_port, BUILDERS_PY)
-        self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
-                                     master_port=self.port)
-        self.worker = harness.Worker.for_protocol(spec, os.path.join(root, "worker"), self.port,
-                                                  WORKER, PASSWD)
-
-    def start(self) -> None:
-        self.master.create()
-        self.worker.create()
-        self.master.start()
-        self.worker.start()
-        self.master.wait_worker_connected(WORKER, 30, worker=self.worker)
-
-    def stop(self) -> None:
-        self.worker.stop()
-        self.master.stop()
-
-    def e2e_diagnostics(self) -> str:
-        return self.master.diagnostics(80) + "\n" + self.worker.diagnostics(40)
+        super().__init__(root, {"handshake_timeout": HANDSHAKE_TIMEOUT},
+                         long_and_quick_builders_py(LONG_LINES))
 
 
 @pytest.fixture

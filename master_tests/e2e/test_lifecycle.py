@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -17,46 +16,18 @@ import time
 import pytest
 
 from . import harness
+from .single_worker_env import PASSWD
+from .single_worker_env import WORKER
+from .single_worker_env import SingleWorkerEnv
 
-WORKER = "w1"
-PASSWD = "pw"
 HEARTBEAT_INTERVAL = 1
 HEARTBEAT_TIMEOUT = 3
 
-PROTOCOLS_PY = ("{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1', "
-                f"'heartbeat_interval': {HEARTBEAT_INTERVAL}, "
-                f"'heartbeat_timeout': {HEARTBEAT_TIMEOUT}}}}}")
+HEARTBEATS = {"heartbeat_interval": HEARTBEAT_INTERVAL,
+              "heartbeat_timeout": HEARTBEAT_TIMEOUT}
 
 
-class Env:
-    def __init__(self, root: str, create_args: tuple[str, ...] = (),
-                 protocols_py: str = PROTOCOLS_PY) -> None:
-        self.root = root
-        self.port = harness.free_port()
-        www_port = harness.free_port()
-        spec = harness.PROTOCOLS["msg"]
-        cfg = harness.make_master_cfg(protocols_py, spec.master_worker_py(WORKER, PASSWD),
-                                      self.port, www_port, harness.simple_builders_py(["b"]))
-        self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
-                                     master_port=self.port)
-        self.worker = harness.Worker.for_protocol(spec, os.path.join(root, "worker"), self.port,
-                                                  WORKER, PASSWD, extra_create_args=create_args)
-
-    def start(self) -> Env:
-        self.master.create()
-        self.worker.create()
-        self.master.start()
-        self.worker.start()
-        self.master.wait_worker_connected(WORKER, 30, worker=self.worker)
-        return self
-
-    def stop(self) -> None:
-        for proc in (self.worker, self.master):
-            if proc.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGCONT)
-            proc.stop()
-
+class Env(SingleWorkerEnv):
     def build_ok(self) -> None:
         build = self.master.run_build("b", timeout=60)
         assert build["results"] == harness.SUCCESS, self.master.build_summary(build["buildid"])
@@ -66,8 +37,9 @@ class Env:
 def make_env(tmp_path):
     envs = []
 
-    def make(create_args: tuple[str, ...] = (), **kwargs: str) -> Env:
-        env = Env(str(tmp_path / f"env{len(envs)}"), create_args, **kwargs)
+    def make(create_args: tuple[str, ...] = (), msg_options: dict | None = None) -> Env:
+        env = Env(str(tmp_path / f"env{len(envs)}"),
+                  HEARTBEATS if msg_options is None else msg_options, create_args=create_args)
         envs.append(env)
         return env.start()
 
@@ -131,7 +103,7 @@ def test_duplicate_worker_replaces_a_dead_connection(make_env):
     Heartbeats are left at their (long) defaults so that the ping, not the heartbeat,
     is what finds the frozen first worker dead.
     """
-    env = make_env(protocols_py="{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1'}}")
+    env = make_env(msg_options={})
     second = harness.Worker.for_protocol(harness.PROTOCOLS["msg"],
                                          os.path.join(env.root, "second"), env.port, WORKER,
                                          PASSWD)
