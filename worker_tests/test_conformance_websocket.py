@@ -31,6 +31,7 @@ from worker_tests.conformance import ConformanceMixin
 from worker_tests.conformance import RecordingReceiver
 from worker_tests.conformance import _DriverAdapter
 from worker_tests.conformance import _timeout
+from worker_tests.http_proxy_server import ConnectProxyFactory
 
 _TEST_PEM = os.path.join(os.path.dirname(twisted.__file__), "test", "server.pem")
 
@@ -225,79 +226,6 @@ class WebSocketCompressionConformance(WebSocketConformance):
 
 
 # ---------------------------------------------------------------------- proxy
-class ConnectProxyServer(protocol.Protocol):
-    """A minimal HTTP CONNECT proxy: one tunnel per connection, to 127.0.0.1 only."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.peer_protocol: ProxyPipe | None = None
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self.peer_protocol is not None:
-            self.factory.relayed += len(data)
-            self.peer_protocol.transport.write(data)
-            return
-        self.buffer += data
-        if b"\r\n\r\n" not in self.buffer:
-            return
-        head, _, rest = self.buffer.partition(b"\r\n\r\n")
-        method, target, _ = head.split(b"\r\n")[0].split(b" ", 2)
-        host, _, port = target.decode().rpartition(":")
-        if method != b"CONNECT" or host != "127.0.0.1":
-            self.transport.write(b"HTTP/1.1 403 Forbidden\r\n\r\n")
-            self.transport.loseConnection()
-            return
-        self.factory.tunnels.append(target.decode())
-        self.transport.pauseProducing()
-        d = TCP4ClientEndpoint(reactor, host, int(port)).connect(
-            protocol.Factory.forProtocol(lambda: ProxyPipe(self)))
-
-        def connected(pipe: ProxyPipe) -> None:
-            self.peer_protocol = pipe
-            self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            if rest:
-                self.dataReceived(rest)
-            self.transport.resumeProducing()
-
-        def failed(f: Any) -> None:
-            self.transport.write(b"HTTP/1.1 502 Bad Gateway\r\n\r\n")
-            self.transport.loseConnection()
-
-        d.addCallbacks(connected, failed)
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        if self.peer_protocol is not None:
-            self.peer_protocol.transport.loseConnection()
-
-
-class ProxyPipe(protocol.Protocol):
-    """The proxy's connection to the master, relaying back to the worker."""
-
-    def __init__(self, client: ConnectProxyServer) -> None:
-        self.client = client
-
-    def connectionMade(self) -> None:  # noqa: N802
-        # relay with backpressure in both directions
-        self.transport.registerProducer(self.client.transport, True)
-        self.client.transport.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.client.factory.relayed += len(data)
-        self.client.transport.write(data)
-
-    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        self.client.transport.loseConnection()
-
-
-class ConnectProxyFactory(protocol.Factory):
-    protocol = ConnectProxyServer
-    noisy = False
-
-    def __init__(self) -> None:
-        self.tunnels: list[str] = []
-        self.relayed = 0
-
-
 class WebSocketProxyConformance(ConformanceMixin, unittest.TestCase):
     """The whole suite again, the worker side tunnelling through a CONNECT proxy."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 from typing import Callable
 
-from buildbot_worker.tunnel import HTTPTunnelEndpoint
 from twisted.application.internet import ClientService
 from twisted.internet import protocol
 from twisted.internet.endpoints import HostnameEndpoint
@@ -16,6 +15,7 @@ from twisted.python import log
 from buildbot_worker_msgproto.transports import tls
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
+from buildbot_worker_msgproto.transports.http_proxy import HTTPConnectEndpoint
 
 #: Listen backlog for stream transports (see buildbot_msgproto.config.DEFAULT_BACKLOG).
 DEFAULT_BACKLOG = 4096
@@ -47,8 +47,9 @@ def client_endpoint(reactor: Any, target: ClientTarget) -> Any:
         endpoint = ssh.tunnel_endpoint(reactor, target.ssh, host, target.port)
     elif target.proxy_connection_string:
         log.msg("Using HTTP tunnel to connect through proxy")
-        endpoint = HTTPTunnelEndpoint(target.host, target.port,
-                                      clientFromString(reactor, target.proxy_connection_string))
+        endpoint = HTTPConnectEndpoint(reactor,
+                                       clientFromString(reactor, target.proxy_connection_string),
+                                       host, target.port)
     elif use_tls:
         endpoint = HostnameEndpoint(reactor, host, target.port)
     else:
