@@ -20,6 +20,7 @@ from buildbot.worker.protocols.manager.pb import Dispatcher as PBDispatcher
 from twisted.application import strports
 from twisted.cred import error as cred_error
 from twisted.internet import defer
+from twisted.internet import threads
 from twisted.python import log
 from twisted.spread import pb
 
@@ -91,7 +92,27 @@ class MsgDispatcher(PBDispatcher):
 
     @defer.inlineCallbacks
     def credentials_for(self, worker_name: str) -> Any:
-        """SCRAM credentials of a registered worker (None if unknown), cached per password."""
+        """SCRAM credentials of a registered worker (None if unknown), cached per password.
+
+        PBKDF2 (``auth_iterations``) runs in the reactor's thread pool: hashlib releases
+        the GIL, so a high iteration count or many first logins at once do not stall the
+        master's event loop.
+        """
+        password = yield self._rendered_password(worker_name)
+        if password is None:
+            return None
+        cached = self._credentials.get(worker_name)
+        if cached is None or cached[0] != password:
+            reactor = self.master.reactor
+            credentials = yield threads.deferToThreadPool(
+                reactor, reactor.getThreadPool(), ScramCredentials.from_password, password,
+                self.options.limits.auth_iterations)
+            cached = self._credentials[worker_name] = (password, credentials)
+        return cached[1]
+
+    @defer.inlineCallbacks
+    def _rendered_password(self, worker_name: str) -> Any:
+        """The registered password, rendered (None: unknown or certificate-only worker)."""
         yield self.master.initLock.acquire()
         try:
             if worker_name not in self.users:
@@ -103,13 +124,7 @@ class MsgDispatcher(PBDispatcher):
                 return None
             props = Properties()
             props.master = self.master
-            password = yield props.render(password)
-            cached = self._credentials.get(worker_name)
-            if cached is None or cached[0] != password:
-                cached = (password, ScramCredentials.from_password(
-                    password, self.options.limits.auth_iterations))
-                self._credentials[worker_name] = cached
-            return cached[1]
+            return (yield props.render(password))
         finally:
             eventually(self.master.initLock.release)
 
