@@ -14,8 +14,9 @@ from twisted.spread import pb
 
 from buildbot_worker_msgproto.protocol import negotiation
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
+from buildbot_worker_msgproto.transports.base import peer_address
+from buildbot_worker_msgproto.transports.stream import set_nodelay
 from buildbot_worker_msgproto.transports.tcp import FramedProtocol
-from buildbot_worker_msgproto.transports.tcp import set_nodelay
 
 
 class PreNegotiatedBroker(pb.Broker):
@@ -48,7 +49,7 @@ class NegotiatingServerProtocol(protocol.Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        log.msg(f"msgproto: {_peer(self.transport)} chose no dialect within "
+        log.msg(f"msgproto: {peer_address(self.transport)} chose no dialect within "
                 f"{self.factory.negotiation_timeout:g} s; closing")
         self.transport.abortConnection()
 
@@ -63,7 +64,7 @@ class NegotiatingServerProtocol(protocol.Protocol):
                 raise negotiation.NegotiationError(
                     f"client chose {parsed[0]!r}, which was not offered")
         except negotiation.NegotiationError as e:
-            log.msg(f"msgproto: bad dialect negotiation from {_peer(self.transport)}: {e}")
+            log.msg(f"msgproto: bad dialect negotiation from {peer_address(self.transport)}: {e}")
             self.transport.abortConnection()
             return
         if parsed is None:
@@ -109,11 +110,3 @@ class NegotiatingServerFactory(protocol.Factory):
 
     def buildProtocol(self, addr: Any) -> NegotiatingServerProtocol:
         return NegotiatingServerProtocol(self, addr)
-
-
-def _peer(transport: Any) -> str:
-    try:
-        address = transport.getPeer()
-        return f"{address.host}:{address.port}"
-    except Exception:
-        return "?"

@@ -15,8 +15,8 @@ from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
+from buildbot_worker_msgproto.transports.stream import set_nodelay
 from buildbot_worker_msgproto.transports.tcp import FramedProtocol
-from buildbot_worker_msgproto.transports.tcp import set_nodelay
 
 #: Bytes we are willing to buffer while waiting for the master's dialect offer.
 MAX_OFFER_BYTES = 1024

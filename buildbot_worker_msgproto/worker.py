@@ -21,11 +21,11 @@ from buildbot_worker_msgproto.client import MsgClientFactory
 from buildbot_worker_msgproto.client import WorkerSessions
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
+from buildbot_worker_msgproto.reach.endpoints import client_endpoint
+from buildbot_worker_msgproto.reach.tls import TLSSettings
 from buildbot_worker_msgproto.retry import RetryPolicy
 from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.transports.base import ClientTarget
-from buildbot_worker_msgproto.transports.endpoints import client_endpoint
-from buildbot_worker_msgproto.transports.tls import TLSSettings
 
 PROTOCOLS = ("msg", "pb")
 TRANSPORTS = registry.names()
@@ -117,7 +117,7 @@ class Worker(worker_pb.Worker):
             check_certificate_login(protocol, transport)
         ssh_settings = None
         if ssh_tunnel or ssh_key or ssh_known_hosts:
-            from buildbot_worker_msgproto.transports.ssh import SSHSettings
+            from buildbot_worker_msgproto.reach.ssh import SSHSettings
 
             ssh_settings = SSHSettings.create(ssh_tunnel, ssh_key, ssh_known_hosts)
             if connection_string or proxy_connection_string:
@@ -164,15 +164,18 @@ class Worker(worker_pb.Worker):
                               proxy_connection_string=proxy_connection_string,
                               options=dict(transport_options or {}, **({"path": path}
                                                                       if path else {})))
+        # One reconnecting service for every way of connecting: Twisted's ClientService
+        # over a client endpoint, waiting retry_policy(attempt) s between attempts.
         if protocol == "pb":
             client = ClientService(client_endpoint(reactor, target), self.bf,
-                                   retryPolicy=policy)
+                                   retryPolicy=policy, clock=reactor)
         elif transport == "tcp":  # negotiated on the PB port, with automatic PB fallback
             client = ClientService(client_endpoint(reactor, target),
-                                   MsgClientFactory(self.sessions, self.bf), retryPolicy=policy)
+                                   MsgClientFactory(self.sessions, self.bf), retryPolicy=policy,
+                                   clock=reactor)
         else:
-            client = registry.load(transport).client_service(reactor, target,
-                                                             self.sessions.new_driver, policy)
+            client = registry.client_service(transport, reactor, target,
+                                             self.sessions.new_driver, policy)
         self.addService(client)
 
     def gracefulShutdown(self) -> Any:

@@ -133,8 +133,9 @@ class ConformanceMixin:
     @defer.inlineCallbacks
     def connect(self) -> Any:
         """Start a client; return (client receiver, server receiver) once both are open."""
-        self.client = self.module.client_service(reactor, self.client_target(self.listening),
-                                                 self._new_client_receiver, lambda n: 0.2)
+        self.client = registry.client_service(self.backend, reactor,
+                                              self.client_target(self.listening),
+                                              self._new_client_receiver, lambda n: 0.2)
         self.client.startService()
         for _ in range(TIMEOUT * 20):
             if self.client_receivers and self.server_receivers:
@@ -253,8 +254,9 @@ class ConformanceMixin:
         yield self.listening.stop()
         self.listening = yield defer.ensureDeferred(
             self.module.listen(reactor, self.server_options(), new_master_driver))
-        self.client = self.module.client_service(reactor, self.client_target(self.listening),
-                                                 new_worker_driver, lambda n: 0.2)
+        self.client = registry.client_service(self.backend, reactor,
+                                              self.client_target(self.listening),
+                                              new_worker_driver, lambda n: 0.2)
         self.client.startService()
         yield _timeout(handler.ready)
         return masters, handler, workers, worker_handler

@@ -10,9 +10,9 @@ from buildbot_worker.scripts import runner as upstream
 from twisted.python import reflect
 from twisted.python import usage
 
+from buildbot_worker_msgproto.reach.tls import normalize_fingerprint
 from buildbot_worker_msgproto.scripts.create_worker import SSH_OPTIONS
 from buildbot_worker_msgproto.scripts.create_worker import TLS_OPTIONS
-from buildbot_worker_msgproto.transports.tls import normalize_fingerprint
 from buildbot_worker_msgproto.worker import PROTOCOLS
 from buildbot_worker_msgproto.worker import TRANSPORTS
 from buildbot_worker_msgproto.worker import check_certificate_login
@@ -110,7 +110,7 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
             raise usage.UsageError("--ssh-tunnel needs the master as HOST:PORT (as seen from "
                                    "the SSH server), not --connection-string or "
                                    "--proxy-connection-string")
-        from buildbot_worker_msgproto.transports.ssh import SSHSettings
+        from buildbot_worker_msgproto.reach.ssh import SSHSettings
 
         try:
             settings = SSHSettings.create(self["ssh-tunnel"], self["ssh-key"],

@@ -51,6 +51,8 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
+from buildbot_worker_msgproto.security.files import read_file
+
 #: Seconds for TCP connect + key exchange + login before the attempt is given up.
 SSH_CONNECT_TIMEOUT = 30.0
 #: Seconds the SSH server may take to answer a channel open (else the SSH connection is
@@ -138,11 +140,7 @@ def parse_destination(value: str) -> tuple[str, str, int]:
 
 def load_private_key(path: str) -> keys.Key:
     """The private key in ``path`` (OpenSSH or PEM format, no passphrase)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read the SSH key {path!r}: {e.strerror or e}") from None
+    data = read_file(path, "SSH key")
     try:
         key = keys.Key.fromString(data)
     except keys.EncryptedKeyError:
