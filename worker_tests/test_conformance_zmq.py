@@ -191,6 +191,33 @@ class ZmqSpecifics(unittest.TestCase):
         self.assertIn("unreachable", reason)
 
     @defer.inlineCallbacks
+    def test_a_session_that_never_hears_the_master_is_a_failed_connect(self) -> Any:
+        """ZeroMQ connects silently: the endpoint's connect() fires once the master
+        answered, so sessions ended by their handshake timeout with nobody listening count
+        as failed attempts for the retry policy (and maxRetries), as refused TCP connects."""
+        port = self.listening.port_number
+        yield self.listening.stop()
+        self.listening = yield self.listen(0)  # elsewhere: nobody listens on ``port``
+        limits = DEFAULT_LIMITS.replace(handshake_timeout=0.3)
+        attempts: list[int] = []
+
+        def policy(attempt: int) -> float:
+            attempts.append(attempt)
+            return 0.05
+
+        def new_driver() -> SessionDriver:
+            return SessionDriver(Session(Role.WORKER, limits, now=reactor.seconds(),
+                                         worker_name="w1", password="pw"),
+                                 MessageHandler(), reactor)
+
+        client = registry.client_service("zmq", reactor, ClientTarget("127.0.0.1", port),
+                                         new_driver, policy)
+        client.startService()
+        self.clients.append(client)
+        yield self.wait_for(lambda: len(attempts) >= 3, "three failed attempts")
+        self.assertEqual(attempts[:3], [1, 2, 3])
+
+    @defer.inlineCallbacks
     def test_a_restarted_master_makes_the_worker_start_a_new_session(self) -> Any:
         self.start_client()
         yield self.wait_for(lambda: self.server_receivers, "a peer")

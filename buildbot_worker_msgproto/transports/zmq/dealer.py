@@ -8,10 +8,12 @@ from typing import Any
 
 import zmq as pyzmq
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from buildbot_worker_msgproto.security import curve
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
+from buildbot_worker_msgproto.transports.messaging import LinkEnded
 from buildbot_worker_msgproto.transports.messaging import session_factory
 from buildbot_worker_msgproto.transports.zmq import options as zmq_options
 from buildbot_worker_msgproto.transports.zmq.session import OPEN
@@ -29,6 +31,9 @@ class DealerTransport(ZmqTransport):
         super().__init__(endpoint.reactor, endpoint.values["linger"], endpoint.guarantees)
         self.endpoint = endpoint
         self.address = address
+        #: Fires with the protocol once the master was heard from (see ZmqClientEndpoint).
+        self.heard: defer.Deferred = defer.Deferred(lambda _: self.abort())
+        self.connected = False
         self.identity = secrets.token_hex(16).encode("ascii")
         self.context = ZmqContext(endpoint.reactor)
         try:
@@ -55,7 +60,22 @@ class DealerTransport(ZmqTransport):
         return self.context.close()
 
     def message_received(self, parts: list[Any]) -> None:
+        if not self.heard.called and self.protocol is not None:
+            self.connected = True  # the master answered: the connection attempt succeeded
+            self.heard.callback(self.protocol)
         self.message_parts(parts)
+
+    def _report(self, reason: str) -> None:
+        if self.connected:
+            super()._report(reason)
+            return
+        # Never heard from the master: the connection attempt fails (ClientService counts
+        # it), and only the session's receiver hears that its transport closed.
+        if self.receiver is not None:
+            self.receiver.transport_closed(reason)
+        if not self.heard.called:
+            self.heard.errback(Failure(LinkEnded(
+                f"no answer from the master at {self.endpoint.master} ({reason})")))
 
     def writable_again(self) -> None:
         if self.queue:
@@ -70,8 +90,11 @@ class DealerTransport(ZmqTransport):
 
 class ZmqClientEndpoint:
     """The worker's client endpoint: ``connect(factory)`` starts a session on a new DEALER
-    socket at once (ZeroMQ connects lazily, so ``open`` and ``hello`` wait in the socket
-    until the master is reachable) and fires with its protocol."""
+    socket at once (ZeroMQ connects lazily and silently, so ``open`` and ``hello`` wait in
+    the socket until the master is reachable) and fires with its protocol once the master
+    answered.  A session that ends before (the master is down, or refuses its CURVE key,
+    and the session's handshake timeout ends it) is a failed connection attempt, counted
+    by ``ClientService`` as for a refused TCP connect; cancelling the attempt aborts it."""
 
     def __init__(self, reactor: Any, address: str | None, master: str,
                  values: dict[str, int], curve_keys: curve.CurveKeys | None = None,
@@ -98,7 +121,11 @@ class ZmqClientEndpoint:
             if address is not self.address:
                 self.session_ended()
             return defer.fail()
-        return defer.maybeDeferred(transport.start, factory)
+        try:
+            transport.start(factory)
+        except Exception:
+            return defer.fail()
+        return transport.heard
 
     def session_ended(self) -> None:
         if self.forward is not None:
