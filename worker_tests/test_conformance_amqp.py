@@ -60,7 +60,7 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
         user = broker.worker_credentials(WORKER)[0]
         # Buildbot's host:port: the worker's AMQP user at the broker
         self.assertEqual(server.transport.peer(), f"{user}@{broker.host}:{broker.port}")
-        self.assertIn(f"amqp user {user}, session ", server.transport.describe())
+        self.assertIn(f"(amqp user {user}, session ", server.transport.describe())
         self.assertEqual(client.transport.peer(), f"{broker.host}:{broker.port}")
 
     @defer.inlineCallbacks

@@ -136,8 +136,8 @@ class AmqpClientTransport(AmqpSession):
         return self.broker
 
     def describe(self) -> str:
-        return (f"amqp broker {self.broker} vhost {self.vhost}, user {self.user}, "
-                f"session {self.sid[:12]}")
+        return (f"{self.broker} (amqp broker, vhost {self.vhost}, user {self.user}, "
+                f"session {self.sid[:12]})")
 
 
 class AmqpPeer(AmqpSession):
@@ -164,5 +164,4 @@ class AmqpPeer(AmqpSession):
         return f"{self.user}@{self.listening.host}:{self.listening.port}"
 
     def describe(self) -> str:
-        return (f"amqp user {self.user}, session {self.sid[:12]}, via the broker "
-                f"{self.listening.host}:{self.listening.port}")
+        return f"{self.peer()} (amqp user {self.user}, session {self.sid[:12]})"
