@@ -35,6 +35,7 @@ from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.protocol import auth
 from buildbot_worker_msgproto.protocol.auth import ScramCredentials
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.events import Authenticated
 from buildbot_worker_msgproto.protocol.events import HelloReceived
 from buildbot_worker_msgproto.protocol.session import Role
@@ -223,7 +224,8 @@ class MasterHandshake(MessageHandler):
             if throttle.should_log_refusal(key):
                 log.msg(f"msgproto: refusing logins of worker {event.worker!r} from {key[0]} "
                         f"for another {wait:.0f} s (too many failed logins)")
-            driver.close("login_throttled", f"too many failed logins; retry in {wait:.0f} s")
+            driver.close(CloseCode.LOGIN_THROTTLED,
+                         f"too many failed logins; retry in {wait:.0f} s")
             return
         if auth.SCRAM not in event.mechanisms:  # the worker offers certificate login only
             self._certificate_login(driver, event.worker)
@@ -243,7 +245,7 @@ class MasterHandshake(MessageHandler):
         mode = getattr(getattr(self.dispatcher, "options", None), "client_certificates",
                        client_certs.OFF)
         if mode == client_certs.OFF:
-            self._refuse(driver, worker, "unsupported_auth",
+            self._refuse(driver, worker, CloseCode.UNSUPPORTED_AUTH,
                          "this master does not accept certificate login (its "
                          "client_certificates option is 'off')")
             return
@@ -259,11 +261,11 @@ class MasterHandshake(MessageHandler):
             return
         only = self.dispatcher.certificate_only(worker)
         if only is None:
-            self._refuse(driver, worker, "authentication_failed",
+            self._refuse(driver, worker, CloseCode.AUTHENTICATION_FAILED,
                          f"worker {worker!r} failed to authenticate (unknown worker)")
             return
         if not only:
-            self._refuse(driver, worker, "unsupported_auth",
+            self._refuse(driver, worker, CloseCode.UNSUPPORTED_AUTH,
                          f"worker {worker!r} has a password on this master and must log in "
                          f"with it (certificate login needs MsgWorker({worker!r}, None))")
             return
@@ -292,14 +294,15 @@ class MasterHandshake(MessageHandler):
     def _attach(self, driver: SessionDriver, worker_name: str) -> Any:
         factory = self.dispatcher.connection_factory(worker_name)
         if factory is None:
-            driver.close("unknown_worker", f"worker {worker_name!r} is no longer configured")
+            driver.close(CloseCode.UNKNOWN_WORKER,
+                         f"worker {worker_name!r} is no longer configured")
             return
         log.msg(f"msgproto: worker {worker_name!r} authenticated from {driver.peer}")
         try:
             conn = yield factory(driver, worker_name)
         except RuntimeError as e:  # Buildbot's "rejecting duplicate worker"
             log.msg(f"msgproto: rejecting worker {worker_name!r} from {driver.peer}: {e}")
-            driver.close("duplicate_worker", str(e))
+            driver.close(CloseCode.DUPLICATE_WORKER, str(e))
             return
         if driver.session.is_closed:
             conn.detached(driver)
@@ -308,7 +311,7 @@ class MasterHandshake(MessageHandler):
 
     def session_ended(self, driver: SessionDriver, code: str, reason: str,
                       by_peer: bool) -> None:
-        if code != "authentication_failed" or by_peer:
+        if code != CloseCode.AUTHENTICATION_FAILED or by_peer:
             return
         key = self._throttle_key(driver)
         throttle = self.dispatcher.login_throttle
@@ -320,7 +323,7 @@ class MasterHandshake(MessageHandler):
 
     def _internal_error(self, failure: Any, driver: SessionDriver, what: str) -> None:
         log.err(failure, f"msgproto: error {what} for {driver.peer}")
-        driver.close("internal_error", f"master error while {what}")
+        driver.close(CloseCode.INTERNAL_ERROR, f"master error while {what}")
 
 
 class MsgManager(BaseManager):

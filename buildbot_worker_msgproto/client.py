@@ -10,6 +10,8 @@ from twisted.python import log
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.protocol import negotiation
+from buildbot_worker_msgproto.protocol.codes import LOGIN_FAILURES
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 from buildbot_worker_msgproto.protocol.limits import Limits
@@ -70,8 +72,8 @@ class NegotiatingClientProtocol(protocol.Protocol):
             self._become(FramedProtocol(self.factory.new_driver()), rest)
         elif self.factory.sessions.password is None:
             self.factory.sessions.login_failed(
-                "unsupported_auth", "the master does not offer the msg protocol, and PB has "
-                "no certificate login (this worker has no password)")
+                CloseCode.UNSUPPORTED_AUTH, "the master does not offer the msg protocol, and "
+                "PB has no certificate login (this worker has no password)")
             self.transport.abortConnection()
         else:
             log.msg("msgproto: the master does not offer the msg protocol "
@@ -101,10 +103,6 @@ class NegotiatingClientProtocol(protocol.Protocol):
 class WorkerSessions:
     """Makes the worker's sessions (one per connection) and remembers the current one."""
 
-    #: Close codes meaning "this worker cannot log in", counted like PB's failed logins.
-    LOGIN_FAILURES = ("authentication_failed", "master_not_authenticated", "unknown_worker",
-                      "certificate_mismatch", "certificate_required", "unsupported_auth")
-
     def __init__(self, bot: MessageHandler, name: str, password: str | None, reactor: Any,
                  limits: Limits = DEFAULT_LIMITS, software: dict[str, Any] | None = None,
                  retry_policy: Any = None) -> None:
@@ -133,9 +131,9 @@ class WorkerSessions:
             logged_in = getattr(self.retry_policy, "logged_in", None)
             if logged_in is not None:  # the session had opened: retry soon
                 logged_in()
-        if code in self.LOGIN_FAILURES:
+        if code in LOGIN_FAILURES:
             self.login_failed(code, reason)
-        elif code not in ("handshake_timeout",) and self.driver is not None \
+        elif code != CloseCode.HANDSHAKE_TIMEOUT and self.driver is not None \
                 and self.driver.session.version is not None:
             self.failed_logins = 0
 

@@ -18,6 +18,9 @@ from twisted.python import failure
 from twisted.python import log
 
 from buildbot_worker_msgproto.protocol import events as ev
+from buildbot_worker_msgproto.protocol.codes import ORDERLY
+from buildbot_worker_msgproto.protocol.codes import CloseCode
+from buildbot_worker_msgproto.protocol.codes import ErrorCode
 from buildbot_worker_msgproto.protocol.errors import FrameTooLarge
 from buildbot_worker_msgproto.protocol.errors import LocalProtocolError
 from buildbot_worker_msgproto.protocol.messages import Kind
@@ -154,9 +157,9 @@ class SessionDriver:
     def transport_closed(self, reason: str) -> None:
         self._cancel_timer()
         if not self.session.is_closed:
-            self.session.close("connection_lost", reason, self.reactor.seconds())
+            self.session.close(CloseCode.CONNECTION_LOST, reason, self.reactor.seconds())
             self.session.frames_to_send()  # nowhere to send them
-            self._end("connection_lost", reason, by_peer=True)
+            self._end(CloseCode.CONNECTION_LOST, reason, by_peer=True)
         self.transport = None
 
     def max_incoming_frame_size(self) -> int:
@@ -216,7 +219,7 @@ class SessionDriver:
         self._handle(self.session.accept_certificate(self.reactor.seconds()))
         self._after()
 
-    def close(self, code: str = "normal", reason: str = "closing") -> None:
+    def close(self, code: str = CloseCode.NORMAL, reason: str = "closing") -> None:
         """Close the session cleanly (send ``close``, flush, drop the transport)."""
         if not self.session.is_closed:
             self.session.close(code, reason, self.reactor.seconds())
@@ -296,7 +299,7 @@ class SessionDriver:
     def _answer(self, event: ev.RequestReceived) -> None:
         method = self.handler.request_handler(event.type)
         if method is None:
-            self._send_error(event.request_id, "unknown_command",
+            self._send_error(event.request_id, ErrorCode.UNKNOWN_COMMAND,
                              f"this side does not implement {event.type!r}")
             return
         d = defer.maybeDeferred(method, event.message)
@@ -313,13 +316,13 @@ class SessionDriver:
                     self.session.send_response(event.request_id, result, self.reactor.seconds(),
                                                blob)
                 except LocalProtocolError as e:
-                    self._send_error(event.request_id, "failed", str(e))
+                    self._send_error(event.request_id, ErrorCode.FAILED, str(e))
                 self._after()
 
         def failed(f: failure.Failure) -> None:
             if not f.check(SessionLost, RemoteError):
                 log.err(f, f"{self.label}: {event.type!r} request from {self.peer} failed")
-            self._send_error(event.request_id, "failed", f.getErrorMessage())
+            self._send_error(event.request_id, ErrorCode.FAILED, f.getErrorMessage())
 
         d.addCallbacks(ok, failed)
         d.addErrback(log.err, f"{self.label}: answering {event.type!r}")
@@ -345,7 +348,7 @@ class SessionDriver:
         waiting, self._waiting = self._waiting, {}
         for d in waiting.values():
             d.errback(SessionLost(f"session ended ({code}): {reason}"))
-        if code not in ("normal", "shutdown"):
+        if code not in ORDERLY:
             who = "peer" if by_peer else "we"
             log.msg(f"{self.label}: session with {self.peer} ended, {who} closed it: "
                     f"{code}: {reason}")

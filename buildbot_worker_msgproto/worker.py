@@ -19,6 +19,7 @@ import buildbot_worker_msgproto
 from buildbot_worker_msgproto.bot import BotMsg
 from buildbot_worker_msgproto.client import MsgClientFactory
 from buildbot_worker_msgproto.client import WorkerSessions
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.retry import RetryPolicy
@@ -189,7 +190,7 @@ class Worker(worker_pb.Worker):
     def stopService(self) -> Any:
         driver = self.sessions.active_driver
         if driver is not None:
-            driver.close("shutdown", "worker stopping")
+            driver.close(CloseCode.SHUTDOWN, "worker stopping")
         # The PB factory only gets stopFactory() if a PB fallback used it; without this
         # its waitForCompleteShutdown() would wait forever.
         self.bf.stopTimers()

@@ -28,6 +28,8 @@ from typing import Any
 
 from buildbot_worker_msgproto.protocol import auth
 from buildbot_worker_msgproto.protocol import codec
+from buildbot_worker_msgproto.protocol.codes import CloseCode
+from buildbot_worker_msgproto.protocol.codes import ErrorCode
 from buildbot_worker_msgproto.protocol.errors import LocalProtocolError
 from buildbot_worker_msgproto.protocol.errors import ProtocolError
 from buildbot_worker_msgproto.protocol.events import Authenticated
@@ -365,7 +367,7 @@ class Session:
         if not common:
             return self._fail(ProtocolError(
                 f"no common protocol version: worker offers {sorted(self._hello_versions)}, "
-                f"master speaks {sorted(self.versions)}", code="unsupported_version"), now)
+                f"master speaks {sorted(self.versions)}", code=CloseCode.UNSUPPORTED_VERSION), now)
         self.version = max(common)
         return None
 
@@ -386,11 +388,11 @@ class Session:
                 self._account(e.seq, None)
             except ProtocolError as bad:
                 return self._fail(bad, now)
-            self._send_error(e.request_id, "unknown_type",
+            self._send_error(e.request_id, ErrorCode.UNKNOWN_TYPE,
                              _shorten(f"unknown message type {e.message_type!r}"), now)
             if e.blob is not None:  # skip the side frame the unknown message announced
                 self._blob_wait = (e.blob, None, None)
-            return [ErrorReceived(None, "unknown_type", _shorten(str(e)))]
+            return [ErrorReceived(None, ErrorCode.UNKNOWN_TYPE, _shorten(str(e)))]
         except ProtocolError as e:
             return self._fail(e, now)
 
@@ -402,7 +404,7 @@ class Session:
 
     def _fail(self, error: ProtocolError, now: float) -> list[Event]:
         events: list[Event] = []
-        if error.code == "authentication_failed":
+        if error.code == CloseCode.AUTHENTICATION_FAILED:
             events.append(AuthenticationFailed(self.worker_name or "", _shorten(str(error))))
         self.close(error.code, str(error), now)
         events.append(Closed(error.code, _shorten(str(error)), by_peer=False))
@@ -411,11 +413,11 @@ class Session:
     def _account(self, seq: int, ack: int | None) -> None:
         if seq != self._recv_seq + 1:
             raise ProtocolError(f"frame seq {seq} out of order (expected {self._recv_seq + 1})",
-                                code="bad_sequence")
+                                code=CloseCode.BAD_SEQUENCE)
         if ack is not None:
             if ack > self._send_seq or ack < self.peer_ack:
                 raise ProtocolError(f"ack {ack} out of range [{self.peer_ack}, {self._send_seq}]",
-                                    code="bad_sequence")
+                                    code=CloseCode.BAD_SEQUENCE)
             self.peer_ack = ack
         self._recv_seq = seq
 
@@ -431,30 +433,31 @@ class Session:
             return [Closed(code, reason, by_peer=True)]
         if not spec.may_be_sent_by(self._peer_role):
             raise ProtocolError(f"{self._peer_role} may not send {message_type!r}",
-                                code="unexpected_message")
+                                code=CloseCode.UNEXPECTED_MESSAGE)
         if self.state is not State.OPEN:
             if "blob" in message:
                 raise ProtocolError("binary side frames are not allowed during the handshake",
-                                    code="unexpected_message")
+                                    code=CloseCode.UNEXPECTED_MESSAGE)
             expected = _EXPECTED_HANDSHAKE.get(self.state)
             if message_type == "challenge" and self.certificate_login:
                 raise ProtocolError("the master asks for a password, but this worker logs in "
                                     "with its TLS client certificate only; the master does "
-                                    "not support certificate login", code="unsupported_auth")
+                                    "not support certificate login",
+                                    code=CloseCode.UNSUPPORTED_AUTH)
             if message_type != expected:
                 raise ProtocolError(
                     f"got {message_type!r} while {self.state.value.replace('_', ' ')}"
                     + (f" (expected {expected!r})" if expected else ""),
-                    code="unexpected_message")
+                    code=CloseCode.UNEXPECTED_MESSAGE)
             return getattr(self, f"_on_{message_type}")(message, now)
         if spec.phase is Phase.HANDSHAKE:
             raise ProtocolError(f"handshake message {message_type!r} after the handshake",
-                                code="unexpected_message")
+                                code=CloseCode.UNEXPECTED_MESSAGE)
         if "blob" in message:
             if message["blob"] > self.max_incoming_frame_size:
                 raise ProtocolError(f"announced binary side frame of {message['blob']} bytes "
                                     f"exceeds the {self.max_incoming_frame_size}-byte limit",
-                                    code="frame_too_large")
+                                    code=CloseCode.FRAME_TOO_LARGE)
             self._blob_wait = (message["blob"], message, spec.kind)
             return []
         events = self._dispatch_open(message, spec.kind)
@@ -473,7 +476,7 @@ class Session:
         if len(frame) != length:
             return self._fail(ProtocolError(
                 f"binary side frame has {len(frame)} bytes, {length} were announced",
-                code="bad_blob"), now)
+                code=CloseCode.BAD_BLOB), now)
         if message is None or kind is None:
             return []  # belonged to a message we could not understand
         message["blob"] = bytes(frame)
@@ -492,7 +495,7 @@ class Session:
             request_id = message["id"]
             if request_id in self._peer_requests:
                 raise ProtocolError(f"request id {request_id} is already in use by an "
-                                    "unanswered request", code="bad_message")
+                                    "unanswered request", code=CloseCode.BAD_MESSAGE)
             self._peer_requests.add(request_id)
             return [RequestReceived(request_id, message_type, message)]
         if kind is Kind.NOTIFICATION:
@@ -503,7 +506,7 @@ class Session:
                 return [ErrorReceived(None, message["code"], message["message"])]
             if self._pending.pop(reply_to, None) is None:
                 raise ProtocolError(f"{message_type!r} answers unknown request {reply_to}",
-                                    code="bad_reply")
+                                    code=CloseCode.BAD_REPLY)
             if message_type == "response":
                 blob = message.get("blob")
                 return [ResponseReceived(reply_to, message.get("result"),
@@ -517,11 +520,11 @@ class Session:
         if not versions or not all(isinstance(v, int) and not isinstance(v, bool)
                                    for v in versions):
             raise ProtocolError("hello.versions must be a non-empty list of integers",
-                                code="bad_message")
+                                code=CloseCode.BAD_MESSAGE)
         if len(message["nonce"]) < MIN_NONCE_CHARS or len(message["nonce"]) > 256:
-            raise ProtocolError("hello.nonce has the wrong length", code="bad_message")
+            raise ProtocolError("hello.nonce has the wrong length", code=CloseCode.BAD_MESSAGE)
         if not message["worker"] or len(message["worker"]) > 512:
-            raise ProtocolError("hello.worker must be a non-empty name", code="bad_message")
+            raise ProtocolError("hello.worker must be a non-empty name", code=CloseCode.BAD_MESSAGE)
         self.worker_name = message["worker"]
         self._client_nonce = message["nonce"]
         self._hello_versions = tuple(versions[:64])
@@ -537,7 +540,7 @@ class Session:
             if not known:
                 raise ProtocolError("hello.auth offers no mechanism this master knows "
                                     f"(known: {', '.join(auth.MECHANISMS)})",
-                                    code="unsupported_auth")
+                                    code=CloseCode.UNSUPPORTED_AUTH)
             self._hello_mechanisms = known
         self.state = State.AWAIT_CREDENTIALS
         software = message.get("software") or {}
@@ -556,7 +559,7 @@ class Session:
                                                                       proof):
             raise ProtocolError(f"worker {self.worker_name!r} failed to authenticate "
                                 "(wrong password or unknown worker)",
-                                code="authentication_failed")
+                                code=CloseCode.AUTHENTICATION_FAILED)
         signature = self._credentials.server_signature(self._auth_message())
         self._credentials = None
         return self._welcome({"signature": base64.b64encode(signature).decode("ascii")}, now)
@@ -582,14 +585,14 @@ class Session:
     def _on_challenge(self, message: dict[str, Any], now: float) -> list[Event]:
         if message["version"] not in self.versions:
             raise ProtocolError(f"master chose version {message['version']}, which was not "
-                                "offered", code="unsupported_version")
+                                "offered", code=CloseCode.UNSUPPORTED_VERSION)
         nonce = message["nonce"]
         if not nonce.startswith(self._client_nonce) or len(nonce) < 2 * MIN_NONCE_CHARS:
-            raise ProtocolError("challenge nonce does not extend ours", code="bad_message")
+            raise ProtocolError("challenge nonce does not extend ours", code=CloseCode.BAD_MESSAGE)
         if message["iterations"] > self.limits.max_auth_iterations:
             raise ProtocolError(f"master asks for {message['iterations']} PBKDF2 iterations, "
                                 f"more than the limit {self.limits.max_auth_iterations}",
-                                code="bad_message")
+                                code=CloseCode.BAD_MESSAGE)
         salt = _b64(message["salt"], "challenge.salt")
         self.version = message["version"]
         self._nonce = nonce
@@ -610,23 +613,23 @@ class Session:
             if mechanism != auth.CLIENT_CERTIFICATE:
                 raise ProtocolError("the master did not accept certificate login "
                                     f"(welcome.auth is {mechanism!r})",
-                                    code="master_not_authenticated")
+                                    code=CloseCode.MASTER_NOT_AUTHENTICATED)
             version = message.get("version")
             if version not in self.versions:
                 raise ProtocolError(f"master chose version {version!r}, which was not offered",
-                                    code="unsupported_version")
+                                    code=CloseCode.UNSUPPORTED_VERSION)
             self.version = version
         else:
             if mechanism != auth.SCRAM or "signature" not in message:
                 raise ProtocolError("the master skipped the password proof (welcome without "
                                     "signature): refusing to talk to a possible impostor",
-                                    code="master_not_authenticated")
+                                    code=CloseCode.MASTER_NOT_AUTHENTICATED)
             signature = _b64(message["signature"], "welcome.signature")
             assert self._expected_server_signature is not None
             if not auth.signatures_match(self._expected_server_signature, signature):
                 raise ProtocolError("the master could not prove it knows this worker's "
                                     "password: refusing to talk to a possible impostor",
-                                    code="master_not_authenticated")
+                                    code=CloseCode.MASTER_NOT_AUTHENTICATED)
         try:
             interval = float(message["heartbeat_interval"])
             timeout = float(message["heartbeat_timeout"])
@@ -666,13 +669,13 @@ class Session:
             if now >= self._started_at + self.limits.handshake_timeout:
                 return self._fail(ProtocolError(
                     f"handshake not finished within {self.limits.handshake_timeout:g} s",
-                    code="handshake_timeout"), now)
+                    code=CloseCode.HANDSHAKE_TIMEOUT), now)
             return []
         if now >= self._last_received_at + self._heartbeat_timeout:
             return self._fail(ProtocolError(
                 f"no frame from the peer for {now - self._last_received_at:.1f} s "
                 f"(heartbeat timeout {self._heartbeat_timeout:g} s)",
-                code="heartbeat_timeout"), now)
+                code=CloseCode.HEARTBEAT_TIMEOUT), now)
         if now >= self._last_sent_at + self._heartbeat_interval:
             self._send("ping", {}, now)
         return []
@@ -690,7 +693,7 @@ def _b64(text: str, where: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ProtocolError(f"{where} is not valid base64", code="bad_message") from e
+        raise ProtocolError(f"{where} is not valid base64", code=CloseCode.BAD_MESSAGE) from e
 
 
 def _shorten(text: str, limit: int = 512) -> str:
