@@ -15,10 +15,7 @@ from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.driver import SessionLost
 from buildbot_worker_msgproto.driver import listener
 from buildbot_worker_msgproto.driver import responder
-from buildbot_worker_msgproto.protocol.codec import b64decode
-
-#: Update keys whose value is log text (sent as a plain string on the wire).
-TEXT_KEYS = ("stdout", "stderr", "header")
+from buildbot_worker_msgproto.protocol import payloads
 
 
 class UnknownCommand(KeyError):
@@ -167,22 +164,7 @@ class MsgConnection(base.Connection, MessageHandler):
         except UnknownCommand as e:
             log.msg(f"msgproto: ignoring update from {self.worker.workername!r}: {e}")
             return
-        updates = []
-        for item in message["updates"]:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-                raise ValueError(f"malformed update item {item!r:.200}")
-            key, value = item
-            if key in TEXT_KEYS:
-                if not isinstance(value, str):
-                    raise ValueError(f"update {key!r} must carry text")
-                value = (value,)
-            elif key == "log":
-                if not (isinstance(value, list) and len(value) == 2
-                        and all(isinstance(v, str) for v in value)):
-                    raise ValueError("update 'log' must carry [logname, text]")
-                value = (value[0], (value[1],))
-            updates.append((key, value))
-        command.remote_update_msgpack(updates)
+        command.remote_update_msgpack(payloads.decode_updates(message["updates"]))
 
     @listener("complete")
     def on_complete(self, message: dict[str, Any]) -> None:
@@ -191,22 +173,14 @@ class MsgConnection(base.Connection, MessageHandler):
         except UnknownCommand as e:
             log.msg(f"msgproto: ignoring completion from {self.worker.workername!r}: {e}")
             return
+        failure = payloads.decode_failure(message.get("failure"))
         self._forget(message["command_id"])
-        failure = message.get("failure")
-        if failure is not None:
-            failure = (f"{failure.get('type', 'Error')}: {failure.get('message', '')}\n"
-                       f"{failure.get('traceback', '')}")
         command.remote_complete(failure)
 
     @responder("write_file")
     def on_write_file(self, message: dict[str, Any]) -> Any:
         writer = self._lookup(self._writers, message, "file writer")
-        data = message.get("blob")
-        if not isinstance(data, bytes):
-            if "data" not in message:
-                raise ValueError("write_file carries neither data nor a binary side frame")
-            data = b64decode(message["data"])
-        return writer.remote_write(data)
+        return writer.remote_write(payloads.block_in(message, "data"))
 
     @responder("utime_file")
     def on_utime_file(self, message: dict[str, Any]) -> Any:

@@ -25,6 +25,7 @@ from twisted.python import log
 from twisted.spread import pb
 
 from buildbot_msgproto import client_certs
+from buildbot_msgproto import compat
 from buildbot_msgproto.config import ListenerOptions
 from buildbot_msgproto.config import normalize_portstr
 from buildbot_msgproto.connection import MsgConnection
@@ -165,7 +166,7 @@ class MsgDispatcher(PBDispatcher):
                                        _peer_of(transport))
         if refusal is not None:
             raise ValueError(refusal[1])
-        persp = yield self.master.workers.pb._create_connection(mind, name)
+        persp = yield compat.create_pb_connection(self.master, mind, name)
         yield persp.attached(mind)
         return (pb.IPerspective, persp, lambda: persp.detached(mind))
 
@@ -242,19 +243,17 @@ class MasterHandshake(MessageHandler):
         """Open the session of a worker that logs in with its TLS client certificate:
         allowed if client certificates are on, the verified certificate names the worker
         and the worker has no password on this master (docs/security/mtls.rst)."""
-        mode = getattr(getattr(self.dispatcher, "options", None), "client_certificates",
-                       client_certs.OFF)
+        mode = self.dispatcher.options.client_certificates
         if mode == client_certs.OFF:
             self._refuse(driver, worker, CloseCode.UNSUPPORTED_AUTH,
                          "this master does not accept certificate login (its "
                          "client_certificates option is 'off')")
             return
-        refusal = client_certs.refusal(mode, getattr(driver, "transport", None), worker,
-                                       driver.peer)
+        refusal = client_certs.refusal(mode, driver.transport, worker, driver.peer)
         if refusal is not None:
             driver.close(*refusal)
             return
-        cert = client_certs.peer_certificate(getattr(driver, "transport", None))
+        cert = client_certs.peer_certificate(driver.transport)
         if cert is None:
             self._refuse(driver, worker, client_certs.CERTIFICATE_REQUIRED,
                          "certificate login needs a TLS client certificate")
@@ -279,11 +278,8 @@ class MasterHandshake(MessageHandler):
         driver.close(code, reason)
 
     def _certificate_refusal(self, driver: SessionDriver, worker: str) -> Any:
-        # a duck-typed dispatcher without options (unit tests) has no certificate policy
-        mode = getattr(getattr(self.dispatcher, "options", None), "client_certificates",
-                       client_certs.OFF)
-        return client_certs.refusal(mode, getattr(driver, "transport", None), worker,
-                                    driver.peer)
+        return client_certs.refusal(self.dispatcher.options.client_certificates,
+                                    driver.transport, worker, driver.peer)
 
     def authenticated(self, driver: SessionDriver, event: Authenticated) -> None:
         self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
@@ -329,8 +325,12 @@ class MasterHandshake(MessageHandler):
 class MsgManager(BaseManager):
     """The service owning every msg port of a master (a child of the master)."""
 
-    def __init__(self) -> None:
-        super().__init__("msgproto_manager")
+    #: The service name under which the manager is a child of the Buildbot master.
+    NAME = "msgproto_manager"
+
+    def __init__(self, listener: MsgListener) -> None:
+        super().__init__(self.NAME)
+        self.listener = listener
         self.options: dict[str, ListenerOptions] = {}
 
     def dispatcher_class(self, config_portstr: Any, portstr: str) -> MsgDispatcher:
@@ -360,7 +360,7 @@ class MsgListener(base.UpdateRegistrationListener):
         super().__init__()
         self.master = master
         self.ConnectionClass = MsgConnection
-        self.manager = MsgManager()
+        self.manager = MsgManager(self)
 
     def get_manager(self) -> MsgManager:
         return self.manager
@@ -371,12 +371,16 @@ class MsgListener(base.UpdateRegistrationListener):
 
 @defer.inlineCallbacks
 def get_listener(master: Any) -> Any:
-    """The master's MsgListener, created (and its manager started) on first use."""
-    listener = getattr(master, "msgproto_listener", None)
-    if listener is None:
-        listener = master.msgproto_listener = MsgListener(master)
+    """The master's MsgListener, created (and its manager started, as a named child service
+    of the master) on first use."""
+    try:
+        return master.getServiceNamed(MsgManager.NAME).listener
+    except KeyError:
+        listener = MsgListener(master)
+        # setServiceParent registers the name at once, before the first yield, so a
+        # concurrent caller finds this listener instead of making a second one
         yield listener.manager.setServiceParent(master)
-    return listener
+        return listener
 
 
 def _server_tls_options(options: ListenerOptions) -> Any:

@@ -9,25 +9,13 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.python import log
-from twisted.spread import banana
 from twisted.spread import pb
 
+from buildbot_msgproto import compat
 from buildbot_worker_msgproto.protocol import negotiation
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 from buildbot_worker_msgproto.transports.tcp import FramedProtocol
 from buildbot_worker_msgproto.transports.tcp import set_nodelay
-
-
-class PreNegotiatedBroker(pb.Broker):
-    """A PB server broker that does not send its dialect list: we already did.
-
-    The client's dialect choice is replayed into it, so banana selects ``pb``
-    through its normal path.
-    """
-
-    def connectionMade(self) -> None:
-        self.setPrefixLimit(banana._PREFIX_LIMIT)
-        self.currentDialect = None
 
 
 class NegotiatingServerProtocol(protocol.Protocol):
@@ -105,7 +93,7 @@ class NegotiatingServerFactory(protocol.Factory):
         self.reactor = reactor
         self.negotiation_timeout = negotiation_timeout
         self.dialects = negotiation.MASTER_DIALECTS if serve_pb else (MSG_DIALECT,)
-        pb_factory.protocol = PreNegotiatedBroker
+        compat.use_pre_negotiated_broker(pb_factory)
 
     def buildProtocol(self, addr: Any) -> NegotiatingServerProtocol:
         return NegotiatingServerProtocol(self, addr)

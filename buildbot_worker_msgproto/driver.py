@@ -8,7 +8,6 @@ if/elif chain on message names.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 from typing import Callable
 
@@ -18,15 +17,20 @@ from twisted.python import failure
 from twisted.python import log
 
 from buildbot_worker_msgproto.protocol import events as ev
+from buildbot_worker_msgproto.protocol import payloads
 from buildbot_worker_msgproto.protocol.codes import ORDERLY
 from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.codes import ErrorCode
 from buildbot_worker_msgproto.protocol.errors import FrameTooLarge
 from buildbot_worker_msgproto.protocol.errors import LocalProtocolError
+from buildbot_worker_msgproto.protocol.errors import ProtocolError
 from buildbot_worker_msgproto.protocol.messages import Kind
 from buildbot_worker_msgproto.protocol.messages import spec_for
 from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.transports.base import FrameTransport
+
+#: Events of the handshake: a handler that fails on one of them closes the session.
+_HANDSHAKE_EVENTS = (ev.HelloReceived, ev.Authenticated)
 
 
 class RemoteError(Exception):
@@ -226,6 +230,13 @@ class SessionDriver:
             self._after()
             self._end(code, reason, by_peer=False)
 
+    def fail(self, error: ProtocolError) -> None:
+        """Close the session because of ``error`` (the peer broke the protocol)."""
+        if not self.session.is_closed:
+            log.msg(f"{self.label}: closing the session with {self.peer}: {error.code}: {error}")
+            self._handle(self.session.fail(error, self.reactor.seconds()))
+            self._after()
+
     def abort(self) -> None:
         """Drop the transport at once."""
         if self.transport is not None:
@@ -268,8 +279,13 @@ class SessionDriver:
         for event in events:
             try:
                 self._dispatch(event)
+            except ProtocolError as e:  # a handler found the peer's message malformed
+                self.fail(e)
             except Exception:
                 log.err(failure.Failure(), f"{self.label}: error handling {event!r}")
+                if isinstance(event, _HANDSHAKE_EVENTS):  # else it would hang until timeout
+                    self.close(CloseCode.INTERNAL_ERROR,
+                               f"{self.label}: internal error during the handshake")
 
     def _dispatch(self, event: ev.Event) -> None:
         if isinstance(event, ev.RequestReceived):
@@ -308,10 +324,7 @@ class SessionDriver:
             if self.session.is_open:
                 blob = None
                 if isinstance(result, Binary):
-                    if self.session.blobs_enabled:
-                        result, blob = None, result.data
-                    else:
-                        result = base64.b64encode(result.data).decode("ascii")
+                    result, blob = payloads.block_out(result.data, self.session.blobs_enabled)
                 try:
                     self.session.send_response(event.request_id, result, self.reactor.seconds(),
                                                blob)
@@ -320,6 +333,9 @@ class SessionDriver:
                 self._after()
 
         def failed(f: failure.Failure) -> None:
+            if f.check(ProtocolError):
+                self.fail(f.value)
+                return
             if not f.check(SessionLost, RemoteError):
                 log.err(f, f"{self.label}: {event.type!r} request from {self.peer} failed")
             self._send_error(event.request_id, ErrorCode.FAILED, f.getErrorMessage())
@@ -338,7 +354,15 @@ class SessionDriver:
             log.msg(f"{self.label}: ignoring {event.type!r} from {self.peer}: no listener")
             return
         d = defer.maybeDeferred(method, event.message)
-        d.addErrback(log.err, f"{self.label}: handling {event.type!r} from {self.peer}")
+        d.addErrback(self._listener_failed, event.type)
+
+    def _listener_failed(self, f: failure.Failure, message_type: str) -> None:
+        """A malformed notification (ProtocolError) closes the session, so that nothing the
+        peer sent is silently dropped; anything else is our own bug: log it."""
+        if f.check(ProtocolError):
+            self.fail(f.value)
+        else:
+            log.err(f, f"{self.label}: handling {message_type!r} from {self.peer}")
 
     def _end(self, code: str, reason: str, by_peer: bool) -> None:
         if self._ended:

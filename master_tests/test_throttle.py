@@ -181,6 +181,7 @@ class FakeDriver:
         self.reactor = clock
         self.peer = peer
         self.session = FakeSession(worker)
+        self.transport = None  # no TLS: no client certificate
         self.closed: tuple[str, str] | None = None
         self.answered = False
 
@@ -194,6 +195,7 @@ class FakeDriver:
 class FakeDispatcher:
     def __init__(self, throttle: LoginThrottle) -> None:
         self.login_throttle = throttle
+        self.options = parse_options({"port": 9989})
 
     def credentials_for(self, worker: str) -> defer.Deferred:
         return defer.succeed(None)
