@@ -9,6 +9,7 @@ from buildbot.worker.protocols import base
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_msgproto.suspension import SuspensionNotice
 from buildbot_worker_msgproto.driver import Binary
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
@@ -16,6 +17,19 @@ from buildbot_worker_msgproto.driver import SessionLost
 from buildbot_worker_msgproto.driver import listener
 from buildbot_worker_msgproto.driver import responder
 from buildbot_worker_msgproto.protocol import payloads
+from buildbot_worker_msgproto.protocol.codes import CloseCode
+from buildbot_worker_msgproto.protocol.events import LinkLost
+from buildbot_worker_msgproto.protocol.events import Resumed
+
+#: Seconds a connection may take to deliver our ``close`` before it is dropped.
+DROP_AFTER_CLOSE = 2.0
+
+
+def _abort_quietly(transport: Any) -> None:
+    try:
+        transport.abort()
+    except Exception as e:  # already gone
+        log.msg(f"msgproto: dropping a closed connection: {e}")
 
 
 class UnknownCommand(KeyError):
@@ -52,6 +66,8 @@ class MsgConnection(base.Connection, MessageHandler):
         self._writers: dict[Any, Any] = {}
         self._readers: dict[Any, Any] = {}
         self._detached = False
+        #: What the running steps show while the session is suspended.
+        self.suspension = SuspensionNotice(master.reactor, lambda: list(self._commands.values()))
         driver.handler = self
         if driver.session.is_closed:  # lost while Buildbot was still arbitrating
             self.master.reactor.callLater(0, self.detached, driver)
@@ -61,10 +77,29 @@ class MsgConnection(base.Connection, MessageHandler):
     def attached(self, driver: SessionDriver) -> Any:
         yield self.worker.attached(self)
 
+    @property
+    def suspended(self) -> bool:
+        """The connection is lost and the session waits for the worker to resume it."""
+        return self.driver.session.is_suspended
+
+    def link_lost(self, driver: SessionDriver, event: LinkLost) -> None:
+        log.msg(f"msgproto: worker {self.worker.workername!r} ({driver.peer}): connection "
+                f"lost ({event.code}: {event.reason}); its builds go on if it resumes within "
+                f"{event.window:g} s (no new builds meanwhile)")
+        self.suspension.start(event.reason, event.window)
+
+    def resumed(self, driver: SessionDriver, event: Resumed) -> None:
+        log.msg(f"msgproto: worker {self.worker.workername!r} resumed from {driver.peer} "
+                f"after {event.suspended_for:.1f} s")
+        self.suspension.stop(event.suspended_for)
+        self.worker.messageReceivedFromWorker()
+        self.master.botmaster.maybeStartBuildsForWorker(self.worker.workername)
+
     def detached(self, driver: SessionDriver | None = None) -> None:
         if self._detached:
             return
         self._detached = True
+        self.suspension.stop(None)
         self._commands.clear()
         self._writers.clear()
         self._readers.clear()
@@ -77,7 +112,13 @@ class MsgConnection(base.Connection, MessageHandler):
         self.detached(driver)
 
     def loseConnection(self) -> None:  # noqa: N802 - Buildbot's API
-        self.driver.abort()
+        """Buildbot wants the worker gone (a user's "disconnect", a reconfig that removed
+        it, a duplicate login): end the session at once, suspended or not, so that
+        Buildbot's disconnect path runs now; the connection is dropped shortly after."""
+        transport = self.driver.transport
+        self.driver.close(CloseCode.NORMAL, "the master disconnected this worker")
+        if transport is not None:
+            self.master.reactor.callLater(DROP_AFTER_CLOSE, _abort_quietly, transport)
 
     def get_peer(self) -> str:
         return self.driver.peer

@@ -30,6 +30,7 @@ from buildbot_msgproto.config import ListenerOptions
 from buildbot_msgproto.config import normalize_portstr
 from buildbot_msgproto.connection import MsgConnection
 from buildbot_msgproto.negotiation import NegotiatingServerFactory
+from buildbot_msgproto.sessions import SessionRegistry
 from buildbot_msgproto.throttle import LoginThrottle
 from buildbot_msgproto.throttle import peer_host
 from buildbot_worker_msgproto.driver import MessageHandler
@@ -39,6 +40,7 @@ from buildbot_worker_msgproto.protocol.auth import ScramCredentials
 from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.events import Authenticated
 from buildbot_worker_msgproto.protocol.events import HelloReceived
+from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.transports import registry
@@ -61,9 +63,12 @@ CERTIFICATE_ONLY = _CertificateOnly()
 class MsgDispatcher(PBDispatcher):
     """One listening port serving msg sessions and, negotiated on the same port, PB."""
 
-    def __init__(self, config_portstr: Any, portstr: str, options: ListenerOptions) -> None:
+    def __init__(self, config_portstr: Any, portstr: str, options: ListenerOptions,
+                 sessions: SessionRegistry) -> None:
         super().__init__(config_portstr, portstr)
         self.options = options
+        #: The master's resumable sessions (shared by all its msg ports).
+        self.sessions = sessions
         self._credentials: dict[str, tuple[str, ScramCredentials]] = {}
         self.serverFactory = NegotiatingServerFactory(
             self.serverFactory, self.new_driver, _reactor(), options.limits.handshake_timeout,
@@ -229,20 +234,39 @@ class MasterHandshake(MessageHandler):
                          f"too many failed logins; retry in {wait:.0f} s")
             return
         if auth.SCRAM not in event.mechanisms:  # the worker offers certificate login only
-            self._certificate_login(driver, event.worker)
+            self._certificate_login(driver, event)
             return
         refusal = self._certificate_refusal(driver, event.worker)
         if refusal is not None:  # before the challenge: the password is not even tried
             driver.close(*refusal)
             return
         d = self.dispatcher.credentials_for(event.worker)
-        d.addCallback(driver.answer_hello)
+        d.addCallback(lambda credentials: driver.answer_hello(
+            credentials, resume=self._resume_target(event)))
         d.addErrback(self._internal_error, driver, "looking up credentials")
 
-    def _certificate_login(self, driver: SessionDriver, worker: str) -> None:
+    def _resume_target(self, event: HelloReceived) -> Any:
+        """The session the worker asks to resume, if this master still has it."""
+        target = self.dispatcher.sessions.find(event.resume, event.worker)
+        return target.session if target is not None else None
+
+    def resumed(self, driver: SessionDriver, event: Resumed) -> None:
+        """The new connection resumed a session: hand it to that session's driver."""
+        self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
+        target = self.dispatcher.sessions.find(event.session_id, driver.session.worker_name)
+        if target is None or target.session is not event.session:  # cannot happen
+            driver.abort()
+            return
+        log.msg(f"msgproto: worker {driver.session.worker_name!r} resumed its session from "
+                f"{driver.peer} after {event.suspended_for:.1f} s ({event.replayed} frames "
+                "sent again)")
+        target.adopt(driver, event)
+
+    def _certificate_login(self, driver: SessionDriver, event: HelloReceived) -> None:
         """Open the session of a worker that logs in with its TLS client certificate:
         allowed if client certificates are on, the verified certificate names the worker
         and the worker has no password on this master (docs/security/mtls.rst)."""
+        worker = event.worker
         mode = self.dispatcher.options.client_certificates
         if mode == client_certs.OFF:
             self._refuse(driver, worker, CloseCode.UNSUPPORTED_AUTH,
@@ -270,7 +294,7 @@ class MasterHandshake(MessageHandler):
             return
         log.msg(f"msgproto: worker {worker!r} from {driver.peer} logs in with its TLS client "
                 f"certificate ({client_certs.describe(cert)})")
-        driver.accept_certificate()
+        driver.accept_certificate(resume=self._resume_target(event))
 
     @staticmethod
     def _refuse(driver: SessionDriver, worker: str, code: str, reason: str) -> None:
@@ -283,6 +307,14 @@ class MasterHandshake(MessageHandler):
 
     def authenticated(self, driver: SessionDriver, event: Authenticated) -> None:
         self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
+        # a new login, not a resume: the worker process restarted, so a session it left
+        # suspended has nobody to resume it; end it now instead of after its window
+        for old in self.dispatcher.sessions.suspended(event.worker):
+            log.msg(f"msgproto: worker {event.worker!r} logged in anew from {driver.peer}: "
+                    "ending its suspended session")
+            old.close(CloseCode.SESSION_REPLACED, "the worker logged in anew")
+        if driver.session.resumable:
+            self.dispatcher.sessions.add(driver)
         d = self._attach(driver, event.worker)
         d.addErrback(self._internal_error, driver, "attaching the worker")
 
@@ -332,9 +364,18 @@ class MsgManager(BaseManager):
         super().__init__(self.NAME)
         self.listener = listener
         self.options: dict[str, ListenerOptions] = {}
+        self.sessions = SessionRegistry()
 
     def dispatcher_class(self, config_portstr: Any, portstr: str) -> MsgDispatcher:
-        return MsgDispatcher(config_portstr, portstr, self.options[portstr])
+        return MsgDispatcher(config_portstr, portstr, self.options[portstr], self.sessions)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        """A master shutdown ends every session at once, suspended ones too (no worker
+        can resume with a master that is going away)."""
+        for driver in self.sessions.all():
+            driver.close(CloseCode.SHUTDOWN, "the master is shutting down")
+        yield super().stopService()
 
     @defer.inlineCallbacks
     def register(self, options: ListenerOptions, username: str, password: Any,  # type: ignore[override]

@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_msgproto.config import parse_options
+from buildbot_msgproto.connection import MsgConnection
 from buildbot_msgproto.manager import CERTIFICATE_ONLY
 from buildbot_msgproto.manager import get_listener
 
@@ -46,6 +47,12 @@ class MsgWorker(Worker):
             yield listener.updateRegistration(self.workername, self._registered_password, None)
             self._msg_registration = None
         yield super().stopService()
+
+    def canStartBuild(self) -> bool:  # noqa: N802 - Buildbot's name
+        """No new build while the connection is suspended (waiting for a resume)."""
+        if isinstance(self.conn, MsgConnection) and self.conn.suspended:
+            return False
+        return super().canStartBuild()
 
     @property
     def _registered_password(self) -> Any:

@@ -19,6 +19,7 @@ from buildbot_worker.pb import WorkerForBuilderPb
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_worker_msgproto import compat
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.driver import responder
@@ -321,6 +322,31 @@ class BotMsg(BotPb, MessageHandler):
         log.msg(f"Connected to buildmaster over msgproto v{event.version} as {event.worker!r}; "
                 "worker is ready")
         self.attach(driver)
+
+    def link_lost(self, driver: SessionDriver, event: Any) -> None:
+        if self.driver is driver:
+            log.msg(f"msgproto: lost the connection to the buildmaster ({event.code}); running "
+                    f"commands go on and their output is kept, resuming within "
+                    f"{event.window:g} s")
+
+    def resumed(self, driver: SessionDriver, event: Any) -> None:
+        if self.driver is driver:
+            log.msg(f"msgproto: session with the buildmaster resumed after "
+                    f"{event.suspended_for:.1f} s ({event.replayed} frames sent again)")
+
+    def writable_changed(self, driver: SessionDriver, writable: bool) -> None:
+        """Pause the running shell commands while the session cannot take their output (a
+        slow or lost connection with a full replay buffer), so that nothing is dropped."""
+        if self.driver is not driver:
+            return
+        for builder in self.builders.values():
+            process = compat.running_process(builder)
+            if process is None:
+                continue
+            if writable:
+                process.resumeProducing()
+            else:
+                process.pauseProducing()
 
     def session_ended(self, driver: SessionDriver, code: str, reason: str,
                       by_peer: bool) -> None:

@@ -13,11 +13,14 @@ from buildbot_worker_msgproto.negotiating import NegotiatingProtocol
 from buildbot_worker_msgproto.protocol import negotiation
 from buildbot_worker_msgproto.protocol.codes import LOGIN_FAILURES
 from buildbot_worker_msgproto.protocol.codes import CloseCode
+from buildbot_worker_msgproto.protocol.events import LinkLost
+from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
+from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.tcp import FramedProtocol
 
 #: Bytes we are willing to buffer while waiting for the master's dialect offer.
@@ -83,17 +86,33 @@ class WorkerSessions:
         self.software = software or {}
         self.driver: SessionDriver | None = None
 
-    def new_driver(self) -> SessionDriver:
+    def new_driver(self) -> FrameReceiver:
+        """The receiver for a new connection: a new port of the suspended session (which
+        then asks to resume), or a new session's driver."""
+        driver = self.driver
+        if driver is not None and driver.session.may_resume:
+            return driver.new_port()
         session = Session(Role.WORKER, self.limits, now=self.reactor.seconds(),
                           worker_name=self.name, password=self.password,
                           certificate_login=self.password is None, software=self.software)
         self.driver = SessionDriver(session, self.bot, self.reactor, label="msgproto-worker")
         self.driver.end_callbacks.append(self._session_ended)
+        self.driver.link_callbacks.append(self._link_event)
         return self.driver
+
+    def _link_event(self, event: LinkLost | Resumed) -> None:
+        """Retry quickly while the session may resume; back to normal once it did."""
+        if isinstance(event, LinkLost):
+            if self.retry_policy is not None:
+                self.retry_policy.resume_until(self.reactor.seconds() + event.window)
+        elif self.retry_policy is not None:
+            self.retry_policy.logged_in()
 
     def _session_ended(self, code: str, reason: str, by_peer: bool) -> None:
         """Count failed logins and apply the retry policy to them, as PB does
         (the policy stops the worker after ``maxRetries``)."""
+        if self.retry_policy is not None:
+            self.retry_policy.resume_over()
         if self.driver is not None and self.driver.session.auth_mechanism is not None:
             logged_in = getattr(self.retry_policy, "logged_in", None)
             if logged_in is not None:  # the session had opened: retry soon

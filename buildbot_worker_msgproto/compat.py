@@ -25,3 +25,17 @@ def write_worker_dir(basedir: str, tac: str, quiet: bool) -> None:
     upstream_create_worker._makeBaseDir(basedir, quiet)
     upstream_create_worker._makeBuildbotTac(basedir, tac, quiet)
     upstream_create_worker._makeInfoFiles(basedir, quiet)
+
+
+def running_process(builder: Any) -> Any:
+    """The Twisted process transport of the shell command a builder runs, or None.
+
+    buildbot-worker keeps the running ``ProtocolCommand`` in
+    ``WorkerForBuilderPb.protocol_command``; its ``command`` is the worker command, whose
+    ``command`` is the ``RunProcess`` of a shell command, whose ``process`` is the
+    transport that ``pauseProducing`` stops reading (so the child blocks on a full pipe).
+    """
+    protocol_command = getattr(builder, "protocol_command", None)
+    worker_command = getattr(protocol_command, "command", None)
+    run_process = getattr(worker_command, "command", None)
+    return getattr(run_process, "process", None)

@@ -146,7 +146,8 @@ class Worker(worker_pb.Worker):
         self.allow_shutdown = allow_shutdown
 
         # as buildbot-worker (maxdelay is deprecated there too), growing until a login works
-        policy = self.retry_policy = RetryPolicy(maxRetries, reactor.stop)
+        policy = self.retry_policy = RetryPolicy(maxRetries, reactor.stop,
+                                                 clock=reactor.seconds)
 
         # The PB factory serves protocol='pb' and the automatic fallback of 'msg'.
         encoding = self.bot.unicode_encoding

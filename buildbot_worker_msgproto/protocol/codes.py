@@ -49,6 +49,13 @@ class CloseCode(str, enum.Enum):
     # --- time
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+    # --- session resume
+    #: The session a worker asked to resume is unknown (expired, or the master restarted).
+    SESSION_EXPIRED = "session_expired"
+    #: Local only: the session's resume window ran out while its connection was lost.
+    RESUME_WINDOW_EXPIRED = "resume_window_expired"
+    #: The worker logged in anew (its process restarted): the old session ends.
+    SESSION_REPLACED = "session_replaced"
 
 
 #: Close codes meaning "this worker cannot log in with these credentials": a worker

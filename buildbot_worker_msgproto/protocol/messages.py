@@ -134,6 +134,10 @@ MESSAGES: tuple[MessageSpec, ...] = (
                        "(strings): 'scram-sha-256' (password proof, the default when absent) "
                        "or 'tls-client-cert' (its verified TLS client certificate names it; "
                        "no password).", False),
+                    _f("resume", "object", "Resume a suspended session over this new "
+                       "connection (only with the 'resume' feature): {session: the session "
+                       "id from welcome, last_seq: the last stream seq the worker received, "
+                       "proof: base64 resume proof (certificate login only)}.", False),
                 )),
     MessageSpec("challenge", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master picks a version and sends the SCRAM salt and combined nonce.", (
@@ -145,6 +149,9 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("authenticate", Kind.CONTROL, Sender.WORKER, Phase.HANDSHAKE,
                 "The worker proves it knows the password without sending it.", (
                     _f("proof", "string", "SCRAM ClientProof, base64."),
+                    _f("resume_proof", "string", "When hello asked to resume: base64 proof "
+                       "that the worker holds the session's resume key, bound to this "
+                       "handshake's transcript.", False),
                 )),
     MessageSpec("welcome", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master accepts the worker and proves it knows the password too.", (
@@ -155,7 +162,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
                        "directly after hello, without challenge).", False),
                     _f("version", "integer", "The chosen protocol version (as in challenge; "
                        "the only place it is sent in a certificate login).", False, minimum=1),
-                    _f("session", "string", "Session id, for resuming in later versions."),
+                    _f("session", "string", "Session id: names the session in a later "
+                       "resume (the resumed session's id when 'resumed' is present)."),
                     _f("heartbeat_interval", "number", "Seconds of silence before a ping."),
                     _f("heartbeat_timeout", "number", "Seconds of silence before the peer is "
                        "declared dead."),
@@ -163,6 +171,13 @@ MESSAGES: tuple[MessageSpec, ...] = (
                        minimum=MIN_FRAME_SIZE),
                     _f("features", "array", "The optional features both sides use: those of "
                        "hello.features that the master supports too.", False),
+                    _f("resume_window", "number", "With the 'resume' feature: seconds the "
+                       "master keeps a session whose connection was lost.", False, minimum=0),
+                    _f("resume_key", "string", "With 'resume' in a certificate login: the "
+                       "session's resume key, base64 (a password login derives it instead).",
+                       False),
+                    _f("resumed", "object", "The session named in hello.resume continues: "
+                       "{last_seq: the last stream seq the master received}.", False),
                 )),
     # --- session control -------------------------------------------------------------------
     MessageSpec("close", Kind.CONTROL, Sender.BOTH, Phase.ANY,
