@@ -14,7 +14,10 @@ never competes with a test's reactor.  It listens on one port (127.0.0.1 or ::1)
 forwards every accepted connection to one target ``host:port``.  Every method below waits
 for the proxy's acknowledgement (at most ``CONTROL_TIMEOUT`` seconds): when it returns,
 the fault is in place.  Closing the controller's pipe (the test process dies) ends the
-proxy; :meth:`FaultProxy.stop` ends it by its PID.
+proxy; :meth:`FaultProxy.stop` ends it by its PID.  In pytest tests use the fixture
+``fault_proxy_factory`` (import it from here); in trial TestCases call
+``FaultProxy.start(...)`` and ``self.addCleanup(proxy.stop)``.  The control calls block
+for a few milliseconds, which a test's reactor thread can afford.
 
 Semantics
 ---------
@@ -136,6 +139,7 @@ class FaultProxy:
         self._stderr_file = stderr_file
         self._buffer = b""
         self._lock = threading.Lock()
+        self._next_id = 0
 
     @classmethod
     def start(cls, target_host: str, target_port: int, listen_port: int = 0, *,
@@ -179,7 +183,7 @@ class FaultProxy:
 
     def cut(self, refuse: bool = True, seconds: float | None = None) -> None:
         """Reset every connection on both sides; with ``refuse``, refuse new connections
-        until :meth:`restore` (or for ``seconds``)."""
+        until :meth:`restore` (or, with ``seconds``, until that much time has passed)."""
         self._call("cut", refuse=refuse, seconds=seconds)
 
     def restore(self) -> None:
@@ -231,8 +235,9 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ control channel
     def _call(self, cmd: str, **args: Any) -> dict:
-        line = json.dumps({"cmd": cmd, **args}).encode() + b"\n"
         with self._lock:
+            self._next_id += 1
+            line = json.dumps({"cmd": cmd, "id": self._next_id, **args}).encode() + b"\n"
             if self.process.poll() is not None:
                 raise FaultProxyError(f"proxy exited with {self.process.returncode} "
                                       f"before {cmd!r}:\n{self._stderr_text()}")
@@ -241,6 +246,8 @@ class FaultProxy:
             except OSError as exc:
                 raise FaultProxyError(f"proxy control pipe: {exc}:\n{self._stderr_text()}")
             reply = self._read_reply(CONTROL_TIMEOUT, cmd)
+            while reply.get("id") != self._next_id:  # the late answer to a timed-out call
+                reply = self._read_reply(CONTROL_TIMEOUT, cmd)
         if not reply.get("ok"):
             raise FaultProxyError(f"proxy refused {cmd!r}: {reply.get('error')}")
         return reply

@@ -7,8 +7,9 @@ Started by :class:`master_tests.faultproxy.FaultProxy`, which documents what the
                                  [--max-in-flight BYTES] [--window BYTES]
 
 Once listening it prints one JSON line ``{"ok": true, "port": P, "pid": PID}`` on stdout.
-Then it reads one JSON command per line on stdin and answers each with one JSON line on
-stdout, *after* the command has taken effect.  End of stdin (the controller is gone) ends
+Then it reads one JSON command per line on stdin (``{"cmd": NAME, "id": N, ...}``) and
+answers each with one JSON line on stdout (``{"ok": ..., "id": N, ...}``), *after* the
+command has taken effect.  End of stdin (the controller is gone) ends
 the process, so a crashed test run leaves no proxy behind.
 
 Each accepted connection has two :class:`Flow` objects, client->target ("up") and
@@ -399,11 +400,14 @@ class Proxy:
         self.control_buffer += data
         while b"\n" in self.control_buffer:
             line, self.control_buffer = self.control_buffer.split(b"\n", 1)
+            command: dict = {}
             try:
                 command = json.loads(line)
                 reply = {"ok": True, **(self.execute(command) or {})}
             except Exception as exc:  # a bad command is answered, never fatal
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            if isinstance(command, dict) and "id" in command:
+                reply["id"] = command["id"]
             send_line(reply)
 
     def execute(self, command: dict) -> dict | None:
@@ -414,9 +418,11 @@ class Proxy:
         elif name == "heal":
             self.heal()
         elif name == "cut":
-            self.cut(bool(command.get("refuse", True)))
-            if command.get("refuse", True):
-                self.schedule("restore", command.get("seconds"), self.restore)
+            refuse, seconds = bool(command.get("refuse", True)), command.get("seconds")
+            if seconds is not None and not refuse:
+                raise ValueError("cut: seconds (until restore) needs refuse")
+            self.cut(refuse)
+            self.schedule("restore", seconds, self.restore)
         elif name == "restore":
             self.restore()
         elif name == "delay":
@@ -452,13 +458,12 @@ class Proxy:
             self.listen()
 
     def stats(self) -> dict:
-        times = os.times()
         return dict(self.counters, active=len(self.connections),
                     buffered_up=sum(c.up.buffered for c in self.connections),
                     buffered_down=sum(c.down.buffered for c in self.connections),
                     blackholed=self.blackholed, listening=self.listener is not None,
                     delay=self.delay, port=self.port,
-                    cpu_seconds=times.user + times.system)
+                    cpu_seconds=time.process_time())
 
 
 def send_line(obj: dict) -> None:
