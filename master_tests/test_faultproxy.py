@@ -377,6 +377,15 @@ def test_stop_ends_the_process_and_frees_the_port(target):
         proxy.stats()
 
 
+def test_the_proxy_ends_when_its_controller_is_gone(target):
+    proxy = FaultProxy.start("127.0.0.1", target.getsockname()[1])
+    try:
+        proxy.process.stdin.close()  # what the death of the test process does
+        assert proxy.process.wait(WAIT) == 0
+    finally:
+        proxy.stop()
+
+
 def test_bad_start_is_reported(target):
     port = target.getsockname()[1]
     with pytest.raises(FaultProxyError, match="Address already in use"):
