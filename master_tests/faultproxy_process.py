@@ -211,7 +211,10 @@ class Proxy:
 
     def connect_done(self, conn: Connection) -> None:
         conn.target.connecting = False
-        if conn.target.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        err = conn.target.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == errno.ECONNRESET:  # connected, then reset before the proxy looked
+            self.side_failed(conn, conn.target)
+        elif err:
             self.connect_failed(conn)
 
     def connect_failed(self, conn: Connection) -> None:
@@ -226,6 +229,8 @@ class Proxy:
 
     def on_socket(self, conn: Connection, side: Side, mask: int) -> None:
         if conn not in self.connections:  # finished by an earlier event of this batch
+            return
+        if self.blackholed:  # an event of the batch that also brought the blackhole command
             return
         if mask & selectors.EVENT_WRITE:
             if side.connecting:

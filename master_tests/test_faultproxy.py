@@ -222,6 +222,20 @@ def test_blackhole_hides_a_reset_until_heal(proxy, target):
         client.recv(1)
 
 
+def test_blackhole_right_after_connect_hides_a_reset(proxy, target):
+    # The proxy may not have seen its connect() to the target complete yet.
+    for _ in range(20):
+        client, server = pair(proxy, target)
+        proxy.blackhole()
+        reset_close(server)
+        assert_silent(client, 0.05)
+        proxy.heal()
+        with pytest.raises(ConnectionResetError):
+            client.recv(1)
+    stats = proxy.wait_until(lambda s: s.active == 0, WAIT, "all reset")
+    assert (stats.reset, stats.connect_failed) == (20, 0)
+
+
 def test_blackhole_holds_data_already_in_flight(proxy, target):
     client, server = pair(proxy, target)
     proxy.set_delay(1.0)
