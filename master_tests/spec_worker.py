@@ -671,14 +671,3 @@ class SpecWorker:
         args = command["args"]
         return self._errno_command(command, lambda: shutil.copytree(
             args["_from_path"], args["_to_path"], symlinks=True))
-
-
-def run_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until truthy (bounded)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")

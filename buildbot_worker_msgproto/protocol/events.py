@@ -75,6 +75,9 @@ class ErrorReceived(Event):
     reply_to: int | None
     code: str
     message: str
+    #: False when the session itself reports a message it received and could not
+    #: understand (an unknown type, answered with an ``error`` to the peer).
+    by_peer: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

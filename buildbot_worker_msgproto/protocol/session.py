@@ -390,7 +390,7 @@ class Session:
                              _shorten(f"unknown message type {e.message_type!r}"), now)
             if e.blob is not None:  # skip the side frame the unknown message announced
                 self._blob_wait = (e.blob, None, None)
-            return [ErrorReceived(None, "unknown_type", _shorten(str(e)))]
+            return [ErrorReceived(None, "unknown_type", _shorten(str(e)), by_peer=False)]
         except ProtocolError as e:
             return self._fail(e, now)
 

@@ -19,7 +19,6 @@ import pytest
 
 from master_tests.spec_worker import SpecWorker
 from master_tests.spec_worker import Tables
-from master_tests.spec_worker import run_until
 
 from . import harness
 
