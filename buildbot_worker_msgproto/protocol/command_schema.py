@@ -158,7 +158,7 @@ def _path_text(spec: CommandSpec) -> str:
 
 def rst_reference() -> str:
     """The generated block of ``docs/commands.rst``."""
-    lines: list[str] = ["Worker info keys", "----------------", "",
+    lines: list[str] = ["10.1 Worker info keys", "---------------------", "",
                         "The ``get_worker_info`` result (schema: "
                         "``schemas/results/get_worker_info.json``):", ""]
     lines += _table("22 12 10 56", ["Key", "Type", "Required", "Meaning"],
@@ -169,15 +169,16 @@ def rst_reference() -> str:
               "implements.  What the master does for lower versions:", ""]
     lines += _table("20 12 68", ["Command", "Below", "The master then"],
                     [[f"``{g.command}``", g.version, g.below] for g in VERSION_GATES])
-    lines += ["Update keys", "-----------", "",
-              "Items of ``update.updates``, ``[key, value]`` (section 4 of the command layer "
-              "for the rules on text):", ""]
+    lines += ["10.2 Update keys", "----------------", "",
+              "Items of ``update.updates``, ``[key, value]`` (section 6 for the rules on "
+              "text):", ""]
     lines += _table("18 14 68", ["Key", "Value", "Meaning"],
                     [[f"``{u.key}``", _rst_types(u.types), u.description]
                      for u in UPDATE_KEYS])
+    lines += ["10.3 Commands", "-------------", ""]
     for spec in COMMANDS:
         title = f"``{spec.name}``"
-        lines += [title, "-" * len(title), "", spec.description, "",
+        lines += [title, "~" * len(title), "", spec.description, "",
                   f":Schema: ``schemas/commands/{spec.name}.json``",
                   f":Paths: {_path_text(spec) or 'none'}",
                   f":Transfer: {spec.transfer.value if spec.transfer else 'none'}",
