@@ -35,3 +35,5 @@ html_theme = "sphinx_rtd_theme"
 html_title = f"buildbot-msgproto {release}"
 html_show_sourcelink = True
 html_theme_options = {"navigation_depth": 3, "collapse_navigation": False}
+html_static_path = ["_static"]
+html_css_files = ["tables.css"]
