@@ -12,11 +12,16 @@ fails, the spec and the code disagree.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
+import pathlib
+import sys
+import time
 
 import pytest
 
+from master_tests import spec_worker
 from master_tests.spec_worker import SpecWorker
 from master_tests.spec_worker import Tables
 
@@ -26,6 +31,12 @@ WORKERS = {"sw-blob": ("blob",), "sw-b64": ()}
 PASSWORDS = {"sw-blob": "spec-pw-1", "sw-b64": "spec-pw-\u00e9-2"}
 DOWNLOAD_SIZE = 1024 * 1024 + 17  # several read_file blocks and a short last one
 STRING = "spec string download\nsecond line\n"
+
+SLEEP_BUILDER_PY = """
+c['builders'].append(util.BuilderConfig(
+    name='b-sleep', workernames=['sw-b64'],
+    factory=util.BuildFactory([steps.ShellCommand(name='sleep', command=['sleep', '120'])])))
+"""
 
 BUILDER_PY = """
 c['builders'].append(util.BuilderConfig(
@@ -79,7 +90,7 @@ class Env:
         builders = "".join(
             BUILDER_PY.format(builder=f"b-{name}", worker=name, download=self.download,
                               string=STRING, out=self.out(name))
-            for name in WORKERS)
+            for name in WORKERS) + SLEEP_BUILDER_PY
         cfg = harness.make_master_cfg(
             "{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1'}}",
             [f"worker.MsgWorker({name!r}, {PASSWORDS[name]!r})" for name in WORKERS],
@@ -197,3 +208,43 @@ def test_attach_sequence_is_the_documented_one(env, builds, name):
 
 def test_both_encodings_of_file_blocks_were_used(env, builds):
     assert env.workers["sw-blob"].blobs and not env.workers["sw-b64"].blobs
+
+
+def test_interrupt_ends_the_command_with_rc_and_complete(env, builds):
+    """commands.rst 8: interrupt_command is answered, the command still sends rc and
+    complete, and the step ends CANCELLED (not hanging)."""
+    worker = env.workers["sw-b64"]
+    brid = env.master.force_build("b-sleep")
+    build = env.master.wait_build_started(brid, 30)
+    deadline = time.monotonic() + 30
+    while not any(c["name"] == "shell" for c in list(worker.commands.values())):
+        assert time.monotonic() < deadline, "the sleep command never started"
+        time.sleep(0.1)
+    env.master.stop_build(build["buildid"])
+    done = env.master.wait_build(brid, 60)
+    assert done["results"] == harness.CANCELLED, env.master.build_summary(done["buildid"])
+    assert "interrupt_command" in [t for t, _ in worker.requests_seen]
+    assert not worker.commands and not worker.errors
+
+
+def test_the_spec_worker_uses_only_the_standard_library():
+    tree = ast.parse(pathlib.Path(spec_worker.__file__).read_text(encoding="utf-8"))
+    modules = {alias.name.split(".")[0] for node in ast.walk(tree)
+               if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert modules - {"__future__"} <= sys.stdlib_module_names, modules
+
+
+def test_shutdown_is_answered_then_the_worker_closes(env, builds):
+    """commands.rst 2: shutdown gets its answer, then the worker closes with 'shutdown'."""
+    worker = env.workers["sw-b64"]
+    env.master.jsonrpc("workers/sw-b64", "kill", reason="conformance test")
+    deadline = time.monotonic() + 30
+    while worker.closed is None:
+        assert time.monotonic() < deadline, "the master never sent shutdown"
+        time.sleep(0.1)
+    assert worker.closed[0] == "shutdown", worker.closed
+    assert [t for t, _ in worker.requests_seen][-1] == "shutdown"
+    env.master.wait_worker_disconnected("sw-b64", 30)
+    assert not worker.errors
