@@ -447,11 +447,11 @@ class SessionDriver:
             d = self._waiting.pop(event.reply_to, None) if event.reply_to is not None else None
             if d is not None:
                 d.errback(RemoteError(event.code, event.message))
-            elif event.local:
-                log.msg(f"{self.label}: {self.peer} sent a message we cannot handle, "
-                        f"answered {event.code}: {event.message}")
-            else:
+            elif event.by_peer:
                 log.msg(f"{self.label}: {self.peer} reports {event.code}: {event.message}")
+            else:
+                log.msg(f"{self.label}: ignored a message from {self.peer} ({event.code}): "
+                        f"{event.message}")
         elif isinstance(event, ev.HelloReceived):
             self.handler.hello_received(self, event)
         elif isinstance(event, ev.Authenticated):

@@ -578,8 +578,8 @@ def test_keepalive_both_ways():
 def test_unknown_type_after_auth_gets_an_error_reply():
     master, worker = open_pair()
     events = master.receive_frame(peer_frame(master, {"type": "teleport", "id": 7, "x": 1}), 0)
-    # local: the master itself received the unknown type (and told the worker)
-    assert events == [ErrorReceived(None, "unknown_type", events[0].message, local=True)]
+    # the master itself received the unknown type (and told the worker)
+    assert events == [ErrorReceived(None, "unknown_type", events[0].message, by_peer=False)]
     assert master.is_open
     [error] = decoded(master.frames_to_send())
     assert error["type"] == "error" and error["code"] == "unknown_type"

@@ -79,9 +79,9 @@ class ErrorReceived(Event):
     reply_to: int | None
     code: str
     message: str
-    #: True when this side detected the problem itself (it received something it could
-    #: not handle and told the peer), False when the peer sent the error.
-    local: bool = False
+    #: False when the session itself reports a message it received and could not
+    #: understand (an unknown type, answered with an ``error`` to the peer).
+    by_peer: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -232,7 +232,7 @@ class Link:
             return []
         text = shorten(f"unknown message type {e.message_type!r}")
         self.session.send_error_frame(e.request_id, ErrorCode.UNKNOWN_TYPE, text, now)
-        return [ErrorReceived(None, ErrorCode.UNKNOWN_TYPE, shorten(str(e)), local=True)]
+        return [ErrorReceived(None, ErrorCode.UNKNOWN_TYPE, shorten(str(e)), by_peer=False)]
 
     def _handshake_message(self, message: dict[str, Any], now: float) -> list[Event]:
         message_type = message["type"]
