@@ -9,7 +9,6 @@ talk to the master are replaced by messages.
 from __future__ import annotations
 
 import collections
-import contextlib
 from typing import Any
 from typing import Callable
 
@@ -23,37 +22,45 @@ from buildbot_worker_msgproto import compat
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.driver import responder
+from buildbot_worker_msgproto.flow import TransferFlow
 from buildbot_worker_msgproto.protocol import payloads
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
+from buildbot_worker_msgproto.protocol.limits import Limits
 
 #: Downloads (master -> worker) are read ahead in chunks of at least this many bytes and
 #: handed to the command in the block sizes it asks for (FileDownload asks for 16 KiB):
 #: 16x fewer messages, which is what a broker (AMQP) or WebSocket pays for per message.
 READ_AHEAD_CHUNK = 256 * 1024
+#: Uploads (worker -> master) are sent in ``write_file`` blocks of at least this many bytes:
+#: DirectoryUpload writes 16 KiB at a time, FileUpload 256 KiB.  The master writes the
+#: blocks of one command in order, so joining them changes nothing but the message count.
+WRITE_CHUNK = 256 * 1024
 
 
 class CommandChannel:
     """The worker's handle on one running command: sends its messages to the master.
 
-    File transfers are pipelined: up to ``window`` write or read requests are in
-    flight at once, instead of one round trip per block as with PB; reads ask for
-    ``READ_AHEAD_CHUNK`` bytes at a time (at most ``window`` of them ahead).
+    File transfers are pipelined through the session's transfer windows (``flow``):
+    uploads are joined into ``WRITE_CHUNK`` blocks and sent while the upload window has
+    room; downloads ask for ``READ_AHEAD_CHUNK`` bytes per ``read_file``, as many as the
+    download window allows ahead of what the command has taken.
     """
 
-    def __init__(self, driver: SessionDriver, command_id: str | int,
-                 window: int = DEFAULT_LIMITS.transfer_window,
+    def __init__(self, driver: SessionDriver, command_id: str | int, flow: TransferFlow,
                  on_finished: Callable[[], None] | None = None) -> None:
         self.driver = driver
         self.command_id = command_id
+        self.flow = flow
         self._on_finished = on_finished
-        self.window = window
         self.reactor = driver.reactor
         self._lost_callbacks: list[Callable] = []
-        self._writes: collections.deque[defer.Deferred] = collections.deque()
+        self._out = bytearray()
+        self.writes_in_flight = 0
         self._write_error: Any = None
         self._reads: collections.deque[defer.Deferred] = collections.deque()
         self._read_buffer = bytearray()
         self._read_eof = False
+        self._received = 0  # bytes the master sent that the command has not taken yet
 
     # --- disconnect notification, as PB RemoteReferences offer it
     def notifyOnDisconnect(self, callback: Callable) -> None:  # noqa: N802 - PB's name
@@ -74,6 +81,7 @@ class CommandChannel:
     def finished(self) -> None:
         """The command completed: forget it."""
         self.discard_reads()
+        self.flow.drop(self)
         if self._on_finished is not None:
             self._on_finished()
             self._on_finished = None
@@ -88,40 +96,61 @@ class CommandChannel:
 
     # --- pipelined upload
     def write(self, data: bytes) -> defer.Deferred:
+        """Take the command's next block; fires (on a later reactor turn: the worker's
+        transfer loop recurses on a fired Deferred) when the command may go on."""
         if self._write_error is not None:
             return defer.fail(self._write_error)
-        text, blob = payloads.block_out(data, self.driver.session.blobs_enabled)
-        d = self.request("write_file", blob=blob, **({} if text is None else {"data": text}))
-        d.addErrback(self._remember_write_error)
-        self._writes.append(d)
-        d.addBoth(self._write_done, d)
+        self._out += data
+        sent = self._send_out() if len(self._out) >= WRITE_CHUNK else defer.succeed(None)
         ready = defer.Deferred()
-        if len(self._writes) < self.window and self.driver.writable:
-            # Fire on a later reactor turn: the worker's transfer loop recurses on an
-            # already-fired Deferred, which would exhaust the stack on big files.
-            self.reactor.callLater(0, ready.callback, None)
-        elif len(self._writes) >= self.window:
-            self._writes[0].addBoth(lambda result: ready.callback(None))
-        else:  # the socket's send buffer is full: wait until it drains
-            self.driver.wait_writable().addBoth(
-                lambda _: self.reactor.callLater(0, ready.callback, None))
+        sent.addBoth(lambda _: self.reactor.callLater(0, ready.callback, None))
         return ready
+
+    def _send_out(self) -> defer.Deferred:
+        """Send what ``write`` collected as one ``write_file`` once the window has room."""
+        if not self._out:
+            return defer.succeed(None)
+        block = bytes(self._out)
+        self._out.clear()
+        d = self.flow.room_for(len(block), self)
+        d.addCallback(lambda _: self._send_block(block))
+        d.addErrback(self._remember_write_error)
+        return d
+
+    def _send_block(self, block: bytes) -> None:
+        window = self.flow.upload
+        sample = self.flow.sent(window, len(block))
+        text, blob = payloads.block_out(block, self.driver.session.blobs_enabled)
+        self.writes_in_flight += 1
+        d = self.request("write_file", blob=blob, **({} if text is None else {"data": text}))
+        d.addCallbacks(self._write_answered, self._write_failed,
+                       callbackArgs=(sample,), errbackArgs=(sample,))
+
+    def _write_answered(self, result: Any, sample: Any) -> None:
+        self.writes_in_flight -= 1
+        self.flow.answered(self.flow.upload, sample, sample.size)
+
+    def _write_failed(self, failure: Any, sample: Any) -> None:
+        self.writes_in_flight -= 1
+        self._remember_write_error(failure)
+        self.flow.cancelled(self.flow.upload, sample)
 
     def _remember_write_error(self, failure: Any) -> None:
         if self._write_error is None:
             self._write_error = failure.value
         return None
 
-    def _write_done(self, result: Any, d: defer.Deferred) -> Any:
-        with contextlib.suppress(ValueError):
-            self._writes.remove(d)
-        return result
-
     @defer.inlineCallbacks
-    def flush_writes(self) -> Any:
-        """Wait for every in-flight write; raise the first write error, if any."""
-        while self._writes:
-            yield self._writes[0]
+    def end_writes(self, message_type: str, **body: Any) -> Any:
+        """Send the last block and then ``message_type`` (``close_writer``,
+        ``unpack_writer``) right behind it: the master answers it after every
+        ``write_file`` before it.  Raises the first write error, if any."""
+        yield self._send_out()
+        try:
+            yield self.request(message_type, **body)
+        except Exception:
+            if self._write_error is None:
+                raise
         if self._write_error is not None:
             raise self._write_error
 
@@ -133,9 +162,10 @@ class CommandChannel:
         ``read`` is pending; the read-ahead chunks arrive in order.
         """
         if self._read_buffer or (self._read_eof and not self._reads):
-            return defer.succeed(self._take(length))
-        if not self._read_eof:
+            block = self._take(length)
             self._prefetch(length)
+            return defer.succeed(block)
+        self._prefetch(length)
         result = defer.Deferred()
         d = self._reads.popleft()
         d.addCallback(self._got_chunk)
@@ -144,14 +174,32 @@ class CommandChannel:
         return result
 
     def _prefetch(self, length: int) -> None:
+        """Ask for more chunks while the download window has room for them beyond what
+        is buffered (one request is always allowed, so that the transfer goes on)."""
+        if self._read_eof:
+            return
         # a chunk must fit in one frame, also as base64 in JSON (peers without 'blob')
         fits = self.driver.session.max_incoming_frame_size * 3 // 4 - 4096
         chunk = max(length, min(READ_AHEAD_CHUNK, fits))
-        while len(self._reads) < self.window:
-            self._reads.append(self.request("read_file", length=chunk))
+        window = self.flow.download
+        while not self._reads or window.in_flight + self._received + chunk <= window.size:
+            sample = self.flow.sent(window, chunk)
+            d = self.request("read_file", length=chunk)
+            d.addCallbacks(self._read_answered, self._read_failed,
+                           callbackArgs=(sample,), errbackArgs=(sample,))
+            self._reads.append(d)
 
-    def _got_chunk(self, result: bytes | str | None) -> None:
+    def _read_answered(self, result: bytes | str | None, sample: Any) -> bytes:
         chunk = payloads.block_result(result)
+        self._received += len(chunk)
+        self.flow.answered(self.flow.download, sample, len(chunk))
+        return chunk
+
+    def _read_failed(self, failure: Any, sample: Any) -> Any:
+        self.flow.cancelled(self.flow.download, sample)
+        return failure
+
+    def _got_chunk(self, chunk: bytes) -> None:
         if not chunk:
             self._read_eof = True  # later chunks (already requested) are empty too
         self._read_buffer += chunk
@@ -159,6 +207,7 @@ class CommandChannel:
     def _take(self, length: int) -> bytes:
         block = bytes(self._read_buffer[:length])
         del self._read_buffer[:length]
+        self._received -= len(block)
         return block
 
     def discard_reads(self) -> None:
@@ -166,6 +215,7 @@ class CommandChannel:
             d.addErrback(lambda f: None)
         self._reads.clear()
         self._read_buffer.clear()
+        self._received = 0
 
 
 class ProtocolCommandMsg(ProtocolCommandPb):
@@ -206,29 +256,29 @@ class ProtocolCommandMsg(ProtocolCommandPb):
     def protocol_update_upload_directory_write(self, writer: Any, data: bytes) -> defer.Deferred:
         return self.command_ref.write(data)
 
-    @defer.inlineCallbacks
-    def protocol_update_upload_file_close(self, writer: Any) -> Any:
-        yield self.command_ref.flush_writes()
-        yield self.command_ref.request("close_writer")
+    def protocol_update_upload_file_close(self, writer: Any) -> defer.Deferred:
+        return self.command_ref.end_writes("close_writer")
 
-    @defer.inlineCallbacks
     def protocol_update_upload_file_utime(self, writer: Any, access_time: float,
-                                          modified_time: float) -> Any:
-        yield self.command_ref.flush_writes()
-        yield self.command_ref.request("utime_file", access_time=access_time,
-                                       modified_time=modified_time)
+                                          modified_time: float) -> defer.Deferred:
+        return self.command_ref.end_writes("utime_file", access_time=access_time,
+                                           modified_time=modified_time)
 
-    @defer.inlineCallbacks
-    def protocol_update_upload_directory(self, writer: Any) -> Any:
-        yield self.command_ref.flush_writes()
-        yield self.command_ref.request("unpack_writer")
+    def protocol_update_upload_directory(self, writer: Any) -> defer.Deferred:
+        return self.command_ref.end_writes("unpack_writer")
 
     def protocol_update_read_file(self, reader: Any, length: int) -> defer.Deferred:
         return self.command_ref.read(length)
 
     def protocol_update_read_file_close(self, reader: Any) -> defer.Deferred:
+        """Send ``close_reader`` without waiting for its answer: the master handles it
+        before the ``complete`` that follows, and the worker only logs a failed close
+        (buildbot-worker's download command ignores it).  Saves a round trip per
+        download."""
         self.command_ref.discard_reads()
-        return self.command_ref.request("close_reader")
+        d = self.command_ref.request("close_reader")
+        d.addErrback(log.err, "msgproto: closing the master's file reader")
+        return defer.succeed(None)
 
 
 class WorkerForBuilderMsg(WorkerForBuilderPb):
@@ -257,12 +307,15 @@ class BotMsg(BotPb, MessageHandler):
         BotPb.__init__(self, basedir, unicode_encoding=unicode_encoding,
                        delete_leftover_dirs=delete_leftover_dirs)
         self.driver: SessionDriver | None = None
-        self.transfer_window = DEFAULT_LIMITS.transfer_window
+        self.flow: TransferFlow | None = None
+        #: The worker's limits (the Worker service sets them); the transfer windows use them.
+        self.limits: Limits = DEFAULT_LIMITS
         self._channels: dict[Any, CommandChannel] = {}
 
     # --- session lifecycle
     def attach(self, driver: SessionDriver) -> None:
         self.driver = driver
+        self.flow = TransferFlow(driver, self.limits)
 
     def detach(self, driver: SessionDriver) -> None:
         if self.driver is not driver:
@@ -300,7 +353,7 @@ class BotMsg(BotPb, MessageHandler):
         if builder is None:
             raise KeyError(f"no such builder {message['builder']!r} on this worker")
         command_id = message["command_id"]
-        channel = CommandChannel(self.driver, command_id, self.transfer_window,
+        channel = CommandChannel(self.driver, command_id, self.flow,
                                  on_finished=lambda: self._channels.pop(command_id, None))
         self._channels[command_id] = channel
         builder.remote_startCommand(channel, command_id, message["command"],
@@ -331,6 +384,7 @@ class BotMsg(BotPb, MessageHandler):
 
     def resumed(self, driver: SessionDriver, event: Any) -> None:
         if self.driver is driver:
+            self.flow.new_path()
             log.msg(f"msgproto: session with the buildmaster resumed after "
                     f"{event.suspended_for:.1f} s ({event.replayed} frames sent again)")
 

@@ -132,7 +132,7 @@ class Worker(worker_pb.Worker):
         self.protocol = protocol
         self.transport = transport
         self.limits = limits or DEFAULT_LIMITS
-        self.bot.transfer_window = self.limits.transfer_window
+        self.bot.limits = self.limits
         self.numcpus = numcpus
         self.shutdown_loop = None
         if keepalive == 0:

@@ -1,45 +1,91 @@
-"""The worker's download read-ahead: big chunks from the master, the command's blocks out."""
+"""The worker's transfer channel: downloads read ahead in big chunks, uploads joined into
+big blocks, both through the session's transfer windows (fake driver, fake clock)."""
 
 from __future__ import annotations
 
 import types
 
+import pytest
 from twisted.internet import defer
 from twisted.internet import task
 
 from buildbot_worker_msgproto.bot import READ_AHEAD_CHUNK
+from buildbot_worker_msgproto.bot import WRITE_CHUNK
 from buildbot_worker_msgproto.bot import CommandChannel
+from buildbot_worker_msgproto.driver import RemoteError
+from buildbot_worker_msgproto.flow import TransferFlow
+from buildbot_worker_msgproto.protocol.limits import Limits
+
+MIB = 1 << 20
 
 
-class FakeMaster:
-    """Answers ``read_file`` from ``data`` when the test says so (in request order)."""
+class FakeDriver:
+    """Records requests; the test answers them (``read_file`` from ``data``, in order)."""
 
-    def __init__(self, data: bytes, frame_limit: int = 16 << 20) -> None:
+    def __init__(self, data: bytes = b"", frame_limit: int = 16 << 20) -> None:
         self.data = data
         self.offset = 0
-        self.pending: list[tuple[int, defer.Deferred]] = []
-        self.session = types.SimpleNamespace(max_incoming_frame_size=frame_limit)
+        self.pending: list[tuple[str, dict, defer.Deferred]] = []
+        self.log: list[tuple[str, dict]] = []
+        self.written = bytearray()
+        self.session = types.SimpleNamespace(max_incoming_frame_size=frame_limit,
+                                             blobs_enabled=True, buffer_full=False)
         self.reactor = task.Clock()
+        self.writable = True
+        self._writable_waiters: list[defer.Deferred] = []
 
-    def request(self, message_type, blob, command_id, length):
-        assert message_type == "read_file"
+    def request(self, message_type, blob=None, command_id=None, **body):
         d = defer.Deferred()
-        self.pending.append((length, d))
+        if blob is not None:
+            body["blob"] = blob
+        self.pending.append((message_type, body, d))
+        self.log.append((message_type, body))
         return d
 
-    def answer_all(self) -> None:
-        while self.pending:
-            length, d = self.pending.pop(0)
-            chunk = self.data[self.offset:self.offset + length]
-            self.offset += len(chunk)
-            d.callback(chunk)
+    def wait_writable(self):
+        if self.writable:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._writable_waiters.append(d)
+        return d
+
+    def set_writable(self, writable: bool) -> None:
+        self.writable = writable
+        if writable:
+            waiters, self._writable_waiters = self._writable_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def answer(self, count: int | None = None, fail: str | None = None) -> None:
+        """Answer the oldest ``count`` requests (all by default)."""
+        todo = self.pending if count is None else self.pending[:count]
+        self.pending = self.pending[len(todo):]
+        for message_type, body, d in todo:
+            if fail is not None:
+                d.errback(RemoteError("failed", fail))
+            elif message_type == "read_file":
+                chunk = self.data[self.offset:self.offset + body["length"]]
+                self.offset += len(chunk)
+                d.callback(chunk)
+            else:
+                if message_type == "write_file":
+                    self.written += body["blob"]
+                d.callback(None)
+
+    def types(self) -> list[str]:
+        return [t for t, _ in self.log]
 
 
-def read_all(channel: CommandChannel, master: FakeMaster, block: int) -> tuple[bytes, int]:
+def channel_for(driver: FakeDriver, limits: Limits | None = None) -> CommandChannel:
+    flow = TransferFlow(driver, limits or Limits())
+    return CommandChannel(driver, "c1", flow)
+
+
+def read_all(channel: CommandChannel, driver: FakeDriver, block: int) -> tuple[bytes, int]:
     out, reads = bytearray(), 0
     while True:
         d = channel.read(block)
-        master.answer_all()
+        driver.answer()
         got = []
         d.addCallback(got.append)
         assert got, "read did not complete once the master answered"
@@ -50,38 +96,177 @@ def read_all(channel: CommandChannel, master: FakeMaster, block: int) -> tuple[b
         out += got[0]
 
 
+# ---------------------------------------------------------------------- downloads
 def test_blocks_come_out_in_order_and_complete():
     data = bytes(range(256)) * 5000 + b"tail"  # 1,280,004 bytes: not a multiple of anything
-    master = FakeMaster(data)
-    channel = CommandChannel(master, "c1", window=4)
-    out, reads = read_all(channel, master, 16 * 1024)
+    driver = FakeDriver(data)
+    out, reads = read_all(channel_for(driver), driver, 16 * 1024)
     assert out == data
     assert reads == -(-len(data) // (16 * 1024)) + 1  # every block, then b''
 
 
-def test_master_is_asked_for_big_chunks_within_the_window():
-    master = FakeMaster(b"x" * (10 << 20))
-    channel = CommandChannel(master, "c1", window=4)
-    channel.read(16 * 1024)
-    assert [length for length, _ in master.pending] == [READ_AHEAD_CHUNK] * 4
+def test_the_first_requests_fill_the_initial_window_in_big_chunks():
+    driver = FakeDriver(b"x" * (10 << 20))
+    channel_for(driver, Limits(initial_transfer_window=1 * MIB)).read(16 * 1024)
+    assert [body["length"] for _, body, _ in driver.pending] == [READ_AHEAD_CHUNK] * 4
 
 
 def test_chunks_fit_a_small_frame_limit_as_base64():
-    master = FakeMaster(b"x" * 100_000, frame_limit=64 * 1024)
-    channel = CommandChannel(master, "c1", window=2)
-    channel.read(1024)
-    chunk = master.pending[0][0]
+    driver = FakeDriver(b"x" * 100_000, frame_limit=64 * 1024)
+    channel_for(driver).read(1024)
+    chunk = driver.pending[0][1]["length"]
     assert chunk >= 1024 and chunk * 4 // 3 + 4096 <= 64 * 1024
 
 
 def test_a_block_larger_than_the_chunk_is_asked_for_as_is():
-    master = FakeMaster(b"y" * (2 * READ_AHEAD_CHUNK))
-    channel = CommandChannel(master, "c1", window=2)
-    channel.read(READ_AHEAD_CHUNK * 2)
-    assert master.pending[0][0] == READ_AHEAD_CHUNK * 2
+    driver = FakeDriver(b"y" * (2 * READ_AHEAD_CHUNK))
+    channel_for(driver).read(READ_AHEAD_CHUNK * 2)
+    assert driver.pending[0][1]["length"] == READ_AHEAD_CHUNK * 2
 
 
 def test_empty_file():
-    master = FakeMaster(b"")
-    channel = CommandChannel(master, "c1", window=3)
-    assert read_all(channel, master, 4096) == (b"", 1)
+    driver = FakeDriver(b"")
+    assert read_all(channel_for(driver), driver, 4096) == (b"", 1)
+
+
+def test_read_ahead_grows_with_the_window_on_a_long_path():
+    """Answers come 100 ms after the requests: every round trip asks for about twice as
+    much as the one before, up to the window's maximum."""
+    driver = FakeDriver(b"z" * (200 << 20))
+    limits = Limits(initial_transfer_window=1 * MIB, max_transfer_window=16 * MIB)
+    channel = channel_for(driver, limits)
+    per_round = []
+    channel.read(16 * 1024)
+    for _ in range(8):
+        per_round.append(len(driver.pending))
+        driver.reactor.advance(0.1)
+        driver.answer()
+        while channel.read(16 * 1024).called:  # the command takes what arrived
+            pass
+    assert per_round[0] == 4
+    assert per_round[1] >= 2 * per_round[0] - 1
+    assert max(per_round) == 16 * MIB // READ_AHEAD_CHUNK
+    assert channel.flow.download.in_flight <= 16 * MIB
+
+
+def test_the_buffer_counts_against_the_window():
+    """A command that does not take its blocks (a slow disk) stops the read-ahead."""
+    driver = FakeDriver(b"q" * (50 << 20))
+    channel = channel_for(driver, Limits(initial_transfer_window=1 * MIB))
+    channel.read(16 * 1024)
+    driver.answer()  # 1 MiB arrives; the command took 16 KiB of it
+    channel.read(16 * 1024)
+    assert len(driver.pending) <= 1
+
+
+# ---------------------------------------------------------------------- uploads
+def write_all(channel: CommandChannel, driver: FakeDriver, data: bytes, block: int,
+              answer: bool = True) -> None:
+    for offset in range(0, len(data), block):
+        d = channel.write(data[offset:offset + block])
+        for _ in range(100):
+            driver.reactor.advance(0)
+            if d.called:
+                break
+            if answer:
+                driver.answer()
+        assert d.called, "write did not go on"
+
+
+def test_small_blocks_are_joined_and_arrive_in_order():
+    data = bytes(range(256)) * 4096 + b"end"  # 1 MiB + 3 bytes, in DirectoryUpload's blocks
+    driver = FakeDriver()
+    channel = channel_for(driver)
+    write_all(channel, driver, data, 16 * 1024)
+    end = channel.end_writes("unpack_writer")
+    driver.answer()
+    assert end.called and driver.written == data
+    writes = [body for t, body in driver.log if t == "write_file"]
+    assert len(writes) == -(-len(data) // WRITE_CHUNK)
+    assert all(len(w["blob"]) == WRITE_CHUNK for w in writes[:-1])
+    assert driver.types()[-1] == "unpack_writer"
+
+
+def test_close_follows_the_last_write_without_waiting_for_answers():
+    driver = FakeDriver()
+    channel = channel_for(driver)
+    write_all(channel, driver, b"a" * (3 * WRITE_CHUNK + 10), WRITE_CHUNK, answer=False)
+    end = channel.end_writes("close_writer")
+    assert driver.types() == ["write_file"] * 4 + ["close_writer"]
+    assert not end.called
+    driver.answer()
+    assert end.called
+
+
+def test_a_write_error_is_raised_after_the_close_was_sent():
+    driver = FakeDriver()
+    channel = channel_for(driver)
+    write_all(channel, driver, b"b" * (2 * WRITE_CHUNK), WRITE_CHUNK, answer=False)
+    driver.answer(1, fail="disk full")
+    failed = channel.write(b"c")
+    assert failed.called and isinstance(failed.result.value, RemoteError)
+    failed.addErrback(lambda f: None)
+    end = channel.end_writes("close_writer")
+    driver.answer()
+    assert driver.types()[-1] == "close_writer"
+    errors = []
+    end.addErrback(errors.append)
+    assert errors and "disk full" in str(errors[0].value)
+
+
+def test_uploads_wait_for_room_in_the_window():
+    driver = FakeDriver()
+    channel = channel_for(driver, Limits(initial_transfer_window=1 * MIB))
+    write_all(channel, driver, b"d" * (4 * WRITE_CHUNK), WRITE_CHUNK, answer=False)
+    stuck = channel.write(b"e" * WRITE_CHUNK)
+    driver.reactor.advance(0)
+    assert not stuck.called and driver.types().count("write_file") == 4
+    driver.answer(1)
+    driver.reactor.advance(0)
+    assert stuck.called and driver.types().count("write_file") == 5
+
+
+def test_uploads_wait_while_the_session_is_not_writable():
+    driver = FakeDriver()
+    channel = channel_for(driver)
+    driver.set_writable(False)
+    d = channel.write(b"f" * WRITE_CHUNK)
+    driver.reactor.advance(0)
+    # one block may go out (nothing in flight) only once the session takes more
+    assert not d.called and driver.types() == []
+    driver.set_writable(True)
+    driver.reactor.advance(0)
+    assert d.called and driver.types() == ["write_file"]
+
+
+def test_a_full_replay_buffer_halves_the_upload_window():
+    driver = FakeDriver()
+    channel = channel_for(driver, Limits(initial_transfer_window=8 * MIB))
+    write_all(channel, driver, b"g" * WRITE_CHUNK, WRITE_CHUNK, answer=False)
+    driver.session.buffer_full = True
+    driver.set_writable(False)
+    channel.write(b"h" * WRITE_CHUNK)
+    assert channel.flow.upload.size == 4 * MIB
+
+
+@pytest.mark.parametrize("cap, replay, effective", [
+    (32 * MIB, 64 * MIB, 32 * MIB),
+    (32 * MIB, 16 * MIB, 8 * MIB),  # the window never takes more than half the replay buffer
+])
+def test_the_window_limit_is_the_smaller_of_cap_and_half_the_replay_buffer(cap, replay,
+                                                                            effective):
+    limits = Limits(max_transfer_window=cap, max_replay_bytes=replay)
+    flow = TransferFlow(FakeDriver(), limits)
+    assert flow.upload.maximum == flow.download.maximum == effective
+    assert flow.upload.size == min(limits.initial_transfer_window, effective)
+
+
+def test_a_finished_command_drops_its_waiting_uploads():
+    driver = FakeDriver()
+    channel = channel_for(driver)
+    driver.set_writable(False)
+    channel.write(b"i" * WRITE_CHUNK)
+    channel.finished()
+    driver.set_writable(True)
+    driver.reactor.advance(0)
+    assert driver.types() == []

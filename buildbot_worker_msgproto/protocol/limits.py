@@ -60,8 +60,13 @@ class Limits:
     auth_iterations: int = 4096
     #: Upper bound on iterations a worker accepts from a master (CPU-exhaustion guard).
     max_auth_iterations: int = 100_000
-    #: File-transfer requests a side may have in flight before waiting for replies.
-    transfer_window: int = 16
+    #: Bytes of file data in flight (per session and direction) before the path is
+    #: measured: 16 blocks of 256 KiB.  The window then follows the path (window.py).
+    initial_transfer_window: int = 4 * MIB
+    #: The most bytes of file data in flight per session and direction: the memory limit
+    #: of the transfer window.  Only half of ``max_replay_bytes`` is ever used, so that a
+    #: full window leaves room for other output (see :attr:`transfer_window_limit`).
+    max_transfer_window: int = 32 * MIB
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -79,8 +84,16 @@ class Limits:
             raise ValueError("heartbeat_timeout must be larger than heartbeat_interval")
         if self.max_handshake_frame_size > self.max_frame_size:
             raise ValueError("max_handshake_frame_size must not exceed max_frame_size")
+        if self.initial_transfer_window > self.max_transfer_window:
+            raise ValueError("initial_transfer_window must not exceed max_transfer_window")
         if self.max_handshake_frame_size < MIN_FRAME_SIZE:
             raise ValueError(f"max_handshake_frame_size must be at least {MIN_FRAME_SIZE}")
+
+    @property
+    def transfer_window_limit(self) -> int:
+        """The transfer window's cap in effect: ``max_transfer_window``, but at most half
+        of ``max_replay_bytes``, so that the window never fills the replay buffer alone."""
+        return max(1, min(self.max_transfer_window, self.max_replay_bytes // 2))
 
     def replace(self, **changes: object) -> Limits:
         """Return a copy with ``changes`` applied (validated like the constructor)."""
