@@ -57,7 +57,6 @@ import transports_cfg  # noqa: E402
 from run_bench import EMPTY_SHA256  # noqa: E402
 from run_bench import PROTOS  # noqa: E402
 from run_bench import TRANSPORT_PROTOS  # noqa: E402
-from run_bench import BuildError  # noqa: E402
 from run_bench import Proto  # noqa: E402
 from run_bench import Rig  # noqa: E402
 from run_bench import loadavg  # noqa: E402
@@ -292,8 +291,8 @@ class DelayBench:
                 try:
                     seconds, problem = getattr(self, f"m_{kind}")(rig, label, upload_dest,
                                                                   dir_dest)
-                except BuildError as e:
-                    seconds, problem = None, f"FAILED: {str(e)[:300]}"
+                except Exception as e:  # a failed build or REST call: one sample lost
+                    seconds, problem = None, f"FAILED: {type(e).__name__}: {str(e)[:300]}"
                 if seconds is not None:
                     cell.seconds.append(seconds)
                     cell.size = self.dir_tar_bytes if kind == "dir" else self.sizes[label]
@@ -303,12 +302,16 @@ class DelayBench:
                     + (f"{seconds:.3f}s" if seconds is not None else "-")
                     + (f"  {problem}" if problem else ""))
             for direction in ("upload", "download"):
-                seconds, problem = getattr(self, f"m_{direction}")(rig, "tiny", upload_dest,
-                                                                   dir_dest)
-                cells[f"fixed-{direction}"].seconds.append(seconds)
-                cells[f"fixed-{direction}"].size = 1
+                cell = cells[f"fixed-{direction}"]
+                cell.size = 1
+                try:
+                    seconds, problem = getattr(self, f"m_{direction}")(rig, "tiny",
+                                                                       upload_dest, dir_dest)
+                    cell.seconds.append(seconds)
+                except Exception as e:
+                    problem = f"FAILED: {type(e).__name__}: {str(e)[:300]}"
                 if problem:
-                    cells[f"fixed-{direction}"].problems.append(problem)
+                    cell.problems.append(problem)
 
     # ------------------------------------------------------------------ measurements
     def m_upload(self, rig: Rig, label: str, dest: str, _dir: str) -> tuple[float, str | None]:
