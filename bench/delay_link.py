@@ -26,7 +26,9 @@ taken off (raw: one RTT; ours: the ``fixed`` step of the same direction).
 pb and msgpack move one block per round trip (16 KiB for downloads and directories, 256
 KiB for file uploads), so at RTT > 0 they transfer ``--baseline-mib`` instead of ``--mib``
 (their rate is RTT-bound and does not depend on the size); MiB/s and the fractions are
-comparable, seconds are not.  Everything runs on 127.0.0.1; every process started here is
+comparable, seconds are not.  A column ``NAME@VENV`` runs NAME with the master and worker of
+another virtualenv (e.g. ``msg/tcp@/tmp/before/.venv``: the code before a change, in the same
+run).  Everything runs on 127.0.0.1; every process started here is
 stopped by its pid.  See bench/README.rst ("Transfers over a delayed link").
 """
 
@@ -39,6 +41,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -63,6 +66,7 @@ from run_bench import loadavg  # noqa: E402
 from run_bench import patch_tac  # noqa: E402
 from run_bench import write_random_file  # noqa: E402
 
+from master_tests.e2e import harness  # noqa: E402
 from master_tests.e2e.harness import Master  # noqa: E402
 from master_tests.e2e.harness import Worker  # noqa: E402
 from master_tests.e2e.harness import free_port  # noqa: E402
@@ -202,7 +206,7 @@ class DelayBench:
 
     # ------------------------------------------------------------------ sizes
     def label_for(self, column: str, rtt: float) -> str:
-        if column in ("pb", "msgpack") and rtt > 0:
+        if column.partition("@")[0] in ("pb", "msgpack") and rtt > 0:
             return "base"
         return "big"
 
@@ -227,8 +231,20 @@ class DelayBench:
 
     # ------------------------------------------------------------------ one column
     def run_column(self, column: str) -> None:
-        proto = TRANSPORT_PROTOS.get(column) or PROTOS[column]
-        cdir = os.path.join(self.workdir, column.replace("/", "-"))
+        """Run one column; ``NAME@VENV`` with the executables of another virtualenv."""
+        name, _, venv = column.partition("@")
+        saved = harness.VENV_BIN
+        label = column
+        if venv:
+            harness.VENV_BIN = os.path.join(os.path.abspath(venv), "bin")
+            label = f"{name}@{os.path.basename(os.path.dirname(os.path.abspath(venv)))}"
+        try:
+            self._run_column(label, TRANSPORT_PROTOS.get(name) or PROTOS[name])
+        finally:
+            harness.VENV_BIN = saved
+
+    def _run_column(self, column: str, proto: Proto) -> None:
+        cdir = os.path.join(self.workdir, column.replace("/", "-").replace("@", "-"))
         os.makedirs(cdir, exist_ok=True)
         port, www = free_port(), free_port()
         ep = None
@@ -422,8 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     for c in columns:
-        if c not in PROTOS and c not in TRANSPORT_PROTOS:
+        name, _, venv = c.partition("@")
+        if name not in PROTOS and name not in TRANSPORT_PROTOS:
             ap.error(f"unknown column {c!r}")
+        if venv and not os.path.exists(os.path.join(venv, "bin", "buildbot")):
+            ap.error(f"no buildbot in {venv}/bin")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started
     bench = DelayBench(args)
     started = time.time()
     log(f"delay bench: columns {columns}, RTTs {bench.rtts} ms, {args.mib:g} MiB "
@@ -431,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.dir_files} files ({bench.dir_tar_bytes / MiB:.2f} MiB as tar), "
         f"{args.repeat} rounds {loadavg()}")
     try:
-        if "msg/amqp" in columns:
+        if any(c.startswith("msg/amqp") for c in columns):
             bench.broker = transports_cfg.BenchBroker(bench.workdir)
             bench.broker.start()
         bench.measure_raw()
