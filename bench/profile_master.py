@@ -12,8 +12,9 @@ once, profiled until the last one's attach sequence has finished (phase "attach"
 ``steps``: a master with one worker runs a build of ``--steps`` ``ShellCommand(['true'])``
 steps (after a warm-up build), profiled from the build's forcing to its end.
 
-The profiler (``cProfile``, the reactor's thread only: the database runs in Buildbot's
-thread pool and is shown as "other threads") is started by a few lines in master.cfg and
+The profiler (``cProfile``, the reactor's thread only: master.cfg is read and the
+database runs in Buildbot's thread pools, shown as "other threads") is started in the
+reactor's thread by a few lines in master.cfg, right after master.cfg was read, and
 switched by SIGUSR2, which saves the running profile and starts a new one.  The report
 puts every function's own time on an **owner**: this plugin (``buildbot_msgproto``,
 ``buildbot_worker_msgproto``), Buildbot (``buildbot``) or, for libraries (Twisted,
@@ -64,21 +65,31 @@ PASSWD = "pw"
 PROFILER_PY = """
 import cProfile as _bench_cprofile
 import signal as _bench_signal
+import time as _bench_ptime
 
-_bench_profile = {{'profiler': _bench_cprofile.Profile(), 'n': 0}}
-_bench_profile['profiler'].enable()
+from twisted.internet import reactor as _bench_reactor
+
+_bench_profile = {{'profiler': None, 'n': 0}}
 
 
-def _bench_profile_switch(signum, frame):
+def _bench_profile_switch(signum=None, frame=None):
     profiler = _bench_profile['profiler']
-    profiler.disable()
-    profiler.dump_stats('{prefix}.%d' % _bench_profile['n'])
-    _bench_profile['n'] += 1
-    _bench_profile['profiler'] = _bench_cprofile.Profile()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats('{prefix}.%d' % _bench_profile['n'])
+        _bench_profile['n'] += 1
+    # CPU time of this thread: time the reactor waits in epoll is not counted
+    _bench_profile['profiler'] = _bench_cprofile.Profile(_bench_ptime.thread_time)
     _bench_profile['profiler'].enable()
 
 
-_bench_signal.signal(_bench_signal.SIGUSR2, _bench_profile_switch)
+def _bench_profile_start():
+    _bench_signal.signal(_bench_signal.SIGUSR2, _bench_profile_switch)
+    _bench_profile_switch()
+
+
+# master.cfg is read in a thread: profile the reactor's thread, from the moment it runs
+_bench_reactor.callFromThread(_bench_profile_start)
 """
 
 PLUGIN = ("buildbot_msgproto", "buildbot_worker_msgproto")
@@ -109,8 +120,10 @@ def owner_of(filename: str) -> str | None:
     return None
 
 
-def attribute(stats: pstats.Stats) -> dict[str, float]:
-    """Own time of every function, put on its owner (see the module doc)."""
+def attribute(stats: pstats.Stats, unowned: dict[Any, float] | None = None
+              ) -> dict[str, float]:
+    """Own time of every function, put on its owner (see the module doc); ``unowned``
+    collects, per function, the time no owner called."""
     raw = stats.stats  # type: ignore[attr-defined]
     memo: dict[Any, dict[str, float]] = {}
 
@@ -137,6 +150,8 @@ def attribute(stats: pstats.Stats) -> dict[str, float]:
     for func, (_cc, _nc, tt, _ct, _callers) in raw.items():
         for who, fraction in shares(func).items():
             totals[who] += tt * fraction
+            if unowned is not None and who == "reactor / libraries":
+                unowned[func] = tt * fraction
     return dict(totals)
 
 
@@ -165,9 +180,11 @@ def counts(stats: pstats.Stats) -> list[tuple[str, int, float]]:
 def report(path: str, title: str, extra: str = "", per: int | None = None) -> str:
     stats = pstats.Stats(path)
     total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
-    owners = attribute(stats)
+    unowned: dict[Any, float] = {}
+    owners = attribute(stats, unowned)
     lines = [f"== {title} ({path})", extra,
-             f"profiled reactor-thread CPU: {total:.2f} s"
+             f"profiled reactor-thread CPU (thread_time, with cProfile's overhead): "
+             f"{total:.2f} s"
              + (f" ({total / per * 1000:.1f} ms per item, {per} items)" if per else "")]
     for who in ("plugin", "buildbot", "reactor / libraries"):
         value = owners.get(who, 0.0)
@@ -181,6 +198,10 @@ def report(path: str, title: str, extra: str = "", per: int | None = None) -> st
         lines.append(f"  top {who} functions by cumulative time (s, calls):")
         for ct, nc, name in top_functions(stats, who):
             lines.append(f"    {ct:8.2f} {nc:>9}  {name}")
+    lines.append("  top functions of 'reactor / libraries' (own s):")
+    for func, value in sorted(unowned.items(), key=lambda kv: -kv[1])[:8]:
+        short = func[0].split("site-packages/")[-1].split("lib/python3")[-1]
+        lines.append(f"    {value:8.2f}  {short}:{func[1]}({func[2]})")
     return "\n".join(line for line in lines if line is not None)
 
 

@@ -15,6 +15,9 @@ class SessionRegistry:
 
     def __init__(self) -> None:
         self._drivers: dict[str, SessionDriver] = {}
+        #: The same drivers by worker name (a login looks up its worker's sessions: a
+        #: scan of all sessions would make a burst of N logins cost O(N^2)).
+        self._by_worker: dict[str, dict[str, SessionDriver]] = {}
 
     def __len__(self) -> int:
         return len(self._drivers)
@@ -23,11 +26,17 @@ class SessionRegistry:
         """Remember ``driver``'s session until it ends."""
         session_id = driver.session.session_id
         self._drivers[session_id] = driver
+        self._by_worker.setdefault(driver.session.worker_name, {})[session_id] = driver
         driver.end_callbacks.append(lambda *_: self._forget(session_id, driver))
 
     def _forget(self, session_id: str, driver: SessionDriver) -> None:
         if self._drivers.get(session_id) is driver:
             del self._drivers[session_id]
+        mine = self._by_worker.get(driver.session.worker_name)
+        if mine is not None and mine.get(session_id) is driver:
+            del mine[session_id]
+            if not mine:
+                del self._by_worker[driver.session.worker_name]
 
     def find(self, session_id: str | None, worker_name: str) -> SessionDriver | None:
         """The driver of session ``session_id`` if it belongs to ``worker_name`` and may
@@ -40,8 +49,7 @@ class SessionRegistry:
 
     def of_worker(self, worker_name: str) -> list[SessionDriver]:
         """The sessions of ``worker_name``."""
-        return [driver for driver in self._drivers.values()
-                if driver.session.worker_name == worker_name]
+        return list(self._by_worker.get(worker_name, {}).values())
 
     def suspended(self, worker_name: str) -> list[SessionDriver]:
         """The suspended sessions of ``worker_name`` (waiting for a resume)."""
