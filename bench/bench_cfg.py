@@ -160,8 +160,25 @@ _bench_builder('stat',
     + [steps.FileExists(name='f%04d' % i, file='build/marker') for i in range(_BENCH_STEPS)]
     + [BenchMark('bench_t1')])
 
-# 2a. worker -> master
-_bench_builder('upload', [
+# 2a. worker -> master, 2b. master -> worker
+''' + transfer_builders_py("upload", "download", file_bytes, upload_dest, download_src) + f'''
+# 3. a big stdout log
+_bench_builder('bigout', [
+    bench_timed(steps.ShellCommand)(
+        name='bigout', bench_prop='bench_dt', command=[{python!r}, '-c', {prog!r}]),
+])
+'''
+    )
+
+
+def transfer_builders_py(up: str, down: str, file_bytes: int, upload_dest: str,
+                         download_src: str) -> str:
+    """Builder ``up``: the worker makes a random file of ``file_bytes`` (its sha256 and size
+    in property ``bench_src``) and uploads it to ``upload_dest``; builder ``down``
+    downloads ``download_src`` (the worker's sha256 and size in ``bench_got``).  The
+    transfer step's duration is in ``bench_dt``; needs HELPERS_PY and ``_bench_builder``."""
+    return f'''
+_bench_builder({up!r}, [
     steps.SetPropertyFromCommand(
         name='make-file', property='bench_src',
         command="head -c {int(file_bytes)} /dev/urandom > big.bin && "
@@ -171,8 +188,7 @@ _bench_builder('upload', [
     steps.ShellCommand(name='cleanup', command=['rm', '-f', 'big.bin']),
 ])
 
-# 2b. master -> worker
-_bench_builder('download', [
+_bench_builder({down!r}, [
     steps.ShellCommand(name='clean', command=['rm', '-f', 'dl.bin']),
     bench_timed(steps.FileDownload)(
         name='download', bench_prop='bench_dt', mastersrc={download_src!r},
@@ -182,14 +198,7 @@ _bench_builder('download', [
         command="echo $(sha256sum dl.bin | cut -d' ' -f1) $(stat -c %s dl.bin)"),
     steps.ShellCommand(name='cleanup', command=['rm', '-f', 'dl.bin']),
 ])
-
-# 3. a big stdout log
-_bench_builder('bigout', [
-    bench_timed(steps.ShellCommand)(
-        name='bigout', bench_prop='bench_dt', command=[{python!r}, '-c', {prog!r}]),
-])
 '''
-    )
 
 
 def many_builders_py() -> str:

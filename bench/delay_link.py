@@ -63,7 +63,7 @@ from run_bench import TRANSPORT_PROTOS  # noqa: E402
 from run_bench import Proto  # noqa: E402
 from run_bench import Rig  # noqa: E402
 from run_bench import loadavg  # noqa: E402
-from run_bench import patch_tac  # noqa: E402
+from run_bench import create_pair  # noqa: E402
 from run_bench import write_random_file  # noqa: E402
 
 from master_tests.e2e import harness  # noqa: E402
@@ -135,26 +135,8 @@ _bench_builder('warmup', [
 ])
 """]
     for label, src in files.items():
-        size = os.path.getsize(src)
-        out.append(f"""
-_bench_builder('up-{label}', [
-    steps.SetPropertyFromCommand(
-        name='make-file', property='bench_src',
-        command="head -c {size} /dev/urandom > big.bin && "
-                "echo $(sha256sum big.bin | cut -d' ' -f1) $(stat -c %s big.bin)"),
-    bench_timed(steps.FileUpload)(
-        name='upload', bench_prop='bench_dt', workersrc='big.bin', masterdest={upload_dest!r}),
-    steps.ShellCommand(name='cleanup', command=['rm', '-f', 'big.bin']),
-])
-_bench_builder('down-{label}', [
-    steps.ShellCommand(name='clean', command=['rm', '-f', 'dl.bin']),
-    bench_timed(steps.FileDownload)(
-        name='download', bench_prop='bench_dt', mastersrc={src!r}, workerdest='dl.bin'),
-    steps.SetPropertyFromCommand(
-        name='check', property='bench_got',
-        command="echo $(sha256sum dl.bin | cut -d' ' -f1) $(stat -c %s dl.bin)"),
-])
-""")
+        out.append(bench_cfg.transfer_builders_py(f"up-{label}", f"down-{label}",
+                                                  os.path.getsize(src), upload_dest, src))
     out.append(f"""
 _bench_builder('dir', [
     steps.ShellCommand(name='make-dir',
@@ -263,11 +245,7 @@ class DelayBench:
         worker = self._worker(proto, ep, cdir, proxy.port)
         self.results[column] = {}
         try:
-            master.create()
-            master.start(120)
-            worker.create()
-            if proto.worker_tac_patch:
-                patch_tac(worker.basedir, proto.worker_tac_patch)
+            create_pair(master, worker, proto)
             for rtt in self.rtts:
                 proxy.set_delay(rtt / 2000)
                 self.results[column][rtt] = {k: Samples() for k in

@@ -51,6 +51,7 @@ from run_bench import PROTOS  # noqa: E402
 from run_bench import Rig  # noqa: E402
 from run_bench import _read_events  # noqa: E402
 from run_bench import cpu_seconds  # noqa: E402
+from run_bench import create_pair  # noqa: E402
 
 from master_tests.e2e.harness import SUBPROCESS_ENV  # noqa: E402
 from master_tests.e2e.harness import Master  # noqa: E402
@@ -332,12 +333,7 @@ c['builders'].append(util.BuilderConfig(
                                  PASSWD)
     out = []
     try:
-        master.create()
-        master.start(120)
-        worker.create()
-        if proto.worker_tac_patch:
-            from run_bench import patch_tac
-            patch_tac(worker.basedir, proto.worker_tac_patch)
+        create_pair(master, worker, proto)
         worker.start(30)
         master.wait_worker_connected("w1", 60, worker)
         rig = Rig(master, worker)

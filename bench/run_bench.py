@@ -517,6 +517,16 @@ def write_random_file(path: str, size: int) -> str:
     return h.hexdigest()
 
 
+def create_pair(master: Master, worker: Worker, proto: Proto) -> None:
+    """Create and start ``master``; create ``worker`` (not started), with the protocol's
+    buildbot.tac patch."""
+    master.create()
+    master.start(120)
+    worker.create()
+    if proto.worker_tac_patch:
+        patch_tac(worker.basedir, proto.worker_tac_patch)
+
+
 def patch_tac(basedir: str, code: str) -> None:
     path = os.path.join(basedir, "buildbot.tac")
     with open(path, encoding="utf-8") as f:
@@ -623,11 +633,7 @@ class Bench:
         before = self._entries(SINGLE_KEYS, key)
         tag = f"{key}: rep {rep + 1}/{p.repeat}"
         try:
-            master.create()
-            master.start(120)
-            worker.create()
-            if proto.worker_tac_patch:
-                patch_tac(worker.basedir, proto.worker_tac_patch)
+            create_pair(master, worker, proto)
             worker.start(30)
             master.wait_worker_connected("w1", 60, worker)
             rig = Rig(master, worker)
