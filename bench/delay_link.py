@@ -62,8 +62,8 @@ from run_bench import PROTOS  # noqa: E402
 from run_bench import TRANSPORT_PROTOS  # noqa: E402
 from run_bench import Proto  # noqa: E402
 from run_bench import Rig  # noqa: E402
-from run_bench import loadavg  # noqa: E402
 from run_bench import create_pair  # noqa: E402
+from run_bench import loadavg  # noqa: E402
 from run_bench import write_random_file  # noqa: E402
 
 from master_tests.e2e import harness  # noqa: E402
