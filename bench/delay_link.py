@@ -28,8 +28,10 @@ KiB for file uploads), so at RTT > 0 they transfer ``--baseline-mib`` instead of
 (their rate is RTT-bound and does not depend on the size); MiB/s and the fractions are
 comparable, seconds are not.  A column ``NAME@VENV`` runs NAME with the master and worker of
 another virtualenv (e.g. ``msg/tcp@/tmp/before/.venv``: the code before a change, in the same
-run).  Everything runs on 127.0.0.1; every process started here is
-stopped by its pid.  See bench/README.rst ("Transfers over a delayed link").
+run); ``NAME+W`` runs msg with a transfer window of at most W MiB on both sides
+(``max_transfer_window`` W MiB, ``max_replay_bytes`` 2W MiB; default 32 and 64). Everything
+runs on 127.0.0.1; every process started here is stopped by its pid. See bench/README.rst
+("Transfers over a delayed link").
 """
 
 from __future__ import annotations
@@ -213,17 +215,36 @@ class DelayBench:
 
     # ------------------------------------------------------------------ one column
     def run_column(self, column: str) -> None:
-        """Run one column; ``NAME@VENV`` with the executables of another virtualenv."""
+        """Run one column; ``NAME@VENV`` with the executables of another virtualenv,
+        ``NAME+W`` with a transfer window of at most W MiB."""
         name, _, venv = column.partition("@")
+        name, _, window = name.partition("+")
+        self.window_mib = int(window) if window else None
         saved = harness.VENV_BIN
         label = column
         if venv:
             harness.VENV_BIN = os.path.join(os.path.abspath(venv), "bin")
             label = f"{name}@{os.path.basename(os.path.dirname(os.path.abspath(venv)))}"
         try:
-            self._run_column(label, TRANSPORT_PROTOS.get(name) or PROTOS[name])
+            self._run_column(label, self._with_window(TRANSPORT_PROTOS.get(name)
+                                                      or PROTOS[name]))
         finally:
             harness.VENV_BIN = saved
+
+    def _with_window(self, proto: Proto) -> Proto:
+        """``proto`` with the ``+W`` limits on the master and in the worker's tac."""
+        if self.window_mib is None:
+            return proto
+        window, replay = self.window_mib * MiB, 2 * self.window_mib * MiB
+        return dataclasses.replace(
+            proto,
+            master_extra_py=proto.master_extra_py + (
+                f"\nc['protocols']['msg'].update(max_transfer_window={window}, "
+                f"max_replay_bytes={replay})\n"),
+            worker_tac_patch=proto.worker_tac_patch + (
+                "from buildbot_worker_msgproto.protocol.limits import Limits\n"
+                f"BENCH_LIMITS = Limits(max_transfer_window={window}, "
+                f"max_replay_bytes={replay})\n"))
 
     def _run_column(self, column: str, proto: Proto) -> None:
         cdir = os.path.join(self.workdir, column.replace("/", "-").replace("@", "-"))
@@ -417,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()]
     for c in columns:
         name, _, venv = c.partition("@")
+        name = name.partition("+")[0]
         if name not in PROTOS and name not in TRANSPORT_PROTOS:
             ap.error(f"unknown column {c!r}")
         if venv and not os.path.exists(os.path.join(venv, "bin", "buildbot")):

@@ -112,10 +112,14 @@ COUNTED = (
 
 
 def owner_of(filename: str) -> str | None:
-    """'plugin', 'buildbot' or None (a library, or built-in)."""
+    """'plugin', 'pb protocol', 'buildbot' or None (a library, or built-in).  Buildbot's
+    PB and msgpack connections and Twisted's PB are "pb protocol": the counterpart of
+    the plugin when a stock master is profiled."""
     path = filename.replace("\\", "/")
     if any(f"/{p}/" in path for p in PLUGIN):
         return "plugin"
+    if "/buildbot/worker/protocols/" in path or "/twisted/spread/" in path:
+        return "pb protocol"
     if "/buildbot/" in path:  # buildbot_worker's paths do not contain it
         return "buildbot"
     return None
@@ -127,23 +131,26 @@ def attribute(stats: pstats.Stats, unowned: dict[Any, float] | None = None
     collects, per function, the time no owner called."""
     raw = stats.stats  # type: ignore[attr-defined]
     memo: dict[Any, dict[str, float]] = {}
+    busy: set = set()  # functions on the current path: recursive edges are skipped
 
-    def shares(func: Any, depth: int = 0) -> dict[str, float]:
+    def shares(func: Any) -> dict[str, float]:
         """Fractions of ``func``'s time per owner, by its callers."""
-        if func in memo:
-            return memo[func]
         owner = owner_of(func[0])
         if owner is not None:
             return {owner: 1.0}
-        memo[func] = {"reactor / libraries": 1.0}  # breaks cycles
-        callers = raw.get(func, (0, 0, 0, 0, {}))[4]
-        total = sum(edge[2] for edge in callers.values())
-        if depth > 40 or not callers or total <= 0:
+        if func in memo:
             return memo[func]
+        callers = {caller: edge for caller, edge in raw.get(func, (0, 0, 0, 0, {}))[4].items()
+                   if caller not in busy and caller != func}
+        total = sum(edge[2] for edge in callers.values())
+        if not callers or total <= 0:
+            return {"reactor / libraries": 1.0}
+        busy.add(func)
         out: dict[str, float] = defaultdict(float)
         for caller, edge in callers.items():
-            for who, fraction in shares(caller, depth + 1).items():
+            for who, fraction in shares(caller).items():
                 out[who] += fraction * edge[2] / total
+        busy.discard(func)
         memo[func] = dict(out)
         return memo[func]
 
@@ -156,13 +163,14 @@ def attribute(stats: pstats.Stats, unowned: dict[Any, float] | None = None
     return dict(totals)
 
 
-def top_functions(stats: pstats.Stats, owner: str, n: int = 12) -> list[tuple[float, int, str]]:
-    """The ``n`` functions of ``owner`` with the most cumulative time."""
+def top_functions(stats: pstats.Stats, owner: str, n: int = 12, own: bool = False
+                  ) -> list[tuple[float, int, str]]:
+    """The ``n`` functions of ``owner`` with the most cumulative (``own``: own) time."""
     out = []
-    for func, (_cc, nc, _tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+    for func, (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         if owner_of(func[0]) == owner:
             short = func[0].split("site-packages/")[-1].split("wt-speed/")[-1]
-            out.append((ct, nc, f"{short}:{func[1]}({func[2]})"))
+            out.append((tt if own else ct, nc, f"{short}:{func[1]}({func[2]})"))
     return sorted(out, reverse=True)[:n]
 
 
@@ -187,7 +195,7 @@ def report(path: str, title: str, extra: str = "", per: int | None = None) -> st
              f"profiled reactor-thread CPU (thread_time, with cProfile's overhead): "
              f"{total:.2f} s"
              + (f" ({total / per * 1000:.1f} ms per item, {per} items)" if per else "")]
-    for who in ("plugin", "buildbot", "reactor / libraries"):
+    for who in ("plugin", "pb protocol", "buildbot", "reactor / libraries"):
         value = owners.get(who, 0.0)
         share = value / total if total else 0
         each = f", {value / per * 1000:.2f} ms per item" if per else ""
@@ -195,10 +203,15 @@ def report(path: str, title: str, extra: str = "", per: int | None = None) -> st
     lines.append("  calls of interest (count, cumulative s):")
     for label, calls, cum in counts(stats):
         lines.append(f"    {label:<52}{calls:>10}{cum:9.2f}")
-    for who in ("plugin", "buildbot"):
-        lines.append(f"  top {who} functions by cumulative time (s, calls):")
-        for ct, nc, name in top_functions(stats, who):
-            lines.append(f"    {ct:8.2f} {nc:>9}  {name}")
+    for who in ("plugin", "pb protocol", "buildbot"):
+        for own in (False, True):
+            top = top_functions(stats, who, own=own)
+            if not top:
+                continue
+            lines.append(f"  top {who} functions by {'own' if own else 'cumulative'} time "
+                         "(s, calls):")
+            for seconds, nc, name in top:
+                lines.append(f"    {seconds:8.3f} {nc:>9}  {name}")
     lines.append("  top functions of 'reactor / libraries' (own s):")
     for func, value in sorted(unowned.items(), key=lambda kv: -kv[1])[:8]:
         short = func[0].split("site-packages/")[-1].split("lib/python3")[-1]

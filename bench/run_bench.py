@@ -532,11 +532,16 @@ def patch_tac(basedir: str, code: str) -> None:
     with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines(keepends=True)
     for i, line in enumerate(lines):
-        if line.startswith("from buildbot_worker.bot import Worker"):
+        if line.startswith(("from buildbot_worker.bot import Worker",
+                            "from buildbot_worker_msgproto import Worker")):
             lines.insert(i + 1, code)
             break
     else:
         raise HarnessError(f"no Worker import in {path}")
+    if "BENCH_LIMITS" in code:  # the Worker gets these limits
+        lines = [line.replace("proxy_connection_string=proxy_connection_string)",
+                              "proxy_connection_string=proxy_connection_string,\n"
+                              "           limits=BENCH_LIMITS)") for line in lines]
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(lines)
 

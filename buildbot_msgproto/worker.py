@@ -8,7 +8,7 @@ from buildbot.worker import Worker
 from twisted.internet import defer
 from twisted.python import log
 
-from buildbot_msgproto.config import parse_options
+from buildbot_msgproto.config import parse_options_once
 from buildbot_msgproto.connection import MsgConnection
 from buildbot_msgproto.manager import CERTIFICATE_ONLY
 from buildbot_msgproto.manager import get_listener
@@ -30,7 +30,7 @@ class MsgWorker(Worker):
     def reconfigService(self, name: str, password: Any, **kwargs: Any) -> Any:  # noqa: N802
         yield super().reconfigService(name, password, **kwargs)
         msg_options = self.master.config.protocols.get("msg")
-        options = parse_options(msg_options) if msg_options is not None else None
+        options = parse_options_once(msg_options) if msg_options is not None else None
         if password is None and (options is None or options.client_certificates == "off"):
             log.msg(f"msgproto: worker {name!r} has no password, so it can only log in with "
                     "a TLS client certificate, but c['protocols']['msg'] does not ask for "

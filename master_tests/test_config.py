@@ -33,3 +33,15 @@ def test_every_limit_is_documented_in_configuration_rst(field):
 def test_a_bad_limit_is_refused_with_its_name():
     with pytest.raises(MsgProtocolConfigError, match="ack_every"):
         parse_options({"port": 9989, "ack_every": 0})
+
+
+def test_options_are_parsed_once_per_configuration():
+    from buildbot_msgproto.config import parse_options_once
+
+    options = {"port": 9989}
+    first = parse_options_once(options)
+    assert parse_options_once(options) is first  # every MsgWorker of one config
+    options["max_frame_size"] = 1 << 20  # changed in place: parsed again
+    changed = parse_options_once(options)
+    assert changed is not first and changed.limits.max_frame_size == 1 << 20
+    assert parse_options_once({"port": 9989}) is not changed  # a new configuration
