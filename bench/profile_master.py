@@ -79,8 +79,7 @@ def _bench_profile_switch(signum=None, frame=None):
         profiler.disable()
         profiler.dump_stats('{prefix}.%d' % _bench_profile['n'])
         _bench_profile['n'] += 1
-    # CPU time of this thread: time the reactor waits in epoll is not counted
-    _bench_profile['profiler'] = _bench_cprofile.Profile(_bench_ptime.thread_time)
+    _bench_profile['profiler'] = _bench_cprofile.Profile({timer})
     _bench_profile['profiler'].enable()
 
 
@@ -94,6 +93,12 @@ _bench_reactor.callFromThread(_bench_profile_start)
 """
 
 PLUGIN = ("buildbot_msgproto", "buildbot_worker_msgproto")
+#: cProfile timers: wall-clock (the default, cheap; time waiting in epoll is taken off in
+#: the report) or the thread's CPU time (exact, but a system call per event: a master
+#: under profile is several times slower, which changes what a burst of logins does).
+TIMERS = {"wall": "", "cpu": "_bench_ptime.thread_time"}
+#: Functions in which the reactor waits for work (their time is idle, not CPU).
+IDLE = ("<method 'poll' of 'select.epoll' objects>",)
 #: Functions whose call counts the report prints (substring of "file:line(name)").
 COUNTED = (
     ("Builder.attached", "process/builder.py", "(attached)"),
@@ -191,9 +196,13 @@ def report(path: str, title: str, extra: str = "", per: int | None = None) -> st
     total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
     unowned: dict[Any, float] = {}
     owners = attribute(stats, unowned)
+    idle = sum(v[2] for k, v in stats.stats.items()  # type: ignore[attr-defined]
+               if k[2] in IDLE)
+    total -= idle
+    owners["reactor / libraries"] = owners.get("reactor / libraries", 0.0) - idle
     lines = [f"== {title} ({path})", extra,
-             f"profiled reactor-thread CPU (thread_time, with cProfile's overhead): "
-             f"{total:.2f} s"
+             f"profiled reactor-thread time, without {idle:.2f} s waiting in epoll (with "
+             f"cProfile's overhead): {total:.2f} s"
              + (f" ({total / per * 1000:.1f} ms per item, {per} items)" if per else "")]
     for who in ("plugin", "pb protocol", "buildbot", "reactor / libraries"):
         value = owners.get(who, 0.0)
@@ -258,6 +267,13 @@ class Profiled:
         return path, used[0], used[1]
 
 
+def with_profiler(cfg: str, prefix: str, timer: str) -> str:
+    """``cfg`` (a master.cfg) with PROFILER_PY at its top, before anything else."""
+    head, _, rest = cfg.partition("c = BuildmasterConfig")
+    return (head + PROFILER_PY.format(prefix=prefix, timer=TIMERS[timer])
+            + "\nc = BuildmasterConfig" + rest)
+
+
 def attach(args: argparse.Namespace, workdir: str) -> list[str]:
     proto = PROTOS[args.protocol]
     port, www = free_port(), free_port()
@@ -268,9 +284,7 @@ def attach(args: argparse.Namespace, workdir: str) -> list[str]:
                                                     for n in names], port, www,
                           bench_cfg.many_builders_py() + bench_cfg.recorder_py(events),
                           extra_py=proto.master_extra_py)
-    # the profiler must start before anything else: put it at the top of master.cfg
-    head, _, rest = cfg.partition("c = BuildmasterConfig")
-    cfg = head + PROFILER_PY.format(prefix=prefix) + "\nc = BuildmasterConfig" + rest
+    cfg = with_profiler(cfg, prefix, args.timer)
     master = Master(os.path.join(workdir, "master"), cfg, www_port=www, master_port=port)
     out = []
     procs: list[subprocess.Popen] = []
@@ -339,8 +353,7 @@ c['builders'].append(util.BuilderConfig(
 """
     cfg = make_master_cfg(proto.spec.protocols_py, proto.spec.master_worker_py("w1", PASSWD),
                           port, www, builders, extra_py=proto.master_extra_py)
-    head, _, rest = cfg.partition("c = BuildmasterConfig")
-    cfg = head + PROFILER_PY.format(prefix=prefix) + "\nc = BuildmasterConfig" + rest
+    cfg = with_profiler(cfg, prefix, args.timer)
     master = Master(os.path.join(workdir, "master"), cfg, www_port=www, master_port=port)
     worker = Worker.for_protocol(proto.spec, os.path.join(workdir, "worker"), port, "w1",
                                  PASSWD)
@@ -380,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--repeat", type=int, default=3)
     for p in (a, s):
         p.add_argument("--protocol", choices=("msg", "pb"), default="msg")
+        p.add_argument("--timer", choices=sorted(TIMERS), default="wall")
         p.add_argument("--workdir", default=None, help="kept if given (profiles are there)")
     r = sub.add_parser("report")
     r.add_argument("files", nargs="+")
