@@ -130,28 +130,30 @@ def owner_of(filename: str) -> str | None:
     return None
 
 
-def attribute(stats: pstats.Stats, unowned: dict[Any, float] | None = None
-              ) -> dict[str, float]:
+def attribute(stats: pstats.Stats, unowned: dict[Any, float] | None = None,
+              by_function: dict[Any, float] | None = None) -> dict[str, float]:
     """Own time of every function, put on its owner (see the module doc); ``unowned``
-    collects, per function, the time no owner called."""
+    collects, per function, the time no owner called; ``by_function``, per plugin or
+    Buildbot function, its own time plus the library time put on it."""
     raw = stats.stats  # type: ignore[attr-defined]
-    memo: dict[Any, dict[str, float]] = {}
+    memo: dict[Any, dict[Any, float]] = {}
     busy: set = set()  # functions on the current path: recursive edges are skipped
+    nobody = ("reactor / libraries", None)
 
-    def shares(func: Any) -> dict[str, float]:
-        """Fractions of ``func``'s time per owner, by its callers."""
+    def shares(func: Any) -> dict[Any, float]:
+        """Fractions of ``func``'s time per (owner, owning function), by its callers."""
         owner = owner_of(func[0])
         if owner is not None:
-            return {owner: 1.0}
+            return {(owner, func): 1.0}
         if func in memo:
             return memo[func]
         callers = {caller: edge for caller, edge in raw.get(func, (0, 0, 0, 0, {}))[4].items()
                    if caller not in busy and caller != func}
         total = sum(edge[2] for edge in callers.values())
         if not callers or total <= 0:
-            return {"reactor / libraries": 1.0}
+            return {nobody: 1.0}
         busy.add(func)
-        out: dict[str, float] = defaultdict(float)
+        out: dict[Any, float] = defaultdict(float)
         for caller, edge in callers.items():
             for who, fraction in shares(caller).items():
                 out[who] += fraction * edge[2] / total
@@ -161,10 +163,12 @@ def attribute(stats: pstats.Stats, unowned: dict[Any, float] | None = None
 
     totals: dict[str, float] = defaultdict(float)
     for func, (_cc, _nc, tt, _ct, _callers) in raw.items():
-        for who, fraction in shares(func).items():
+        for (who, owning), fraction in shares(func).items():
             totals[who] += tt * fraction
-            if unowned is not None and who == "reactor / libraries":
-                unowned[func] = tt * fraction
+            if owning is None and unowned is not None:
+                unowned[func] = unowned.get(func, 0.0) + tt * fraction
+            if owning is not None and by_function is not None:
+                by_function[owning] = by_function.get(owning, 0.0) + tt * fraction
     return dict(totals)
 
 
@@ -195,7 +199,8 @@ def report(path: str, title: str, extra: str = "", per: int | None = None) -> st
     stats = pstats.Stats(path)
     total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
     unowned: dict[Any, float] = {}
-    owners = attribute(stats, unowned)
+    by_function: dict[Any, float] = {}
+    owners = attribute(stats, unowned, by_function)
     idle = sum(v[2] for k, v in stats.stats.items()  # type: ignore[attr-defined]
                if k[2] in IDLE)
     total -= idle
@@ -221,6 +226,13 @@ def report(path: str, title: str, extra: str = "", per: int | None = None) -> st
                          "(s, calls):")
             for seconds, nc, name in top:
                 lines.append(f"    {seconds:8.3f} {nc:>9}  {name}")
+    for who in ("plugin", "buildbot"):
+        lines.append(f"  top {who} functions by own time plus the library time they called "
+                     "(s):")
+        mine = [(v, k) for k, v in by_function.items() if owner_of(k[0]) == who]
+        for value, func in sorted(mine, reverse=True)[:10]:
+            short = func[0].split("site-packages/")[-1].split("wt-speed/")[-1]
+            lines.append(f"    {value:8.2f}  {short}:{func[1]}({func[2]})")
     lines.append("  top functions of 'reactor / libraries' (own s):")
     for func, value in sorted(unowned.items(), key=lambda kv: -kv[1])[:8]:
         short = func[0].split("site-packages/")[-1].split("lib/python3")[-1]
