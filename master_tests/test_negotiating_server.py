@@ -57,7 +57,7 @@ def test_msg_choice_becomes_framing_with_a_new_session_and_keeps_the_rest(clock)
     assert proto.inner is None and not drivers
     proto.dataReceived(choice[2:] + b"\x00\x00\x00")  # and the start of a frame
     assert isinstance(proto.inner, FramedProtocol) and len(drivers) == 1
-    assert proto.inner._unprocessed == b"\x00\x00\x00"  # handed on, not lost
+    assert proto.inner._buffer == b"\x00\x00\x00"  # handed on, not lost
     clock.advance(TIMEOUT * 2)  # the negotiation timer is gone
     assert not transport.disconnecting
 
