@@ -22,8 +22,12 @@ from buildbot_worker_msgproto.transports.base import OneProtocolFactory
 
 #: Unconfirmed bytes above which a sender reports "not writable", and below which
 #: it reports "writable" again; each message counts its body plus MESSAGE_OVERHEAD.
-HIGH_WATER = 4 * 1024 * 1024
-LOW_WATER = 1024 * 1024
+#: Confirms take a round trip to the broker, so this caps a sender at HIGH_WATER per
+#: round trip: it is the default transfer window's cap (``max_transfer_window``, 32 MiB)
+#: plus room for other messages, so that the session's window, not this mark, sizes
+#: transfers to the path (4 MiB held uploads at 40 MiB/s over a 100 ms path).
+HIGH_WATER = 36 * 1024 * 1024
+LOW_WATER = 9 * 1024 * 1024
 MESSAGE_OVERHEAD = 256
 
 #: Sets up a new link (declarations, consuming) and returns the protocol now using it.
