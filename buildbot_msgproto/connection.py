@@ -240,11 +240,12 @@ class MsgConnection(base.Connection, MessageHandler):
     @defer.inlineCallbacks
     def on_read_file(self, message: dict[str, Any]) -> Any:
         """The next chunk of the file.  While the session is not writable (its transport
-        or replay buffer is full) the read waits, so that the master never buffers more
-        than the worker's transfer window; waiting reads go on in the order received, so
-        the file is read in order (``read_file`` carries no offset)."""
+        or replay buffer is full) the read waits, one chunk going out each time it becomes
+        writable, so that file data does not pile up in front of the session's other
+        messages; waiting reads go on in the order received, so the file is read in order
+        (``read_file`` carries no offset)."""
         reader = self._lookup(self._readers, message, "file reader")
-        if not self.driver.writable:
+        while not self.driver.writable:
             yield self.driver.wait_writable()
         data = yield reader.remote_read(message["length"])
         if isinstance(data, str):

@@ -8,6 +8,7 @@ other) plus the round trip.  The sender keeps the window full, as the worker's g
 from __future__ import annotations
 
 import heapq
+import re
 
 import pytest
 from hypothesis import given
@@ -147,23 +148,43 @@ def test_a_short_path_keeps_the_initial_window():
     assert w.size == 4 * MIB
 
 
-def test_shrinks_when_data_queues_on_a_slow_path():
-    """100 ms at 1 MB/s: 4 MiB in flight would wait 4 s in buffers.  The window shrinks
-    to GAIN x the BDP (its RTT includes one chunk's time on the bottleneck: 0.36 s), and
-    the queue with it, for good (a transfer of a minute)."""
-    w = TransferWindow(4 * MIB, 32 * MIB)
-    result = run(w, Path(0.1, 1e6), 64 * MIB)
-    bdp = 1e6 * (0.1 + CHUNK / 1e6)
-    assert MIN_WINDOW <= w.size <= GAIN * bdp * 1.1
-    assert max(result["sizes"][len(result["sizes"]) // 4:]) <= GAIN * bdp * 1.1
-    assert w.srtt < 0.1 + (GAIN * bdp + CHUNK) / 1e6 + 0.1
+def grown(initial: int = 1 * MIB, maximum: int = 32 * MIB) -> tuple[TransferWindow, float]:
+    """A window grown to ``maximum`` on a 100 ms, 1 GB/s path; returns it and the time."""
+    w = TransferWindow(initial, maximum)
+    result = run(w, Path(0.1, 1e9), 256 * MIB)
+    assert w.size == maximum
+    return w, result["end"]
+
+
+def test_shrinks_back_when_the_path_slows_down():
+    """Grown to 32 MiB, the window meets a 1 MB/s path: 32 MiB would wait half a minute
+    in buffers.  It comes back down to its initial size, and the queue with it."""
+    w, now = grown(initial=1 * MIB)
+    path = Path(0.1, 1e6)
+    path.free_at = now
+    result = run(w, path, 64 * MIB, start=now)
+    assert w.size == 1 * MIB
+    assert max(result["sizes"][len(result["sizes"]) // 4:]) == 1 * MIB
+    assert w.srtt < 0.1 + (1 * MIB + CHUNK) / 1e6 + 0.2
 
 
 def test_shrinks_to_the_need_not_below():
-    """100 ms at 20 MB/s: BDP 2 MB; from 32 MiB the window comes down to about 2 x BDP."""
-    w = TransferWindow(32 * MIB, 32 * MIB)
-    run(w, Path(0.1, 20e6), 128 * MIB)
+    """Grown to 32 MiB, on a 100 ms, 20 MB/s path (BDP 2 MB): about 2 x BDP."""
+    w, now = grown(initial=1 * MIB)
+    path = Path(0.1, 20e6)
+    path.free_at = now
+    run(w, path, 128 * MIB, start=now)
     assert 2e6 <= w.size <= GAIN * 2e6 * 1.3
+
+
+def test_queueing_never_takes_it_below_the_initial_window():
+    """A slow path from the start: data queues, but the initial window stays (what a
+    fixed window of that size did before); only pushback goes lower."""
+    w = TransferWindow(4 * MIB, 32 * MIB)
+    run(w, Path(0.1, 1e6), 16 * MIB)
+    assert w.size == 4 * MIB
+    w.pushback(100.0)
+    assert w.size == 2 * MIB
 
 
 def test_pushback_halves_once_per_round_trip_and_not_below_the_floor():
@@ -252,4 +273,4 @@ def test_protocol_rst_states_the_window_constants():
     assert f"``RATE_ROUNDS`` ({window_module.RATE_ROUNDS})" in section
     assert f"``MIN_RTT_SECONDS`` ({window_module.MIN_RTT_SECONDS:g} s)" in section
     assert f"``QUEUE_ALLOWANCE`` ({window_module.QUEUE_ALLOWANCE * 1000:g} ms)" in section
-    assert f"``MIN_WINDOW``\n  ({MIN_WINDOW // KIB} KiB" in section
+    assert re.search(rf"``MIN_WINDOW``\s+\({MIN_WINDOW // KIB} KiB", section)

@@ -14,10 +14,13 @@ BBR's model of the path (docs/protocol.rst section 12.1):
   window, is the limit).  The lowest RTT is renewed by a lower sample, or after
   ``MIN_RTT_SECONDS`` by the sample of a request sent with nothing in flight (the first
   of a transfer): samples taken behind other data measure the queue, not the path;
-* it **shrinks** when data queues instead of flowing: when the smoothed RTT exceeds the
-  lowest by more than ``max(min RTT, QUEUE_ALLOWANCE)``, to ``GAIN`` x the
-  bandwidth-delay product; and on explicit pushback (the session's replay buffer is
-  full) by half; each at most once per round trip, never below ``MIN_WINDOW``;
+* it **shrinks** when the growth made data queue instead of flow: when the smoothed RTT
+  exceeds the lowest by more than ``max(min RTT, QUEUE_ALLOWANCE)``, to ``GAIN`` x the
+  bandwidth-delay product at the latest delivery rate, but not below ``initial`` (a
+  short path's RTT samples are mostly processing time, and the initial window is what
+  keeps every stage of a fast local transfer busy); and on explicit pushback (the
+  session's replay buffer is full) by half, down to ``MIN_WINDOW``; each at most once
+  per round trip;
 * it never exceeds ``maximum``, the memory limit.
 
 One request may always be in flight, however large, so that a transfer cannot stall.
@@ -42,7 +45,7 @@ MIN_RTT_SECONDS = 10.0
 #: Queueing delay tolerated before the window shrinks to the measured need (seconds);
 #: whatever else the session sends waits at most about this long behind file data.
 QUEUE_ALLOWANCE = 0.05
-#: The window never shrinks below this (or ``initial``, if that is smaller).
+#: Pushback never shrinks the window below this (or ``initial``, if that is smaller).
 MIN_WINDOW = 512 * KIB
 #: Weight of a new RTT sample in the smoothed RTT (RFC 6298's alpha).
 RTT_ALPHA = 0.125
@@ -86,6 +89,7 @@ class TransferWindow:
         self._rates: collections.deque[tuple[int, float]] = collections.deque()
         self._min_rtt: float | None = None
         self._min_rtt_at = 0.0
+        self._last_rate = 0.0
         self._last_cut = float("-inf")
         self._path = 0
 
@@ -171,6 +175,7 @@ class TransferWindow:
             self._min_rtt, self._min_rtt_at = rtt, now
 
     def _add_rate(self, rate: float) -> None:
+        self._last_rate = rate
         rates = self._rates
         while rates and rates[-1][1] <= rate:
             rates.pop()
@@ -184,8 +189,10 @@ class TransferWindow:
             return
         if target > self.size:
             self.size = target
-        elif self._queueing() and target < self.size and self._may_cut(now):
-            self._cut(target, now)
+        elif self._queueing() and self.size > self.initial and self._may_cut(now):
+            # the rate now, not the best of the last round trips: the path got slower
+            need = self._clamp(GAIN * self._last_rate * self.min_rtt)
+            self._cut(max(need, self.initial), now)
 
     def _queueing(self) -> bool:
         """Answers take longer than the path needs: data waits in buffers."""
