@@ -377,6 +377,7 @@ def test_updates_for_another_workers_commands_are_ignored():
     """Commands are looked up per connection: w2 cannot address w1's command."""
     pytest.importorskip("buildbot")
     from twisted.internet import defer
+    from twisted.internet import task
 
     from buildbot_msgproto.connection import MsgConnection
     from buildbot_msgproto.connection import UnknownCommand
@@ -395,9 +396,12 @@ def test_updates_for_another_workers_commands_are_ignored():
         def __init__(self, name: str) -> None:
             self.workername = name
 
+    class Master:  # the connection only takes the reactor (for its suspension notice)
+        reactor = task.Clock()
+
     conns, commands = {}, {}
     for command_id, name in ((41, "w1"), (42, "w2")):
-        conns[name] = MsgConnection(master=None, worker=Worker(name), driver=Driver())
+        conns[name] = MsgConnection(master=Master(), worker=Worker(name), driver=Driver())
         commands[name] = _Command()
         conns[name].remoteStartCommand(commands[name], "b", command_id, "shell",
                                        {"command": ["true"]})
