@@ -27,6 +27,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import select
+import subprocess
+import sys
 import time
 from typing import Any
 from typing import Callable
@@ -94,11 +97,17 @@ class Transport:
     tls: bool = False
     #: for amqp the proxy forwards to the broker; the master talks to it directly
     broker: bool = False
+    #: the worker reaches the master through an HTTP CONNECT proxy (the fault proxy sits
+    #: between the worker and the HTTP proxy)
+    http_proxy: bool = False
 
 
 TRANSPORTS = {
     "tcp": Transport("tcp"),
     "tls": Transport("tls", tls=True, create_args=("--tls-ca-file", "{CA}")),
+    "http-proxy": Transport("http-proxy", http_proxy=True,
+                            create_args=("--proxy-connection-string",
+                                         "tcp:host=127.0.0.1:port={PROXY}")),
     "amp": Transport("amp", "amp", "{'amp': {'port': 'tcp:{T}:interface=127.0.0.1'}}"),
     "websocket": Transport("websocket", "websocket",
                            "{'websocket': {'port': 'tcp:{T}:interface=127.0.0.1', "
@@ -106,6 +115,51 @@ TRANSPORTS = {
     "zmq": Transport("zmq", "zmq", "{'zmq': {'port': {T}, 'interface': '127.0.0.1'}}"),
     "amqp": Transport("amqp", "amqp", broker=True),
 }
+
+
+class HTTPProxy:
+    """The tests' HTTP CONNECT proxy (worker_tests/http_proxy_server.py) in a process of
+    its own, listening on a free port of 127.0.0.1."""
+
+    START_TIMEOUT = 15.0
+    SCRIPT = ("import sys\n"
+              "from twisted.internet import reactor\n"
+              "from worker_tests.http_proxy_server import ConnectProxyFactory\n"
+              "port = reactor.listenTCP(0, ConnectProxyFactory(), interface='127.0.0.1')\n"
+              "print(port.getHost().port, flush=True)\n"
+              "reactor.run()\n")
+
+    def __init__(self, process: subprocess.Popen, port: int) -> None:
+        self.process = process
+        self.port = port
+
+    @classmethod
+    def start(cls, log_path: str) -> HTTPProxy:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-c", cls.SCRIPT], cwd=root,
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=log)
+        proxy = cls(process, 0)
+        try:
+            ready, _, _ = select.select([process.stdout], [], [], cls.START_TIMEOUT)
+            line = process.stdout.readline() if ready else b""  # one short line: no wait
+            if not line.strip().isdigit():
+                raise harness.HarnessError(f"the HTTP proxy did not start within "
+                                           f"{cls.START_TIMEOUT:g} s: "
+                                           + harness.read_text(log_path))
+            proxy.port = int(line)
+        except BaseException:
+            proxy.stop()
+            raise
+        return proxy
+
+    def stop(self) -> None:
+        """End the process by its PID."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        self.process.stdout.close()
 
 
 class FaultEnv:
@@ -134,9 +188,12 @@ class FaultEnv:
         self.worker: harness.Worker | None = None
         self.broker: rabbitmq.Broker | None = rabbitmq.current() if self.spec.broker else None
         self.certs: Any = None
+        self.http_proxy: HTTPProxy | None = None
 
     # ------------------------------------------------------------------ setup
     def _target(self) -> tuple[str, int]:
+        if self.http_proxy is not None:
+            return "127.0.0.1", self.http_proxy.port
         if self.broker is not None:
             return self.broker.host, self.broker.port
         if self.spec.transport == "tcp":
@@ -160,7 +217,8 @@ class FaultEnv:
     def _create_args(self) -> list[str]:
         args = ["--transport", self.spec.transport]
         for arg in self.spec.create_args:
-            args.append(arg.replace("{CA}", self.certs.ca_file if self.certs else ""))
+            args.append(arg.replace("{CA}", self.certs.ca_file if self.certs else "")
+                        .replace("{PROXY}", str(self.proxy.port)))
         if self.broker is not None:
             options = self.broker.worker_options(AMQP_USER, heartbeat=str(self.amqp_heartbeat))
             for key, value in options.items():
@@ -173,6 +231,8 @@ class FaultEnv:
             from .test_tls import Certs
 
             self.certs = Certs(os.path.join(self.root, "certs"))
+        if self.spec.http_proxy:
+            self.http_proxy = HTTPProxy.start(os.path.join(self.root, "http-proxy.log"))
         self.proxy = FaultProxy.start(*self._target(), delay=proxy_delay)
         extra = (f"UPLOAD_SRC = {self.upload_src!r}\nUPLOAD_DEST = {self.upload_dest!r}\n"
                  f"DOWNLOAD_SRC = {self.download_src!r}\n"
@@ -183,9 +243,10 @@ class FaultEnv:
         self.master = harness.Master(os.path.join(self.root, "master"), cfg,
                                      www_port=self.www_port, master_port=self.port)
         basedir = os.path.join(self.root, "worker")
+        # through the HTTP proxy the worker names the master itself: the proxy connects
+        master = self.port if self.http_proxy is not None else self.proxy.port
         create = [harness.venv_exe("buildbot-worker-msgproto"), "create-worker",
-                  *self._create_args(), basedir, f"127.0.0.1:{self.proxy.port}", WORKER,
-                  PASSWD]
+                  *self._create_args(), basedir, f"127.0.0.1:{master}", WORKER, PASSWD]
         self.worker = harness.Worker(basedir, create, name=WORKER)
         self.master.create()
         self.worker.create()
@@ -200,6 +261,8 @@ class FaultEnv:
                 proc.stop()
         if self.proxy is not None:
             self.proxy.stop()
+        if self.http_proxy is not None:
+            self.http_proxy.stop()
 
     def e2e_diagnostics(self) -> str:
         parts = [p.diagnostics(80) for p in (self.master, self.worker) if p is not None]

@@ -3,7 +3,7 @@
 The other fault tests scale heartbeats and the window down; these two run against the
 defaults (``heartbeat_interval`` 10 s, ``heartbeat_timeout`` 30 s, ``resume_window``
 300 s) with a 60 s partition in the middle of a step that prints numbered lines for
-about 90 s:
+about 80 s:
 
 - a 60 s blackhole: found by heartbeats after 30 s; the worker's reconnects hang in the
   partition (the proxy accepts them, as a dead path's SYN would time out) and the
@@ -11,7 +11,7 @@ about 90 s:
 - a 60 s cut: both sides see the reset at once; the worker's reconnects are refused and
   retried (jittered backoff of at most 4 s) until the proxy listens again.
 
-Each takes about 100 s; they are marked ``fullscale`` (``-m "not fullscale"`` leaves them
+Each takes about 80 s; they are marked ``fullscale`` (``-m "not fullscale"`` leaves them
 out) and run in parallel under pytest-xdist.
 """
 
@@ -24,7 +24,7 @@ from .fault_env import RESUMED
 from .fault_env import fault_env  # noqa: F401 - the fixture
 from .fault_env import wait_seconds
 
-LINES = 850  # at 0.1 s each: the step outlasts the partition by about 20 s
+LINES = 700  # at about 0.11 s each: the step goes on for 10-15 s after the resume
 PARTITION = 60
 
 
