@@ -26,19 +26,35 @@ def protocol(request) -> harness.ProtocolSpec:
     return harness.PROTOCOLS[request.param]
 
 
-@pytest.fixture
-def make_cluster(protocol, postgres_server, wamp_router, tmp_path):  # noqa: F811
-    """Factory: ``make_cluster(**MultiMasterEnv options)`` -> a started cluster for this
-    test, closed after it (masters and workers stopped, database dropped)."""
-    envs: list[MultiMasterEnv] = []
+class ClusterFactory:
+    """Makes started clusters for one test; ``close()`` stops them all."""
 
-    def make(**options) -> MultiMasterEnv:
-        env = MultiMasterEnv(str(tmp_path / f"cluster{len(envs)}"), protocol,
-                             postgres_server, wamp_router, **options)
-        envs.append(env)
+    def __init__(self, protocol, database, router, root) -> None:
+        self.args = (protocol, database, router)
+        self.root = root
+        self.envs: list[MultiMasterEnv] = []
+
+    def __call__(self, **options) -> MultiMasterEnv:
+        env = MultiMasterEnv(str(self.root / f"cluster{len(self.envs)}"), *self.args,
+                             **options)
+        self.envs.append(env)
         return env.start()
 
-    make.e2e_diagnostics = lambda: "\n".join(e.e2e_diagnostics() for e in envs)
-    yield make
-    for env in envs:
-        env.close()
+    def e2e_diagnostics(self) -> str:
+        return "\n".join(env.e2e_diagnostics() for env in self.envs)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+@pytest.fixture
+def make_cluster(protocol, postgres_server, wamp_router, tmp_path):  # noqa: F811
+    """Factory: ``make_cluster(**MultiMasterEnv options)`` -> a started cluster of this
+    test's own (for tests that stop masters), closed after the test (masters and workers
+    stopped, database dropped)."""
+    factory = ClusterFactory(protocol, postgres_server, wamp_router, tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
+from typing import Callable
 
 from master_tests.crossbar import Router
 from master_tests.e2e import harness
@@ -62,7 +63,8 @@ def passwd(name: str) -> str:
 
 class MultiMasterEnv:
     """``count`` masters of one Buildbot cluster (see the module docstring), speaking
-    ``protocol`` to their workers."""
+    ``protocol`` to their workers.  ``builders_py`` replaces the gated builders (e.g. ``""``:
+    none); ``passwd(name)`` is worker ``name``'s password."""
 
     def __init__(
         self,
@@ -75,6 +77,8 @@ class MultiMasterEnv:
         worker_names: Sequence[str] = ("w1", "w2"),
         spread: Sequence[str] = (),
         max_builds: dict[str, int] | None = None,
+        builders_py: str | None = None,
+        passwd: Callable[[str], str] = passwd,
         extra_py: str = "",
     ) -> None:
         self.root = os.path.abspath(root)
@@ -85,6 +89,9 @@ class MultiMasterEnv:
         self.worker_names = list(worker_names)
         self.spread = list(spread)
         self.max_builds = dict(max_builds or {})
+        self.builders_py = (_BUILDERS_PY.format(gate_sh=GATE_SH, spread=self.spread)
+                            if builders_py is None else builders_py)
+        self.passwd = passwd
         self.extra_py = extra_py
         self.db_name: str | None = None
         self.masters: list[harness.Master] = []
@@ -98,7 +105,7 @@ class MultiMasterEnv:
     def master_cfg(self, master_port: int, www_port: int) -> str:
         workers = []
         for name in self.worker_names:
-            worker_py = self.protocol.master_worker_py(name, passwd(name))
+            worker_py = self.protocol.master_worker_py(name, self.passwd(name))
             if name in self.max_builds:
                 worker_py = f"{worker_py[:-1]}, max_builds={int(self.max_builds[name])})"
             workers.append(worker_py)
@@ -106,8 +113,8 @@ class MultiMasterEnv:
                       f"c['mq'] = {self.router.mq_config()!r}\n")
         return harness.make_master_cfg(
             self.protocol.protocols_py, workers, master_port, www_port,
-            _BUILDERS_PY.format(gate_sh=GATE_SH, spread=self.spread),
-            extra_py=cluster_py + self.extra_py, db_url=self.database.url(self.db_name))
+            self.builders_py, extra_py=cluster_py + self.extra_py,
+            db_url=self.database.url(self.db_name))
 
     def start(self) -> MultiMasterEnv:
         began = time.monotonic()
@@ -190,7 +197,7 @@ class MultiMasterEnv:
         master = self.masters[index]
         worker = harness.Worker.for_protocol(
             self.protocol, os.path.join(self.root, "workers", basedir_name or name),
-            master.master_port, name, passwd(name))
+            master.master_port, name, self.passwd(name))
         self.workers.append(worker.create())
         worker.start()
         masterid = self.masterid(index)

@@ -113,3 +113,15 @@ def test_same_worker_name_on_two_masters__todays_unwanted_behaviour(cluster):
         cluster.release(gate)
     for brid in brids:
         assert master_a.wait_build(brid, timeout=60)["results"] == harness.SUCCESS
+
+
+def test_three_masters_of_a_cluster_of_its_own(make_cluster):
+    """A third master joins like the others: a build forced through master 0 for the
+    worker of master 2 runs there and master 1 shows it."""
+    trio = make_cluster(count=3, worker_names=["w3"])
+    trio.add_worker("w3", 2)
+    brid = trio.masters[0].force_build("on-w3")
+    build = trio.masters[1].wait_build(brid, timeout=60)
+    assert build["results"] == harness.SUCCESS, trio.masters[1].build_summary(build["buildid"])
+    assert build["masterid"] == trio.masterid(2)
+    assert len({trio.masterid(i) for i in range(3)}) == 3
