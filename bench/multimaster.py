@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import http.client
 import os
 import signal
 import statistics
@@ -163,7 +164,10 @@ class Bench:
                     if proc.poll() is not None:
                         raise harness.HarnessError(f"bench/many_workers.py exited "
                                                    f"({proc.returncode}); logs in {root}")
-                doc = env.masters[0].api_get("workers", field=["name", "connected_to"])
+                try:
+                    doc = env.masters[0].api_get("workers", field=["name", "connected_to"])
+                except (harness.HarnessError, OSError, http.client.HTTPException):
+                    return None  # a busy master may drop one poll; the deadline bounds it
                 connected = sum(1 for w in doc["workers"] if w["connected_to"])
                 return time.time() if connected >= n else None
 
