@@ -30,11 +30,9 @@ PID; every wait is bounded.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import http.client
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -177,7 +175,7 @@ class Bench:
             self.add(f"{n} workers attach to {count} master(s)", done - began)
         finally:
             for proc in procs:
-                stop(proc)
+                harness.terminate(proc, 30)
             env.close()
 
     def report(self) -> None:
@@ -187,19 +185,6 @@ class Bench:
         for key, values in self.samples.items():
             raw = ", ".join(f"{v:.2f}" for v in values)
             print(f"  {key:<{width}}  {statistics.median(values):7.2f} s   [{raw}]")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL of the process group, by PID."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import pytest
-
 from master_tests import services
 
 #: the realm scripts/crossbar configures (MSGPROTO_CROSSBAR_REALM there; default)
@@ -56,16 +54,8 @@ class Router(services.ScriptService):
         return {"type": "wamp", "router_url": self.url, "realm": REALM}
 
 
-shared = services.Shared(Router.start_private)
-
-
-def current() -> Router:
-    """The session's router, started on first use."""
-    return shared.current()
-
-
-@pytest.fixture(scope="session")
-def wamp_router() -> Router:
-    """The session's private crossbar router (stopped at the end of the session)."""
-    yield shared.current()
-    shared.close()
+shared: services.Shared[Router] = services.Shared(Router.start_private)
+#: the session's router, started on first use
+current = shared.current
+wamp_router = shared.fixture(
+    "wamp_router", "The session's private crossbar router (stopped at its end).")

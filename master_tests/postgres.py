@@ -22,8 +22,6 @@ import glob
 import os
 import secrets
 
-import pytest
-
 from master_tests import services
 
 #: the database that always exists (administrative connections)
@@ -91,16 +89,8 @@ class Server(services.ScriptService):
         return {row[0] for row in rows}
 
 
-shared = services.Shared(Server.start_private)
-
-
-def current() -> Server:
-    """The session's server, started on first use."""
-    return shared.current()
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Server:
-    """The session's private PostgreSQL server (stopped at the end of the session)."""
-    yield shared.current()
-    shared.close()
+shared: services.Shared[Server] = services.Shared(Server.start_private)
+#: the session's server, started on first use
+current = shared.current
+postgres_server = shared.fixture(
+    "postgres_server", "The session's private PostgreSQL server (stopped at its end).")

@@ -124,3 +124,14 @@ class Shared(Generic[S]):
         if service is not None:
             with contextlib.suppress(Exception):
                 service.stop_private()
+
+    def fixture(self, name: str, doc: str):
+        """A session-scoped pytest fixture called ``name`` that gives the service and
+        stops it at the end of the session."""
+
+        def service_fixture():
+            yield self.current()
+            self.close()
+
+        service_fixture.__doc__ = doc
+        return pytest.fixture(scope="session", name=name)(service_fixture)

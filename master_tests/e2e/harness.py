@@ -381,6 +381,22 @@ def _kill_leftovers() -> None:  # last-resort cleanup if a fixture finalizer nev
             proc._terminate(timeout=5)
 
 
+def terminate(p: subprocess.Popen, timeout: float = DEFAULT_STOP_TIMEOUT) -> int | None:
+    """Stop a process started in its own session, by its PID: SIGTERM (twistd shuts down
+    gracefully on it), SIGKILL of its process group after ``timeout`` seconds or once it
+    exited (stray children such as an interrupted 'sleep'). Returns its exit code."""
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(timeout=10)
+    return p.returncode
+
+
 class _Process:
     """A foreground twistd process we own (``buildbot start --nodaemon`` / worker)."""
 
@@ -458,22 +474,10 @@ class _Process:
         return self.popen.pid if self.popen is not None else None
 
     def _terminate(self, timeout: float) -> int | None:
-        p = self.popen
-        if p is None:
+        if self.popen is None:
             return None
         try:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)  # twistd shuts down gracefully on SIGTERM
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=timeout)
-            # kill whatever is left in the process group (the process itself if it hung,
-            # plus any stray children such as an interrupted 'sleep')
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
-            return p.returncode
+            return terminate(self.popen, timeout)
         finally:
             _LIVE.discard(self)
 

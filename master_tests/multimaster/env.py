@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -160,10 +161,12 @@ class MultiMasterEnv:
         return f"(exit {result.returncode})\n{result.stdout}\n{result.stderr}"
 
     def close(self) -> None:
-        for worker in reversed(self.workers):
-            worker.stop()
-        for master in self.masters:
-            master.stop()
+        for group in (self.workers, self.masters):
+            for process in group:  # all of a group shut down side by side
+                if process.is_running:
+                    process.popen.send_signal(signal.SIGTERM)
+            for process in group:
+                process.stop()
         if self.db_name is not None:
             self.database.drop_database(self.db_name)
 
