@@ -104,6 +104,7 @@ class MultiMasterEnv:
 
     # -- setup / teardown ----------------------------------------------------------------
     def master_cfg(self, master_port: int, www_port: int) -> str:
+        """master.cfg of one master of this cluster (only the ports differ)."""
         workers = []
         for name in self.worker_names:
             worker_py = self.protocol.master_worker_py(name, self.passwd(name))
@@ -118,6 +119,8 @@ class MultiMasterEnv:
             db_url=self.database.url(self.db_name))
 
     def start(self) -> MultiMasterEnv:
+        """Create the database and the basedirs, start every master side by side and wait
+        (bounded) until each runs and has joined the router."""
         began = time.monotonic()
         self.db_name = self.database.create_database()
         for index in range(self.count):
