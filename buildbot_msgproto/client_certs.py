@@ -26,6 +26,7 @@ from twisted.internet.interfaces import ISSLTransport
 from twisted.python import log
 from zope.interface import implementer
 
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.scripts.gen_keys import worker_names_from_certificate
 
 #: Values of ``c['protocols']['msg']['client_certificates']``.
@@ -33,8 +34,8 @@ OFF, OPTIONAL, REQUIRED = "off", "optional", "required"
 MODES = (OFF, OPTIONAL, REQUIRED)
 
 #: Close codes of a refused session.
-CERTIFICATE_MISMATCH = "certificate_mismatch"
-CERTIFICATE_REQUIRED = "certificate_required"
+CERTIFICATE_MISMATCH = CloseCode.CERTIFICATE_MISMATCH
+CERTIFICATE_REQUIRED = CloseCode.CERTIFICATE_REQUIRED
 
 __all__ = ["CERTIFICATE_MISMATCH", "CERTIFICATE_REQUIRED", "MODES", "OFF", "OPTIONAL",
            "REQUIRED", "ServerTLSCreator", "check_binding", "describe", "peer_certificate",

@@ -15,9 +15,8 @@ from buildbot_worker_msgproto.transports import registry
 #: measured connection burst.  The kernel caps it at net.core.somaxconn.
 DEFAULT_BACKLOG = 4096
 
-#: Keys of c['protocols']['msg'] that map onto :class:`Limits` fields.
-LIMIT_KEYS = ("max_frame_size", "max_handshake_frame_size", "handshake_timeout",
-              "heartbeat_interval", "heartbeat_timeout", "auth_iterations", "transfer_window")
+#: Keys of c['protocols']['msg'] that map onto :class:`Limits` fields: every field.
+LIMIT_KEYS = tuple(field.name for field in dataclasses.fields(Limits))
 
 #: Keys of c['protocols']['msg'] for the failed-login throttle (ListenerOptions fields).
 THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")

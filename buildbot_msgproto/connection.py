@@ -9,16 +9,27 @@ from buildbot.worker.protocols import base
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_msgproto.suspension import SuspensionNotice
 from buildbot_worker_msgproto.driver import Binary
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.driver import SessionLost
 from buildbot_worker_msgproto.driver import listener
 from buildbot_worker_msgproto.driver import responder
-from buildbot_worker_msgproto.protocol.codec import b64decode
+from buildbot_worker_msgproto.protocol import payloads
+from buildbot_worker_msgproto.protocol.codes import CloseCode
+from buildbot_worker_msgproto.protocol.events import LinkLost
+from buildbot_worker_msgproto.protocol.events import Resumed
 
-#: Update keys whose value is log text (sent as a plain string on the wire).
-TEXT_KEYS = ("stdout", "stderr", "header")
+#: Seconds a connection may take to deliver our ``close`` before it is dropped.
+DROP_AFTER_CLOSE = 2.0
+
+
+def _abort_quietly(transport: Any) -> None:
+    try:
+        transport.abort()
+    except Exception as e:  # already gone
+        log.msg(f"msgproto: dropping a closed connection: {e}")
 
 
 class UnknownCommand(KeyError):
@@ -55,6 +66,8 @@ class MsgConnection(base.Connection, MessageHandler):
         self._writers: dict[Any, Any] = {}
         self._readers: dict[Any, Any] = {}
         self._detached = False
+        #: What the running steps show while the session is suspended.
+        self.suspension = SuspensionNotice(master.reactor, lambda: list(self._commands.values()))
         driver.handler = self
         if driver.session.is_closed:  # lost while Buildbot was still arbitrating
             self.master.reactor.callLater(0, self.detached, driver)
@@ -64,10 +77,29 @@ class MsgConnection(base.Connection, MessageHandler):
     def attached(self, driver: SessionDriver) -> Any:
         yield self.worker.attached(self)
 
+    @property
+    def suspended(self) -> bool:
+        """The connection is lost and the session waits for the worker to resume it."""
+        return self.driver.session.is_suspended
+
+    def link_lost(self, driver: SessionDriver, event: LinkLost) -> None:
+        log.msg(f"msgproto: worker {self.worker.workername!r} ({driver.peer}): connection "
+                f"lost ({event.code}: {event.reason}); its builds go on if it resumes within "
+                f"{event.window:g} s (no new builds meanwhile)")
+        self.suspension.start(event.reason, event.window)
+
+    def resumed(self, driver: SessionDriver, event: Resumed) -> None:
+        log.msg(f"msgproto: worker {self.worker.workername!r} resumed from {driver.peer} "
+                f"after {event.suspended_for:.1f} s")
+        self.suspension.stop(event.suspended_for)
+        self.worker.messageReceivedFromWorker()
+        self.master.botmaster.maybeStartBuildsForWorker(self.worker.workername)
+
     def detached(self, driver: SessionDriver | None = None) -> None:
         if self._detached:
             return
         self._detached = True
+        self.suspension.stop(None)
         self._commands.clear()
         self._writers.clear()
         self._readers.clear()
@@ -80,7 +112,13 @@ class MsgConnection(base.Connection, MessageHandler):
         self.detached(driver)
 
     def loseConnection(self) -> None:  # noqa: N802 - Buildbot's API
-        self.driver.abort()
+        """Buildbot wants the worker gone (a user's "disconnect", a reconfig that removed
+        it, a duplicate login): end the session at once, suspended or not, so that
+        Buildbot's disconnect path runs now; the connection is dropped shortly after."""
+        transport = self.driver.transport
+        self.driver.close(CloseCode.NORMAL, "the master disconnected this worker")
+        if transport is not None:
+            self.master.reactor.callLater(DROP_AFTER_CLOSE, _abort_quietly, transport)
 
     def get_peer(self) -> str:
         return self.driver.peer
@@ -167,22 +205,7 @@ class MsgConnection(base.Connection, MessageHandler):
         except UnknownCommand as e:
             log.msg(f"msgproto: ignoring update from {self.worker.workername!r}: {e}")
             return
-        updates = []
-        for item in message["updates"]:
-            if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
-                raise ValueError(f"malformed update item {item!r:.200}")
-            key, value = item
-            if key in TEXT_KEYS:
-                if not isinstance(value, str):
-                    raise ValueError(f"update {key!r} must carry text")
-                value = (value,)
-            elif key == "log":
-                if not (isinstance(value, list) and len(value) == 2
-                        and all(isinstance(v, str) for v in value)):
-                    raise ValueError("update 'log' must carry [logname, text]")
-                value = (value[0], (value[1],))
-            updates.append((key, value))
-        command.remote_update_msgpack(updates)
+        command.remote_update_msgpack(payloads.decode_updates(message["updates"]))
 
     @listener("complete")
     def on_complete(self, message: dict[str, Any]) -> None:
@@ -191,22 +214,14 @@ class MsgConnection(base.Connection, MessageHandler):
         except UnknownCommand as e:
             log.msg(f"msgproto: ignoring completion from {self.worker.workername!r}: {e}")
             return
+        failure = payloads.decode_failure(message.get("failure"))
         self._forget(message["command_id"])
-        failure = message.get("failure")
-        if failure is not None:
-            failure = (f"{failure.get('type', 'Error')}: {failure.get('message', '')}\n"
-                       f"{failure.get('traceback', '')}")
         command.remote_complete(failure)
 
     @responder("write_file")
     def on_write_file(self, message: dict[str, Any]) -> Any:
         writer = self._lookup(self._writers, message, "file writer")
-        data = message.get("blob")
-        if not isinstance(data, bytes):
-            if "data" not in message:
-                raise ValueError("write_file carries neither data nor a binary side frame")
-            data = b64decode(message["data"])
-        return writer.remote_write(data)
+        return writer.remote_write(payloads.block_in(message, "data"))
 
     @responder("utime_file")
     def on_utime_file(self, message: dict[str, Any]) -> Any:

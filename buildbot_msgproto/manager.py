@@ -25,18 +25,22 @@ from twisted.python import log
 from twisted.spread import pb
 
 from buildbot_msgproto import client_certs
+from buildbot_msgproto import compat
 from buildbot_msgproto.config import ListenerOptions
 from buildbot_msgproto.config import normalize_portstr
 from buildbot_msgproto.connection import MsgConnection
 from buildbot_msgproto.negotiation import NegotiatingServerFactory
+from buildbot_msgproto.sessions import SessionRegistry
 from buildbot_msgproto.throttle import LoginThrottle
 from buildbot_msgproto.throttle import peer_host
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.protocol import auth
 from buildbot_worker_msgproto.protocol.auth import ScramCredentials
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.events import Authenticated
 from buildbot_worker_msgproto.protocol.events import HelloReceived
+from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.transports import registry
@@ -59,9 +63,12 @@ CERTIFICATE_ONLY = _CertificateOnly()
 class MsgDispatcher(PBDispatcher):
     """One listening port serving msg sessions and, negotiated on the same port, PB."""
 
-    def __init__(self, config_portstr: Any, portstr: str, options: ListenerOptions) -> None:
+    def __init__(self, config_portstr: Any, portstr: str, options: ListenerOptions,
+                 sessions: SessionRegistry) -> None:
         super().__init__(config_portstr, portstr)
         self.options = options
+        #: The master's resumable sessions (shared by all its msg ports).
+        self.sessions = sessions
         self._credentials: dict[str, tuple[str, ScramCredentials]] = {}
         self.serverFactory = NegotiatingServerFactory(
             self.serverFactory, self.new_driver, _reactor(), options.limits.handshake_timeout,
@@ -164,7 +171,7 @@ class MsgDispatcher(PBDispatcher):
                                        _peer_of(transport))
         if refusal is not None:
             raise ValueError(refusal[1])
-        persp = yield self.master.workers.pb._create_connection(mind, name)
+        persp = yield compat.create_pb_connection(self.master, mind, name)
         yield persp.attached(mind)
         return (pb.IPerspective, persp, lambda: persp.detached(mind))
 
@@ -223,53 +230,71 @@ class MasterHandshake(MessageHandler):
             if throttle.should_log_refusal(key):
                 log.msg(f"msgproto: refusing logins of worker {event.worker!r} from {key[0]} "
                         f"for another {wait:.0f} s (too many failed logins)")
-            driver.close("login_throttled", f"too many failed logins; retry in {wait:.0f} s")
+            driver.close(CloseCode.LOGIN_THROTTLED,
+                         f"too many failed logins; retry in {wait:.0f} s")
             return
         if auth.SCRAM not in event.mechanisms:  # the worker offers certificate login only
-            self._certificate_login(driver, event.worker)
+            self._certificate_login(driver, event)
             return
         refusal = self._certificate_refusal(driver, event.worker)
         if refusal is not None:  # before the challenge: the password is not even tried
             driver.close(*refusal)
             return
         d = self.dispatcher.credentials_for(event.worker)
-        d.addCallback(driver.answer_hello)
+        d.addCallback(lambda credentials: driver.answer_hello(
+            credentials, resume=self._resume_target(event)))
         d.addErrback(self._internal_error, driver, "looking up credentials")
 
-    def _certificate_login(self, driver: SessionDriver, worker: str) -> None:
+    def _resume_target(self, event: HelloReceived) -> Any:
+        """The session the worker asks to resume, if this master still has it."""
+        target = self.dispatcher.sessions.find(event.resume, event.worker)
+        return target.session if target is not None else None
+
+    def resumed(self, driver: SessionDriver, event: Resumed) -> None:
+        """The new connection resumed a session: hand it to that session's driver."""
+        self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
+        target = self.dispatcher.sessions.find(event.session_id, driver.session.worker_name)
+        if target is None or target.session is not event.session:  # cannot happen
+            driver.abort()
+            return
+        log.msg(f"msgproto: worker {driver.session.worker_name!r} resumed its session from "
+                f"{driver.peer} after {event.suspended_for:.1f} s ({event.replayed} frames "
+                "sent again)")
+        target.adopt(driver, event)
+
+    def _certificate_login(self, driver: SessionDriver, event: HelloReceived) -> None:
         """Open the session of a worker that logs in with its TLS client certificate:
         allowed if client certificates are on, the verified certificate names the worker
         and the worker has no password on this master (docs/security/mtls.rst)."""
-        mode = getattr(getattr(self.dispatcher, "options", None), "client_certificates",
-                       client_certs.OFF)
+        worker = event.worker
+        mode = self.dispatcher.options.client_certificates
         if mode == client_certs.OFF:
-            self._refuse(driver, worker, "unsupported_auth",
+            self._refuse(driver, worker, CloseCode.UNSUPPORTED_AUTH,
                          "this master does not accept certificate login (its "
                          "client_certificates option is 'off')")
             return
-        refusal = client_certs.refusal(mode, getattr(driver, "transport", None), worker,
-                                       driver.peer)
+        refusal = client_certs.refusal(mode, driver.transport, worker, driver.peer)
         if refusal is not None:
             driver.close(*refusal)
             return
-        cert = client_certs.peer_certificate(getattr(driver, "transport", None))
+        cert = client_certs.peer_certificate(driver.transport)
         if cert is None:
             self._refuse(driver, worker, client_certs.CERTIFICATE_REQUIRED,
                          "certificate login needs a TLS client certificate")
             return
         only = self.dispatcher.certificate_only(worker)
         if only is None:
-            self._refuse(driver, worker, "authentication_failed",
+            self._refuse(driver, worker, CloseCode.AUTHENTICATION_FAILED,
                          f"worker {worker!r} failed to authenticate (unknown worker)")
             return
         if not only:
-            self._refuse(driver, worker, "unsupported_auth",
+            self._refuse(driver, worker, CloseCode.UNSUPPORTED_AUTH,
                          f"worker {worker!r} has a password on this master and must log in "
                          f"with it (certificate login needs MsgWorker({worker!r}, None))")
             return
         log.msg(f"msgproto: worker {worker!r} from {driver.peer} logs in with its TLS client "
                 f"certificate ({client_certs.describe(cert)})")
-        driver.accept_certificate()
+        driver.accept_certificate(resume=self._resume_target(event))
 
     @staticmethod
     def _refuse(driver: SessionDriver, worker: str, code: str, reason: str) -> None:
@@ -277,14 +302,19 @@ class MasterHandshake(MessageHandler):
         driver.close(code, reason)
 
     def _certificate_refusal(self, driver: SessionDriver, worker: str) -> Any:
-        # a duck-typed dispatcher without options (unit tests) has no certificate policy
-        mode = getattr(getattr(self.dispatcher, "options", None), "client_certificates",
-                       client_certs.OFF)
-        return client_certs.refusal(mode, getattr(driver, "transport", None), worker,
-                                    driver.peer)
+        return client_certs.refusal(self.dispatcher.options.client_certificates,
+                                    driver.transport, worker, driver.peer)
 
     def authenticated(self, driver: SessionDriver, event: Authenticated) -> None:
         self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
+        # a new login, not a resume: the worker process restarted, so a session it left
+        # suspended has nobody to resume it; end it now instead of after its window
+        for old in self.dispatcher.sessions.suspended(event.worker):
+            log.msg(f"msgproto: worker {event.worker!r} logged in anew from {driver.peer}: "
+                    "ending its suspended session")
+            old.close(CloseCode.SESSION_REPLACED, "the worker logged in anew")
+        if driver.session.resumable:
+            self.dispatcher.sessions.add(driver)
         d = self._attach(driver, event.worker)
         d.addErrback(self._internal_error, driver, "attaching the worker")
 
@@ -292,14 +322,15 @@ class MasterHandshake(MessageHandler):
     def _attach(self, driver: SessionDriver, worker_name: str) -> Any:
         factory = self.dispatcher.connection_factory(worker_name)
         if factory is None:
-            driver.close("unknown_worker", f"worker {worker_name!r} is no longer configured")
+            driver.close(CloseCode.UNKNOWN_WORKER,
+                         f"worker {worker_name!r} is no longer configured")
             return
         log.msg(f"msgproto: worker {worker_name!r} authenticated from {driver.peer}")
         try:
             conn = yield factory(driver, worker_name)
         except RuntimeError as e:  # Buildbot's "rejecting duplicate worker"
             log.msg(f"msgproto: rejecting worker {worker_name!r} from {driver.peer}: {e}")
-            driver.close("duplicate_worker", str(e))
+            driver.close(CloseCode.DUPLICATE_WORKER, str(e))
             return
         if driver.session.is_closed:
             conn.detached(driver)
@@ -308,7 +339,7 @@ class MasterHandshake(MessageHandler):
 
     def session_ended(self, driver: SessionDriver, code: str, reason: str,
                       by_peer: bool) -> None:
-        if code != "authentication_failed" or by_peer:
+        if code != CloseCode.AUTHENTICATION_FAILED or by_peer:
             return
         key = self._throttle_key(driver)
         throttle = self.dispatcher.login_throttle
@@ -320,18 +351,31 @@ class MasterHandshake(MessageHandler):
 
     def _internal_error(self, failure: Any, driver: SessionDriver, what: str) -> None:
         log.err(failure, f"msgproto: error {what} for {driver.peer}")
-        driver.close("internal_error", f"master error while {what}")
+        driver.close(CloseCode.INTERNAL_ERROR, f"master error while {what}")
 
 
 class MsgManager(BaseManager):
     """The service owning every msg port of a master (a child of the master)."""
 
-    def __init__(self) -> None:
-        super().__init__("msgproto_manager")
+    #: The service name under which the manager is a child of the Buildbot master.
+    NAME = "msgproto_manager"
+
+    def __init__(self, listener: MsgListener) -> None:
+        super().__init__(self.NAME)
+        self.listener = listener
         self.options: dict[str, ListenerOptions] = {}
+        self.sessions = SessionRegistry()
 
     def dispatcher_class(self, config_portstr: Any, portstr: str) -> MsgDispatcher:
-        return MsgDispatcher(config_portstr, portstr, self.options[portstr])
+        return MsgDispatcher(config_portstr, portstr, self.options[portstr], self.sessions)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802
+        """A master shutdown ends every session at once, suspended ones too (no worker
+        can resume with a master that is going away)."""
+        for driver in self.sessions.all():
+            driver.close(CloseCode.SHUTDOWN, "the master is shutting down")
+        yield super().stopService()
 
     @defer.inlineCallbacks
     def register(self, options: ListenerOptions, username: str, password: Any,  # type: ignore[override]
@@ -357,7 +401,7 @@ class MsgListener(base.UpdateRegistrationListener):
         super().__init__()
         self.master = master
         self.ConnectionClass = MsgConnection
-        self.manager = MsgManager()
+        self.manager = MsgManager(self)
 
     def get_manager(self) -> MsgManager:
         return self.manager
@@ -368,12 +412,16 @@ class MsgListener(base.UpdateRegistrationListener):
 
 @defer.inlineCallbacks
 def get_listener(master: Any) -> Any:
-    """The master's MsgListener, created (and its manager started) on first use."""
-    listener = getattr(master, "msgproto_listener", None)
-    if listener is None:
-        listener = master.msgproto_listener = MsgListener(master)
+    """The master's MsgListener, created (and its manager started, as a named child service
+    of the master) on first use."""
+    try:
+        return master.getServiceNamed(MsgManager.NAME).listener
+    except KeyError:
+        listener = MsgListener(master)
+        # setServiceParent registers the name at once, before the first yield, so a
+        # concurrent caller finds this listener instead of making a second one
         yield listener.manager.setServiceParent(master)
-    return listener
+        return listener
 
 
 def _server_tls_options(options: ListenerOptions) -> Any:

@@ -8,89 +8,45 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import protocol
-from twisted.python import log
-from twisted.spread import banana
 from twisted.spread import pb
 
+from buildbot_msgproto import compat
+from buildbot_worker_msgproto.negotiating import NegotiatingProtocol
 from buildbot_worker_msgproto.protocol import negotiation
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 from buildbot_worker_msgproto.transports.tcp import FramedProtocol
-from buildbot_worker_msgproto.transports.tcp import set_nodelay
 
 
-class PreNegotiatedBroker(pb.Broker):
-    """A PB server broker that does not send its dialect list: we already did.
-
-    The client's dialect choice is replayed into it, so banana selects ``pb``
-    through its normal path.
-    """
-
-    def connectionMade(self) -> None:
-        self.setPrefixLimit(banana._PREFIX_LIMIT)
-        self.currentDialect = None
-
-
-class NegotiatingServerProtocol(protocol.Protocol):
+class NegotiatingServerProtocol(NegotiatingProtocol):
     """Sends the dialect offer, reads the choice, then delegates to PB or msg framing."""
 
     def __init__(self, factory: NegotiatingServerFactory, addr: Any) -> None:
+        super().__init__(factory.reactor, factory.negotiation_timeout)
         self.factory = factory
         self.addr = addr
-        self.inner: protocol.Protocol | None = None
-        self._buffer = b""
-        self._timer = None
 
-    def connectionMade(self) -> None:
-        set_nodelay(self.transport)
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        super().connectionMade()
         self.transport.write(negotiation.encode_offer(self.factory.dialects))
-        self._timer = self.factory.reactor.callLater(self.factory.negotiation_timeout,
-                                                     self._timed_out)
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        log.msg(f"msgproto: {_peer(self.transport)} chose no dialect within "
-                f"{self.factory.negotiation_timeout:g} s; closing")
-        self.transport.abortConnection()
+    def timeout_message(self) -> str:
+        return f"msgproto: {self.peer()} chose no dialect within {self.timeout:g} s; closing"
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.dataReceived(data)
-            return
-        self._buffer += data
-        try:
-            parsed = negotiation.parse_choice(self._buffer)
-            if parsed is not None and parsed[0] not in self.factory.dialects:
-                raise negotiation.NegotiationError(
-                    f"client chose {parsed[0]!r}, which was not offered")
-        except negotiation.NegotiationError as e:
-            log.msg(f"msgproto: bad dialect negotiation from {_peer(self.transport)}: {e}")
-            self.transport.abortConnection()
-            return
+    def error_message(self, error: negotiation.NegotiationError) -> str:
+        return f"msgproto: bad dialect negotiation from {self.peer()}: {error}"
+
+    def negotiate(self, buffer: bytes) -> tuple[protocol.Protocol, bytes] | None:
+        parsed = negotiation.parse_choice(buffer)
         if parsed is None:
-            return
-        self._cancel_timer()
+            return None
         dialect, consumed = parsed
+        if dialect not in self.factory.dialects:
+            raise negotiation.NegotiationError(
+                f"client chose {dialect!r}, which was not offered")
         if dialect == MSG_DIALECT:
-            inner: protocol.Protocol = FramedProtocol(self.factory.new_driver())
-            rest = self._buffer[consumed:]
-        else:
-            inner = self.factory.pb_factory.buildProtocol(self.addr)
-            rest = self._buffer  # replay the choice: banana selects the dialect itself
-        self._buffer = b""
-        self.inner = inner
-        inner.makeConnection(self.transport)
-        if rest:
-            inner.dataReceived(rest)
-
-    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
-        self._cancel_timer()
-        if self.inner is not None:
-            self.inner.connectionLost(reason)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+            return FramedProtocol(self.factory.new_driver()), buffer[consumed:]
+        # replay the choice: banana selects the dialect itself
+        return self.factory.pb_factory.buildProtocol(self.addr), buffer
 
 
 class NegotiatingServerFactory(protocol.Factory):
@@ -105,15 +61,7 @@ class NegotiatingServerFactory(protocol.Factory):
         self.reactor = reactor
         self.negotiation_timeout = negotiation_timeout
         self.dialects = negotiation.MASTER_DIALECTS if serve_pb else (MSG_DIALECT,)
-        pb_factory.protocol = PreNegotiatedBroker
+        compat.use_pre_negotiated_broker(pb_factory)
 
     def buildProtocol(self, addr: Any) -> NegotiatingServerProtocol:
         return NegotiatingServerProtocol(self, addr)
-
-
-def _peer(transport: Any) -> str:
-    try:
-        address = transport.getPeer()
-        return f"{address.host}:{address.port}"
-    except Exception:
-        return "?"

@@ -9,6 +9,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_msgproto.config import parse_options
+from buildbot_msgproto.connection import MsgConnection
 from buildbot_msgproto.manager import CERTIFICATE_ONLY
 from buildbot_msgproto.manager import get_listener
 
@@ -22,7 +23,8 @@ class MsgWorker(Worker):
     (needs ``client_certificates`` on the msg port; docs/security/mtls.rst).
     """
 
-    _msg_registered = False
+    #: The Registration of this worker on its msg port (None: not registered).
+    _msg_registration: Any = None
 
     @defer.inlineCallbacks
     def reconfigService(self, name: str, password: Any, **kwargs: Any) -> Any:  # noqa: N802
@@ -34,16 +36,23 @@ class MsgWorker(Worker):
                     "a TLS client certificate, but c['protocols']['msg'] does not ask for "
                     "client certificates (client_certificates is 'off'): it cannot log in")
         listener = yield get_listener(self.master)
-        yield listener.updateRegistration(self.workername, self._registered_password, options)
-        self._msg_registered = options is not None
+        registration = yield listener.updateRegistration(self.workername,
+                                                         self._registered_password, options)
+        self._msg_registration = registration if options is not None else None
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802
-        if self._msg_registered:
+        if self._msg_registration is not None:
             listener = yield get_listener(self.master)
             yield listener.updateRegistration(self.workername, self._registered_password, None)
-            self._msg_registered = False
+            self._msg_registration = None
         yield super().stopService()
+
+    def canStartBuild(self) -> bool:  # noqa: N802 - Buildbot's name
+        """No new build while the connection is suspended (waiting for a resume)."""
+        if isinstance(self.conn, MsgConnection) and self.conn.suspended:
+            return False
+        return super().canStartBuild()
 
     @property
     def _registered_password(self) -> Any:
@@ -51,6 +60,6 @@ class MsgWorker(Worker):
 
     def get_msg_port(self) -> int:
         """The TCP port number the msg listener is bound to (useful with port 0 in tests)."""
-        listener = self.master.msgproto_listener
-        _, _, registration = listener._registrations[self.workername]
-        return registration.getPort()
+        if self._msg_registration is None:
+            raise RuntimeError(f"worker {self.workername!r} is not registered on a msg port")
+        return self._msg_registration.getPort()

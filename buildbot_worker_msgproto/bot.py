@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import traceback
 from typing import Any
 from typing import Callable
 
@@ -18,14 +17,13 @@ from buildbot_worker.pb import BotPb
 from buildbot_worker.pb import ProtocolCommandPb
 from buildbot_worker.pb import WorkerForBuilderPb
 from twisted.internet import defer
-from twisted.internet import reactor as global_reactor
 from twisted.python import log
 
+from buildbot_worker_msgproto import compat
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.driver import responder
-from buildbot_worker_msgproto.protocol.codec import b64decode
-from buildbot_worker_msgproto.protocol.codec import b64encode
+from buildbot_worker_msgproto.protocol import payloads
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 
 #: Downloads (master -> worker) are read ahead in chunks of at least this many bytes and
@@ -43,13 +41,13 @@ class CommandChannel:
     """
 
     def __init__(self, driver: SessionDriver, command_id: str | int,
-                 window: int = DEFAULT_LIMITS.transfer_window, reactor: Any = None,
+                 window: int = DEFAULT_LIMITS.transfer_window,
                  on_finished: Callable[[], None] | None = None) -> None:
         self.driver = driver
         self.command_id = command_id
         self._on_finished = on_finished
         self.window = window
-        self.reactor = reactor or global_reactor
+        self.reactor = driver.reactor
         self._lost_callbacks: list[Callable] = []
         self._writes: collections.deque[defer.Deferred] = collections.deque()
         self._write_error: Any = None
@@ -92,10 +90,8 @@ class CommandChannel:
     def write(self, data: bytes) -> defer.Deferred:
         if self._write_error is not None:
             return defer.fail(self._write_error)
-        if self.driver.session.blobs_enabled:
-            d = self.request("write_file", blob=bytes(data))
-        else:
-            d = self.request("write_file", data=b64encode(data))
+        text, blob = payloads.block_out(data, self.driver.session.blobs_enabled)
+        d = self.request("write_file", blob=blob, **({} if text is None else {"data": text}))
         d.addErrback(self._remember_write_error)
         self._writes.append(d)
         d.addBoth(self._write_done, d)
@@ -154,8 +150,8 @@ class CommandChannel:
         while len(self._reads) < self.window:
             self._reads.append(self.request("read_file", length=chunk))
 
-    def _got_chunk(self, data: bytes | str | None) -> None:
-        chunk = data if isinstance(data, bytes) else b64decode(data or "")
+    def _got_chunk(self, result: bytes | str | None) -> None:
+        chunk = payloads.block_result(result)
         if not chunk:
             self._read_eof = True  # later chunks (already requested) are empty too
         self._read_buffer += chunk
@@ -190,16 +186,7 @@ class ProtocolCommandMsg(ProtocolCommandPb):
     def protocol_send_update_message(self, message: list[tuple[str, Any]]) -> None:
         if self.command_ref is None:
             return
-        updates = []
-        for key, value in message:
-            if key in ("stdout", "stderr", "header"):
-                updates.append([key, value[0]])
-            elif key == "log":
-                logname, data = value
-                updates.append([key, [logname, data[0]]])
-            else:
-                updates.append([key, value])
-        self.command_ref.notify("update", updates=updates)
+        self.command_ref.notify("update", updates=payloads.encode_updates(message))
 
     def protocol_notify_on_disconnect(self) -> None:
         self.command_ref.notifyOnDisconnect(self.on_lost_remote_step)
@@ -209,7 +196,7 @@ class ProtocolCommandMsg(ProtocolCommandPb):
         if self.command_ref is None:
             return defer.succeed(None)
         self.command_ref.dontNotifyOnDisconnect(self.on_lost_remote_step)
-        self.command_ref.notify("complete", failure=_failure_to_json(failure))
+        self.command_ref.notify("complete", failure=payloads.encode_failure(failure))
         self.command_ref.finished()
         return defer.succeed(None)
 
@@ -242,19 +229,6 @@ class ProtocolCommandMsg(ProtocolCommandPb):
     def protocol_update_read_file_close(self, reader: Any) -> defer.Deferred:
         self.command_ref.discard_reads()
         return self.command_ref.request("close_reader")
-
-
-def _failure_to_json(failure: Any) -> dict[str, str] | None:
-    if failure is None:
-        return None
-    exc_type = getattr(failure, "type", None)
-    type_name = getattr(exc_type, "__name__", None) or str(exc_type)
-    try:
-        tb = failure.getTraceback()
-    except Exception:
-        tb = "".join(traceback.format_exception_only(type(failure), failure))
-    return {"type": type_name, "message": str(getattr(failure, "value", failure)),
-            "traceback": tb[-16384:]}
 
 
 class WorkerForBuilderMsg(WorkerForBuilderPb):
@@ -348,6 +322,31 @@ class BotMsg(BotPb, MessageHandler):
         log.msg(f"Connected to buildmaster over msgproto v{event.version} as {event.worker!r}; "
                 "worker is ready")
         self.attach(driver)
+
+    def link_lost(self, driver: SessionDriver, event: Any) -> None:
+        if self.driver is driver:
+            log.msg(f"msgproto: lost the connection to the buildmaster ({event.code}); running "
+                    f"commands go on and their output is kept, resuming within "
+                    f"{event.window:g} s")
+
+    def resumed(self, driver: SessionDriver, event: Any) -> None:
+        if self.driver is driver:
+            log.msg(f"msgproto: session with the buildmaster resumed after "
+                    f"{event.suspended_for:.1f} s ({event.replayed} frames sent again)")
+
+    def writable_changed(self, driver: SessionDriver, writable: bool) -> None:
+        """Pause the running shell commands while the session cannot take their output (a
+        slow or lost connection with a full replay buffer), so that nothing is dropped."""
+        if self.driver is not driver:
+            return
+        for builder in self.builders.values():
+            process = compat.running_process(builder)
+            if process is None:
+                continue
+            if writable:
+                process.resumeProducing()
+            else:
+                process.pauseProducing()
 
     def session_ended(self, driver: SessionDriver, code: str, reason: str,
                       by_peer: bool) -> None:

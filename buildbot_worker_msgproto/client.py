@@ -9,20 +9,25 @@ from twisted.python import log
 
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
+from buildbot_worker_msgproto.negotiating import NegotiatingProtocol
 from buildbot_worker_msgproto.protocol import negotiation
+from buildbot_worker_msgproto.protocol.codes import LOGIN_FAILURES
+from buildbot_worker_msgproto.protocol.codes import CloseCode
+from buildbot_worker_msgproto.protocol.events import LinkLost
+from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
+from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.tcp import FramedProtocol
-from buildbot_worker_msgproto.transports.tcp import set_nodelay
 
 #: Bytes we are willing to buffer while waiting for the master's dialect offer.
 MAX_OFFER_BYTES = 1024
 
 
-class NegotiatingClientProtocol(protocol.Protocol):
+class NegotiatingClientProtocol(NegotiatingProtocol):
     """Reads the master's banana dialect offer and becomes msg framing or a PB broker.
 
     If the master does not speak first within the handshake timeout (a silently
@@ -31,79 +36,42 @@ class NegotiatingClientProtocol(protocol.Protocol):
     """
 
     def __init__(self, factory: MsgClientFactory, addr: Any) -> None:
+        super().__init__(factory.reactor, factory.limits.handshake_timeout)
         self.factory = factory
         self.addr = addr
-        self.inner: protocol.Protocol | None = None
-        self._buffer = b""
-        self._timer = None
 
-    def connectionMade(self) -> None:
-        set_nodelay(self.transport)
-        self._timer = self.factory.reactor.callLater(self.factory.limits.handshake_timeout,
-                                                     self._timed_out)
+    def timeout_message(self) -> str:
+        return (f"msgproto: the master at {self.addr} sent no dialect offer within "
+                f"{self.timeout:g} s; reconnecting")
 
-    def _timed_out(self) -> None:
-        self._timer = None
-        log.msg(f"msgproto: the master at {self.addr} sent no dialect offer within "
-                f"{self.factory.limits.handshake_timeout:g} s; reconnecting")
-        self.transport.abortConnection()
+    def error_message(self, error: negotiation.NegotiationError) -> str:
+        return f"msgproto: the master at {self.addr} is not a Buildbot master: {error}"
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.inner is not None:
-            self.inner.dataReceived(data)
-            return
-        self._buffer += data
-        try:
-            parsed = negotiation.parse_offer(self._buffer)
-            if parsed is None and len(self._buffer) > MAX_OFFER_BYTES:
-                raise negotiation.NegotiationError("dialect offer too long")
-        except negotiation.NegotiationError as e:
-            log.msg(f"msgproto: the master at {self.addr} is not a Buildbot master: {e}")
-            self.transport.abortConnection()
-            return
+    def negotiate(self, buffer: bytes) -> tuple[protocol.Protocol, bytes] | None:
+        parsed = negotiation.parse_offer(buffer)
         if parsed is None:
-            return
-        self._cancel_timer()
+            if len(buffer) > MAX_OFFER_BYTES:
+                raise negotiation.NegotiationError("dialect offer too long")
+            return None
         offered, rest = parsed
         if negotiation.choose(offered, (MSG_DIALECT,)) is not None:
             self.transport.write(negotiation.encode_string(MSG_DIALECT))
-            self._become(FramedProtocol(self.factory.new_driver()), rest)
-        elif self.factory.sessions.password is None:
+            return FramedProtocol(self.factory.new_driver()), rest
+        if self.factory.sessions.password is None:
             self.factory.sessions.login_failed(
-                "unsupported_auth", "the master does not offer the msg protocol, and PB has "
-                "no certificate login (this worker has no password)")
+                CloseCode.UNSUPPORTED_AUTH, "the master does not offer the msg protocol, and "
+                "PB has no certificate login (this worker has no password)")
             self.transport.abortConnection()
-        else:
-            log.msg("msgproto: the master does not offer the msg protocol "
-                    f"(offers {[d.decode('ascii', 'replace') for d in offered]}); "
-                    "falling back to PB")
-            broker = self.factory.pb_factory.buildProtocol(self.addr)
-            self._become(broker, self._buffer)
-        self._buffer = b""
-
-    def _become(self, inner: protocol.Protocol, data: bytes) -> None:
-        self.inner = inner
-        inner.makeConnection(self.transport)
-        if data:
-            inner.dataReceived(data)
-
-    def connectionLost(self, reason: Any = protocol.connectionDone) -> None:
-        self._cancel_timer()
-        if self.inner is not None:
-            self.inner.connectionLost(reason)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+            return None
+        log.msg("msgproto: the master does not offer the msg protocol "
+                f"(offers {[d.decode('ascii', 'replace') for d in offered]}); "
+                "falling back to PB")
+        # the whole offer is replayed: the PB broker answers it as from a stock master
+        return self.factory.pb_factory.buildProtocol(self.addr), buffer
 
 
 class WorkerSessions:
     """Makes the worker's sessions (one per connection) and remembers the current one."""
-
-    #: Close codes meaning "this worker cannot log in", counted like PB's failed logins.
-    LOGIN_FAILURES = ("authentication_failed", "master_not_authenticated", "unknown_worker",
-                      "certificate_mismatch", "certificate_required", "unsupported_auth")
 
     def __init__(self, bot: MessageHandler, name: str, password: str | None, reactor: Any,
                  limits: Limits = DEFAULT_LIMITS, software: dict[str, Any] | None = None,
@@ -118,24 +86,40 @@ class WorkerSessions:
         self.software = software or {}
         self.driver: SessionDriver | None = None
 
-    def new_driver(self) -> SessionDriver:
+    def new_driver(self) -> FrameReceiver:
+        """The receiver for a new connection: a new port of the suspended session (which
+        then asks to resume), or a new session's driver."""
+        driver = self.driver
+        if driver is not None and driver.session.may_resume:
+            return driver.new_port()
         session = Session(Role.WORKER, self.limits, now=self.reactor.seconds(),
                           worker_name=self.name, password=self.password,
                           certificate_login=self.password is None, software=self.software)
         self.driver = SessionDriver(session, self.bot, self.reactor, label="msgproto-worker")
         self.driver.end_callbacks.append(self._session_ended)
+        self.driver.link_callbacks.append(self._link_event)
         return self.driver
+
+    def _link_event(self, event: LinkLost | Resumed) -> None:
+        """Retry quickly while the session may resume; back to normal once it did."""
+        if isinstance(event, LinkLost):
+            if self.retry_policy is not None:
+                self.retry_policy.resume_until(self.reactor.seconds() + event.window)
+        elif self.retry_policy is not None:
+            self.retry_policy.logged_in()
 
     def _session_ended(self, code: str, reason: str, by_peer: bool) -> None:
         """Count failed logins and apply the retry policy to them, as PB does
         (the policy stops the worker after ``maxRetries``)."""
+        if self.retry_policy is not None:
+            self.retry_policy.resume_over()
         if self.driver is not None and self.driver.session.auth_mechanism is not None:
             logged_in = getattr(self.retry_policy, "logged_in", None)
             if logged_in is not None:  # the session had opened: retry soon
                 logged_in()
-        if code in self.LOGIN_FAILURES:
+        if code in LOGIN_FAILURES:
             self.login_failed(code, reason)
-        elif code not in ("handshake_timeout",) and self.driver is not None \
+        elif code != CloseCode.HANDSHAKE_TIMEOUT and self.driver is not None \
                 and self.driver.session.version is not None:
             self.failed_logins = 0
 

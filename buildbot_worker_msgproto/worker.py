@@ -19,6 +19,7 @@ import buildbot_worker_msgproto
 from buildbot_worker_msgproto.bot import BotMsg
 from buildbot_worker_msgproto.client import MsgClientFactory
 from buildbot_worker_msgproto.client import WorkerSessions
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.retry import RetryPolicy
@@ -145,7 +146,8 @@ class Worker(worker_pb.Worker):
         self.allow_shutdown = allow_shutdown
 
         # as buildbot-worker (maxdelay is deprecated there too), growing until a login works
-        policy = self.retry_policy = RetryPolicy(maxRetries, reactor.stop)
+        policy = self.retry_policy = RetryPolicy(maxRetries, reactor.stop,
+                                                 clock=reactor.seconds)
 
         # The PB factory serves protocol='pb' and the automatic fallback of 'msg'.
         encoding = self.bot.unicode_encoding
@@ -189,7 +191,7 @@ class Worker(worker_pb.Worker):
     def stopService(self) -> Any:
         driver = self.sessions.active_driver
         if driver is not None:
-            driver.close("shutdown", "worker stopping")
+            driver.close(CloseCode.SHUTDOWN, "worker stopping")
         # The PB factory only gets stopFactory() if a PB fallback used it; without this
         # its waitForCompleteShutdown() would wait forever.
         self.bf.stopTimers()

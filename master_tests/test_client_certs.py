@@ -21,6 +21,7 @@ from buildbot_msgproto import client_certs
 from buildbot_msgproto.config import MsgProtocolConfigError
 from buildbot_msgproto.config import parse_options
 from buildbot_msgproto.manager import MasterHandshake
+from buildbot_msgproto.sessions import SessionRegistry
 from buildbot_msgproto.throttle import LoginThrottle
 from buildbot_worker_msgproto.protocol.events import HelloReceived
 from buildbot_worker_msgproto.scripts import gen_keys
@@ -250,6 +251,7 @@ class FakeClock:
 
 class FakeSession:
     worker_name = "w1"
+    resumable = False
 
 
 class FakeDriver:
@@ -264,7 +266,7 @@ class FakeDriver:
     def close(self, code: str, reason: str) -> None:
         self.closed = (code, reason)
 
-    def answer_hello(self, credentials) -> None:
+    def answer_hello(self, credentials, resume=None) -> None:
         self.answered = True
 
 
@@ -277,6 +279,7 @@ class FakeDispatcher:
     def __init__(self, mode: str) -> None:
         self.options = FakeOptions(mode)
         self.login_throttle = LoginThrottle(3, 10)
+        self.sessions = SessionRegistry()
 
     def credentials_for(self, worker: str):
         from twisted.internet import defer

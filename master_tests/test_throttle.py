@@ -9,6 +9,7 @@ from twisted.python import log
 from buildbot_msgproto.config import MsgProtocolConfigError
 from buildbot_msgproto.config import parse_options
 from buildbot_msgproto.manager import MasterHandshake
+from buildbot_msgproto.sessions import SessionRegistry
 from buildbot_msgproto.throttle import DEFAULT_FAILURES_BEFORE_THROTTLE
 from buildbot_msgproto.throttle import DEFAULT_THROTTLE_SECONDS
 from buildbot_msgproto.throttle import MAX_BACKOFF_FACTOR
@@ -171,6 +172,8 @@ class FakeClock:
 
 
 class FakeSession:
+    resumable = False
+
     def __init__(self, worker: str) -> None:
         self.worker_name = worker
 
@@ -181,19 +184,22 @@ class FakeDriver:
         self.reactor = clock
         self.peer = peer
         self.session = FakeSession(worker)
+        self.transport = None  # no TLS: no client certificate
         self.closed: tuple[str, str] | None = None
         self.answered = False
 
     def close(self, code: str, reason: str) -> None:
         self.closed = (code, reason)
 
-    def answer_hello(self, credentials) -> None:
+    def answer_hello(self, credentials, resume=None) -> None:
         self.answered = True
 
 
 class FakeDispatcher:
     def __init__(self, throttle: LoginThrottle) -> None:
         self.login_throttle = throttle
+        self.options = parse_options({"port": 9989})
+        self.sessions = SessionRegistry()
 
     def credentials_for(self, worker: str) -> defer.Deferred:
         return defer.succeed(None)

@@ -34,6 +34,10 @@ LARGE_FRAME = 16 * MIB + 1
 TIMEOUT = 60
 
 
+#: Sessions that end with their connection (no resume): these tests are about what a
+#: transport reports, which a resumable session would hide behind a suspension.
+ONE_CONNECTION = DEFAULT_LIMITS.replace(resume_window=0)
+
 class RecordingReceiver:
     """A FrameReceiver that records everything a transport reports."""
 
@@ -225,7 +229,7 @@ class ConformanceMixin:
         self.assertTrue(client.writability[-1], "never became writable again")
 
     @defer.inlineCallbacks
-    def start_sessions(self, limits: Limits = DEFAULT_LIMITS) -> Any:
+    def start_sessions(self, limits: Limits = ONE_CONNECTION) -> Any:
         """Listen with real master sessions, connect a real worker session; wait for auth.
 
         Returns (master drivers, master handler, worker drivers, worker handler).
@@ -272,7 +276,7 @@ class ConformanceMixin:
     def test_silent_peer_is_detected_by_session_heartbeats(self) -> Any:
         """Whatever the transport notices, a peer that goes silent (a dead link, a frozen
         process) is declared dead by the session's heartbeat timeout."""
-        limits = DEFAULT_LIMITS.replace(heartbeat_interval=0.2, heartbeat_timeout=0.8)
+        limits = ONE_CONNECTION.replace(heartbeat_interval=0.2, heartbeat_timeout=0.8)
         masters, handler, workers, _ = yield self.start_sessions(limits)
         workers[0].transport.send_frames = lambda frames: None  # the link goes dead
         code = yield _timeout(handler.ended, 10)

@@ -12,8 +12,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from buildbot_worker_msgproto.protocol.messages import BLOB
 from buildbot_worker_msgproto.protocol.messages import ENVELOPE_FIELDS
 from buildbot_worker_msgproto.protocol.messages import MESSAGES
+from buildbot_worker_msgproto.protocol.messages import REPLY_TO
 from buildbot_worker_msgproto.protocol.messages import REQUEST_ID
 from buildbot_worker_msgproto.protocol.messages import Field
 from buildbot_worker_msgproto.protocol.messages import Kind
@@ -95,7 +97,8 @@ def _fields_dict(fields: tuple[Field, ...]) -> st.SearchStrategy[dict[str, Any]]
 
 def extra_fields(spec: MessageSpec) -> st.SearchStrategy[dict[str, Any]]:
     """Unknown fields, which receivers must ignore."""
-    known = {f.name for f in all_fields(spec)}
+    # every envelope name, also those not declared for this spec (e.g. ``blob``)
+    known = {f.name for f in all_fields(spec)} | {BLOB.name, REQUEST_ID.name, REPLY_TO.name}
     return st.dictionaries(st.text(max_size=10).filter(lambda k: k not in known),
                            JSON_VALUES, max_size=3)
 

@@ -144,3 +144,49 @@ def test_documented_example():
     assert base64.b64encode(signature) == b"XD0sfuiwGQYVSmvsdqqbkWp3PDRBetcQ85Z+lt+vrrw="
     credentials = auth.ScramCredentials.from_password("pass", 4096, salt)
     assert credentials.verify_proof(message, proof)
+
+
+def documented_exchange(monkeypatch) -> list[str]:
+    """The example exchange of docs/protocol.rst 6.6, produced by two real sessions."""
+    import itertools
+
+    from buildbot_worker_msgproto.protocol.session import Role
+    from buildbot_worker_msgproto.protocol.session import Session
+
+    fills = itertools.count(1)
+    monkeypatch.setattr(auth, "new_nonce", lambda: base64.b64encode(
+        bytes([next(fills)]) * auth.NONCE_BYTES).decode())
+    worker = Session(Role.WORKER, worker_name="w1", password="pass")
+    master = Session(Role.MASTER)
+    lines: list[str] = []
+
+    def deliver(sender: Session, receiver: Session, prefix: str) -> list:
+        events = []
+        for frame in sender.frames_to_send():
+            lines.append(f"{prefix} {frame.decode('ascii')}")
+            events += receiver.receive_frame(frame, 0.0)
+        return events
+
+    worker.start(0.0)
+    deliver(worker, master, "W->M")
+    master.answer_hello(auth.ScramCredentials.from_password("pass", 4096, b"\0" * 16), 0.0)
+    deliver(master, worker, "M->W")
+    deliver(worker, master, "W->M")
+    deliver(master, worker, "M->W")
+    request = master.send_request("print", {"message": "hello"}, 0.0)
+    deliver(master, worker, "M->W")
+    worker.send_response(request, None, 0.0)
+    worker.send_notification("update", {"command_id": "c1", "updates": [["stdout", "hi\n"]]},
+                             0.0)
+    worker.close("shutdown", "worker stopping", 0.0)
+    deliver(worker, master, "W->M")
+    return lines
+
+
+def test_documented_exchange_is_what_the_sessions_send(monkeypatch):
+    import pathlib
+
+    rst = pathlib.Path(__file__).resolve().parent.parent / "docs" / "protocol.rst"
+    documented = [line.strip() for line in rst.read_text(encoding="utf-8").splitlines()
+                  if line.strip().startswith(("W->M {", "M->W {"))]
+    assert documented == documented_exchange(monkeypatch)

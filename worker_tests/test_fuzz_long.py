@@ -161,7 +161,7 @@ def nested_frames(draw: st.DrawFn, session: Session, max_depth: int = 8000) -> b
     where = draw(st.sampled_from(["whole", "extra", "result"]))
     if where == "whole":
         return value
-    envelope = (f'"seq":{session._recv_seq + 1},"ack":{session._send_seq}').encode()
+    envelope = (f'"seq":{session.recv_seq + 1},"ack":{session.send_seq}').encode()
     if where == "extra":
         return b'{"type":"ping",' + envelope + b',"x":' + value + b"}"
     return (b'{"type":"response",' + envelope + b',"reply_to":'
@@ -172,8 +172,8 @@ def nested_frames(draw: st.DrawFn, session: Session, max_depth: int = 8000) -> b
 def bad_utf8_frames(draw: st.DrawFn, session: Session) -> bytes:
     """A well-formed frame, in sequence, with invalid UTF-8 spliced into it."""
     message = dict(draw(st.sampled_from(SEED_MESSAGES)))
-    message["seq"] = session._recv_seq + 1
-    message["ack"] = session._send_seq
+    message["seq"] = session.recv_seq + 1
+    message["ack"] = session.send_seq
     data = bytearray(frame(message))
     pos = draw(st.integers(0, len(data)))
     data[pos:pos] = draw(st.sampled_from(BAD_UTF8))
@@ -188,8 +188,8 @@ def replies(draw: st.DrawFn, session: Session) -> bytes:
         message: dict[str, Any] = {"type": "response", "reply_to": reply_to, "result": None}
     else:
         message = {"type": "error", "reply_to": reply_to, "code": "x", "message": "y"}
-    message["seq"] = session._recv_seq + 1
-    message["ack"] = session._send_seq
+    message["seq"] = session.recv_seq + 1
+    message["ack"] = session.send_seq
     return codec.encode(message)
 
 
@@ -214,8 +214,8 @@ RECORDED = _recorded_exchange()
 def in_sequence(draw: st.DrawFn, session: Session, damaged: bool = False) -> bytes:
     """A corpus message with the envelope the peer would send next (maybe damaged)."""
     message = dict(draw(st.sampled_from(SEED_MESSAGES)))
-    message["seq"] = session._recv_seq + 1
-    message["ack"] = draw(st.integers(0, session._send_seq))
+    message["seq"] = session.recv_seq + 1
+    message["ack"] = draw(st.integers(0, session.send_seq))
     if message["type"] == "response" and message.get("reply_to") == 1:
         message["reply_to"] = draw(st.integers(0, MASTER_REQUESTS + 2))
     data = codec.encode(message)
@@ -354,8 +354,8 @@ def test_replayed_authenticate_in_a_session_that_is_already_open():
     master, worker = _master_in("open")
     _, authenticate = RECORDED
     message = json.loads(authenticate)
-    message["seq"] = master._recv_seq + 1
-    message["ack"] = master._send_seq
+    message["seq"] = master.recv_seq + 1
+    message["ack"] = master.send_seq
     events = master.receive_frame(codec.encode(message), 0)
     assert isinstance(events[-1], Closed) and master.close_code == "unexpected_message"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import types
 
 from twisted.internet import defer
+from twisted.internet import task
 
 from buildbot_worker_msgproto.bot import READ_AHEAD_CHUNK
 from buildbot_worker_msgproto.bot import CommandChannel
@@ -18,6 +19,7 @@ class FakeMaster:
         self.offset = 0
         self.pending: list[tuple[int, defer.Deferred]] = []
         self.session = types.SimpleNamespace(max_incoming_frame_size=frame_limit)
+        self.reactor = task.Clock()
 
     def request(self, message_type, blob, command_id, length):
         assert message_type == "read_file"

@@ -103,7 +103,7 @@ def open_pair(**kwargs: Any) -> tuple[Session, Session]:
 
 def peer_frame(session: Session, message: dict[str, Any]) -> bytes:
     """A frame as the peer would send it next: correct seq and ack filled in."""
-    envelope = {"seq": session._recv_seq + 1, "ack": session._send_seq}
+    envelope = {"seq": session.recv_seq + 1, "ack": session.send_seq}
     return codec.encode({**envelope, **message})
 
 
@@ -173,9 +173,17 @@ def test_full_handshake():
     assert events == [Authenticated("w1", 1, welcome["session"])]
     assert worker.is_open and worker.session_id == master.session_id
     assert worker.version == master.version == 1
-    assert worker._password is None  # forgotten once authenticated
+    assert worker.resumable and worker.password == PASSWORD  # kept for resumed logins
+    assert welcome["features"] == ["blob", "resume"]
+    assert welcome["resume_window"] == LIMITS.resume_window
     assert worker.max_incoming_frame_size == LIMITS.max_frame_size
     assert worker.frames_to_send() == []
+
+
+def test_without_resume_the_worker_forgets_its_password():
+    master, worker = open_pair(worker=make_worker(LIMITS.replace(resume_window=0)))
+    assert not worker.resumable and not master.resumable and worker.password is None
+    assert "resume" not in worker.features
 
 
 def test_handshake_with_default_limits():
@@ -373,7 +381,7 @@ def test_replayed_authenticate_fails_in_a_new_session():
     # ... because the master's half of the nonce is fresh every time.
     original = decoded([hello])[0]["nonce"]
     assert challenge["nonce"].startswith(original)
-    assert challenge["nonce"] != master._nonce
+    assert challenge["nonce"] != master.link._nonce
 
 
 @pytest.mark.parametrize("challenge_patch, code", [
@@ -570,7 +578,8 @@ def test_keepalive_both_ways():
 def test_unknown_type_after_auth_gets_an_error_reply():
     master, worker = open_pair()
     events = master.receive_frame(peer_frame(master, {"type": "teleport", "id": 7, "x": 1}), 0)
-    assert events == [ErrorReceived(None, "unknown_type", events[0].message)]
+    # the master itself received the unknown type (and told the worker)
+    assert events == [ErrorReceived(None, "unknown_type", events[0].message, by_peer=False)]
     assert master.is_open
     [error] = decoded(master.frames_to_send())
     assert error["type"] == "error" and error["code"] == "unknown_type"
@@ -586,59 +595,88 @@ def test_unknown_type_after_auth_gets_an_error_reply():
 
 def test_unknown_type_after_auth_still_checks_seq():
     master, worker = open_pair()
-    bad = codec.encode({"type": "teleport", "seq": master._recv_seq + 2, "ack": 0})
+    bad = codec.encode({"type": "teleport", "seq": master.recv_seq + 2, "ack": 0})
     assert_failed(master, master.receive_frame(bad, 0), "bad_sequence")
 
 
 def test_unknown_error_reaches_the_worker_peer_as_an_error_event():
     master, worker = open_pair()
     # As a newer worker would send it (its seq counts the frame).
-    worker._send_seq += 1
-    teleport = {"type": "teleport", "seq": worker._send_seq, "ack": worker._recv_seq}
+    worker.stream.send_seq += 1
+    teleport = {"type": "teleport", "seq": worker.send_seq, "ack": worker.recv_seq}
     master.receive_frame(codec.encode(teleport), 0)
     assert deliver(master, worker) == [ErrorReceived(None, "unknown_type",
                                                      "unknown message type 'teleport'")]
     assert worker.is_open
 
 
-@pytest.mark.parametrize("envelope", [
-    {"seq": 0}, {"seq": 2}, {"seq": 3}, {"seq": 100},
-])
-def test_out_of_order_seq(envelope):
+@pytest.mark.parametrize("gap", [2, 3, 100])
+def test_out_of_order_seq(gap):
     master, worker = open_pair()
-    seq = master._recv_seq + envelope["seq"] if envelope["seq"] else master._recv_seq
+    seq = master.recv_seq + gap
     events = master.receive_frame(codec.encode({"type": "ping", "seq": seq, "ack": 0}), 0)
     assert_failed(master, events, "bad_sequence")
 
 
-def test_duplicated_frame_is_bad_sequence():
-    master, worker = open_pair()
+def test_duplicated_frame_is_bad_sequence_without_resume():
+    no_resume = LIMITS.replace(resume_window=0)
+    master, worker = open_pair(master=make_master(no_resume))
     worker.send_notification("update", {"command_id": 1, "updates": []}, 0)
     [f] = worker.frames_to_send()
     master.receive_frame(f, 0)
     assert_failed(master, master.receive_frame(f, 0), "bad_sequence")
 
 
+def test_duplicated_frame_is_dropped_with_resume():
+    """A resume may replay frames that did arrive: the receiver drops them by seq."""
+    master, worker = open_pair()
+    worker.send_notification("update", {"command_id": 1, "updates": [["stdout", "x"]]}, 0)
+    [f] = worker.frames_to_send()
+    assert len(master.receive_frame(f, 0)) == 1
+    assert master.receive_frame(f, 0) == [] and master.is_open
+    assert master.frames_to_send() == []
+
+
 def test_ack_beyond_what_was_sent_is_bad_sequence():
     master, worker = open_pair()
-    frame = codec.encode({"type": "ping", "seq": master._recv_seq + 1,
-                          "ack": master._send_seq + 1})
+    frame = codec.encode({"type": "ping", "seq": master.recv_seq + 1,
+                          "ack": master.send_seq + 1})
     assert_failed(master, master.receive_frame(frame, 0), "bad_sequence")
 
 
-def test_ack_going_backwards_is_bad_sequence():
+def test_a_stale_ack_is_ignored():
+    """Replayed frames carry the ack of when they were first sent: lower acks are no
+    error, they just acknowledge nothing new."""
     master, worker = open_pair()
-    assert master.peer_ack == 1  # the worker's authenticate acked the challenge
-    frame = codec.encode({"type": "ping", "seq": master._recv_seq + 1, "ack": 0})
-    assert_failed(master, master.receive_frame(frame, 0), "bad_sequence")
+    master.send_request("print", {"message": "x"}, 0)
+    deliver(master, worker)
+    worker.send_notification("update", {"command_id": 1, "updates": []}, 0)
+    deliver(worker, master)
+    assert master.peer_ack == 1
+    frame = codec.encode({"type": "ping", "seq": master.recv_seq + 1, "ack": 0})
+    assert master.receive_frame(frame, 0) == [] and master.is_open
+    assert master.peer_ack == 1
 
 
 def test_acks_and_unacked_count():
     master, worker = open_pair()
-    assert master.unacked_sent == 1  # the welcome
+    assert master.unacked_sent == 0  # with resume, the stream numbers from 1 after welcome
+    master.send_request("print", {"message": "x"}, 0)
+    assert master.unacked_sent == 1 and master.replay_bytes > 0
+    deliver(master, worker)
     worker.send_notification("update", {"command_id": 1, "updates": []}, 0)
     deliver(worker, master)
-    assert master.unacked_sent == 0 and master.peer_ack == 2
+    assert master.unacked_sent == 0 and master.peer_ack == 1 and master.replay_bytes == 0
+
+
+def test_without_resume_the_stream_continues_the_handshake_numbers():
+    no_resume = LIMITS.replace(resume_window=0)
+    master, worker = open_pair(master=make_master(no_resume))
+    assert master.send_seq == 2  # challenge and welcome, as before resume existed
+    master.send_request("print", {"message": "x"}, 0)
+    [request] = decoded(master.frames_to_send())
+    assert request["seq"] == 3 and request["ack"] == 2
+    assert master.replay_bytes == 0  # nothing is kept for a replay
 
 
 @pytest.mark.parametrize("message, code", [
@@ -686,7 +724,7 @@ def test_standalone_acks():
     worker.send_notification("update", {"command_id": 1, "updates": []}, 0)
     deliver(worker, master)
     [ack] = decoded(master.frames_to_send())
-    assert ack == {"type": "ack", "seq": 3, "ack": 5}
+    assert ack == {"type": "ack", "seq": 1, "ack": 3}
 
 
 def test_standalone_acks_are_not_acked():
@@ -827,7 +865,7 @@ def test_answering_twice_is_a_local_error():
 
 # ============================================================================= time
 def test_heartbeat_ping_and_timeout():
-    limits = LIMITS.replace(heartbeat_interval=10, heartbeat_timeout=30)
+    limits = LIMITS.replace(heartbeat_interval=10, heartbeat_timeout=30, resume_window=0)
     master, worker = open_pair(master=make_master(limits), worker=make_worker(limits))
     assert worker.next_deadline() == 10
     assert worker.tick(9.9) == [] and worker.frames_to_send() == []
@@ -895,7 +933,8 @@ def test_master_start_restarts_the_handshake_timer():
                                 st.floats(0, 50)), max_size=30))
 def test_next_deadline_is_consistent_with_tick(interval, extra, steps):
     """tick() before next_deadline() does nothing; tick(next_deadline()) always acts."""
-    limits = LIMITS.replace(heartbeat_interval=interval, heartbeat_timeout=interval + extra)
+    limits = LIMITS.replace(heartbeat_interval=interval, heartbeat_timeout=interval + extra,
+                            resume_window=0)
     master, worker = open_pair(master=make_master(limits), worker=make_worker(limits))
     now = 0.0
     for action, dt in steps:
@@ -961,9 +1000,10 @@ class SessionPair(RuleBasedStateMachine):
     @initialize(ack_every=st.integers(1, 6), interval=st.floats(1, 20), extra=st.floats(1, 30),
                 handshake_timeout=st.floats(5, 60))
     def setup(self, ack_every, interval, extra, handshake_timeout):
+        # one connection, numbered as before resume existed (resume: test_resume.py)
         limits = LIMITS.replace(ack_every=ack_every, heartbeat_interval=interval,
                                 heartbeat_timeout=interval + extra,
-                                handshake_timeout=handshake_timeout)
+                                handshake_timeout=handshake_timeout, resume_window=0)
         self.now = 0.0
         self.damaged = False  # a frame was dropped: protocol errors become legitimate
         self.master = Side("master", make_master(limits))
@@ -987,7 +1027,7 @@ class SessionPair(RuleBasedStateMachine):
         for i, f in enumerate(frames):
             message = codec.decode(f, 1 << 30)  # we only ever send valid messages
             assert message["seq"] == side.last_seq + 1, "seq not consecutive"
-            assert side.last_ack <= message["ack"] <= peer.session._send_seq
+            assert side.last_ack <= message["ack"] <= peer.session.send_seq
             side.last_seq, side.last_ack = message["seq"], message["ack"]
             if message["type"] == "close":
                 assert i == len(frames) - 1, "frames after close"
@@ -1126,10 +1166,10 @@ class SessionPair(RuleBasedStateMachine):
     def sequence_numbers(self):
         for side in self.sides():
             s = side.session
-            assert s._send_seq >= side.max_send_seq, "send seq went backwards"
-            side.max_send_seq = s._send_seq
-            assert 0 <= s.peer_ack <= s._send_seq, "ack exceeds what was sent"
-            assert s._recv_seq <= self.peer(side).session._send_seq
+            assert s.send_seq >= side.max_send_seq, "send seq went backwards"
+            side.max_send_seq = s.send_seq
+            assert 0 <= s.peer_ack <= s.send_seq, "ack exceeds what was sent"
+            assert s.recv_seq <= self.peer(side).session.send_seq
             assert s.unacked_sent >= 0
             assert s.frames_to_send() == []  # everything was collected
 
@@ -1231,8 +1271,8 @@ def hostile_frames(draw: st.DrawFn, session: Session, honest: Session) -> bytes:
         return draw(st.binary(max_size=64))
     message = draw(valid_messages())
     if kind in ("valid-in-seq", "mutated"):
-        message["seq"] = session._recv_seq + 1
-        message["ack"] = draw(st.integers(0, session._send_seq))
+        message["seq"] = session.recv_seq + 1
+        message["ack"] = draw(st.integers(0, session.send_seq))
     if kind == "honest":
         # What the honest peer would really send next, sometimes: e.g. a request.
         if honest.is_open:
@@ -1243,8 +1283,8 @@ def hostile_frames(draw: st.DrawFn, session: Session, honest: Session) -> bytes:
             message = {"type": spec.type, **body}
             if spec.kind is Kind.REQUEST:
                 message["id"] = draw(st.integers(1, 5))
-        message["seq"] = session._recv_seq + 1
-        message["ack"] = session._send_seq
+        message["seq"] = session.recv_seq + 1
+        message["ack"] = session.send_seq
     encoded = codec.encode(message)
     if kind == "mutated":
         return draw(mutated_frames(encoded))

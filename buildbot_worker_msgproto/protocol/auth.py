@@ -107,14 +107,49 @@ def decoy_credentials(worker: str, iterations: int) -> ScramCredentials:
 def client_proof(password: str, salt: bytes, iterations: int,
                  message: bytes) -> tuple[bytes, bytes]:
     """Worker side: return (ClientProof, expected ServerSignature) for ``message``."""
-    salted = salted_password(password, salt, iterations)
-    client_key = _hmac(salted, b"Client Key")
-    stored_key = hashlib.sha256(client_key).digest()
-    proof = _xor(client_key, _hmac(stored_key, message))
-    expected_server_signature = _hmac(_hmac(salted, b"Server Key"), message)
+    proof, expected_server_signature, _ = scram_client(password, salt, iterations, message)
     return proof, expected_server_signature
 
 
 def signatures_match(expected: bytes, received: bytes) -> bool:
     """Constant-time comparison of two signatures."""
     return hmac.compare_digest(expected, received)
+
+
+# ---------------------------------------------------------------------- session resume
+#: Length of a resume key and of a resume proof (HMAC-SHA-256).
+RESUME_KEY_BYTES = 32
+
+
+def scram_client(password: str, salt: bytes, iterations: int,
+                 message: bytes) -> tuple[bytes, bytes, bytes]:
+    """Worker side: (ClientProof, expected ServerSignature, StoredKey) for ``message``."""
+    salted = salted_password(password, salt, iterations)
+    client_key = _hmac(salted, b"Client Key")
+    stored_key = hashlib.sha256(client_key).digest()
+    proof = _xor(client_key, _hmac(stored_key, message))
+    return proof, _hmac(_hmac(salted, b"Server Key"), message), stored_key
+
+
+def scram_resume_key(stored_key: bytes, message: bytes) -> bytes:
+    """The secret a password login's session is resumed with: derived on both sides from
+    the SCRAM StoredKey and that login's transcript, so it never crosses the wire."""
+    return _hmac(stored_key, b"msgproto resume key\0" + message)
+
+
+def new_resume_key() -> bytes:
+    """A random resume secret (certificate login: sent in ``welcome``, inside TLS)."""
+    return os.urandom(RESUME_KEY_BYTES)
+
+
+def resume_proof(key: bytes, session_id: str, transcript: bytes) -> bytes:
+    """Proof that the sender holds the session's resume key, bound to the new link's
+    handshake ``transcript`` (both nonces), so that it cannot be replayed."""
+    return _hmac(key, b"msgproto resume\0" + session_id.encode("utf-8") + b"\0" + transcript)
+
+
+def resume_transcript(worker: str, client_nonce: str) -> bytes:
+    """The transcript of a certificate login's resume (the TLS handshake with the client
+    certificate is what makes it fresh; the client nonce binds the proof to this hello)."""
+    return json.dumps(["msgproto-resume-cert", worker, client_nonce],
+                      separators=(",", ":"), ensure_ascii=True).encode("ascii")

@@ -8,6 +8,7 @@ import json
 import math
 from typing import Any
 
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.errors import FrameTooLarge
 from buildbot_worker_msgproto.protocol.errors import LocalProtocolError
 from buildbot_worker_msgproto.protocol.errors import ProtocolError
@@ -28,7 +29,7 @@ class UnknownMessageType(ProtocolError):
 
     def __init__(self, message_type: str, seq: int, request_id: int | None,
                  blob: int | None = None) -> None:
-        super().__init__(f"unknown message type {message_type!r}", code="unknown_type")
+        super().__init__(f"unknown message type {message_type!r}", code=CloseCode.UNKNOWN_TYPE)
         self.message_type = message_type
         self.seq = seq
         self.request_id = request_id
@@ -73,15 +74,15 @@ def decode(frame: bytes, max_frame_size: int) -> dict[str, Any]:
     try:
         text = bytes(frame).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ProtocolError(f"frame is not valid UTF-8: {e}", code="bad_frame") from e
+        raise ProtocolError(f"frame is not valid UTF-8: {e}", code=CloseCode.BAD_FRAME) from e
     try:
         message = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     except RecursionError as e:
-        raise ProtocolError("frame nests JSON too deeply", code="bad_frame") from e
+        raise ProtocolError("frame nests JSON too deeply", code=CloseCode.BAD_FRAME) from e
     except ValueError as e:
-        raise ProtocolError(f"frame is not valid JSON: {e}", code="bad_frame") from e
+        raise ProtocolError(f"frame is not valid JSON: {e}", code=CloseCode.BAD_FRAME) from e
     if not isinstance(message, dict):
-        raise ProtocolError("frame is not a JSON object", code="bad_frame")
+        raise ProtocolError("frame is not a JSON object", code=CloseCode.BAD_FRAME)
     _check_fields(message, ENVELOPE_FIELDS, "envelope")
     _check_fields(message, (BLOB,), "envelope")
     spec = spec_for(message["type"])
@@ -107,14 +108,14 @@ def _check_fields(message: dict[str, Any], fields: tuple[Field, ...], where: str
         if field.name not in message:
             if field.required:
                 raise ProtocolError(f"{where} message lacks required field {field.name!r}",
-                                    code="bad_message")
+                                    code=CloseCode.BAD_MESSAGE)
             continue
         if not field.accepts(message[field.name]):
             raise ProtocolError(
                 f"{where} field {field.name!r} must be {'|'.join(field.types)}"
                 + (f" >= {field.minimum}" if field.minimum is not None else "")
                 + f", got {type(message[field.name]).__name__}",
-                code="bad_message")
+                code=CloseCode.BAD_MESSAGE)
 
 
 # REPLY_TO is part of the public codec surface for the session's use.
@@ -132,4 +133,4 @@ def b64decode(text: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
-        raise ProtocolError(f"invalid base64 payload: {e}", code="bad_message") from e
+        raise ProtocolError(f"invalid base64 payload: {e}", code=CloseCode.BAD_MESSAGE) from e

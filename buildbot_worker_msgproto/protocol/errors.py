@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from buildbot_worker_msgproto.protocol.codes import CloseCode
+
 
 class ProtocolError(Exception):
     """The peer broke the protocol: the session must be closed.
@@ -9,7 +11,7 @@ class ProtocolError(Exception):
     ``code`` is the machine-readable reason sent in the ``close`` message.
     """
 
-    def __init__(self, message: str, code: str = "protocol_error") -> None:
+    def __init__(self, message: str, code: str = CloseCode.PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.code = code
 
@@ -19,7 +21,7 @@ class FrameTooLarge(ProtocolError):
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"frame of {size} bytes exceeds the limit of {limit} bytes",
-                         code="frame_too_large")
+                         code=CloseCode.FRAME_TOO_LARGE)
         self.size = size
         self.limit = limit
 

@@ -22,6 +22,10 @@ class HelloReceived(Event):
     #: answer ``auth.SCRAM`` with ``Session.answer_hello`` and ``auth.CLIENT_CERTIFICATE``
     #: with ``Session.accept_certificate`` (after checking the certificate).
     mechanisms: tuple[str, ...] = ("scram-sha-256",)
+    #: The id of the session the worker asks to resume (None: a new login).  Pass that
+    #: session (if it exists, is this worker's and may resume) to ``answer_hello`` /
+    #: ``accept_certificate``; the proof is checked there.
+    resume: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +79,9 @@ class ErrorReceived(Event):
     reply_to: int | None
     code: str
     message: str
+    #: False when the session itself reports a message it received and could not
+    #: understand (an unknown type, answered with an ``error`` to the peer).
+    by_peer: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +91,27 @@ class Closed(Event):
     code: str
     reason: str
     by_peer: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkLost(Event):
+    """The connection is gone but the session is suspended, not ended: it may resume over
+    a new connection within ``window`` seconds (then ``Resumed``, else ``Closed``)."""
+
+    code: str
+    reason: str
+    window: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Resumed(Event):
+    """The session continues over a new connection; ``replayed`` frames were sent again.
+
+    On the master the event comes from the *new* connection's session, whose link now
+    belongs to ``session`` (the suspended one): the owner moves the connection over.
+    """
+
+    session_id: str
+    replayed: int
+    suspended_for: float
+    session: Any = None

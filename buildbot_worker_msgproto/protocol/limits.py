@@ -12,7 +12,8 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 
 #: Optional protocol features this code supports, announced in hello / welcome.
 #: ``blob``: binary side frames (file blocks travel as raw bytes instead of base64).
-SUPPORTED_FEATURES: tuple[str, ...] = ("blob",)
+#: ``resume``: a session outlives its connection and resumes over a new one.
+SUPPORTED_FEATURES: tuple[str, ...] = ("blob", "resume")
 
 #: The banana dialect name a master offers ahead of ``pb`` on a negotiated port.
 MSG_DIALECT = b"msgproto-v1"
@@ -43,8 +44,18 @@ class Limits:
     heartbeat_interval: float = 10.0
     #: Seconds without any frame from the peer after which the peer is declared dead.
     heartbeat_timeout: float = 30.0
-    #: Send a standalone ``ack`` after this many received frames with nothing to reply.
+    #: Send a standalone ``ack`` after this many received frames with nothing to reply...
     ack_every: int = 64
+    #: ... or after this many received bytes ...
+    ack_bytes: int = 1 * MIB
+    #: ... or this many seconds after the first frame not yet acknowledged.
+    ack_delay: float = 1.0
+    #: Seconds a session whose connection was lost waits for the worker to resume it
+    #: (the master announces its value; 0 turns resume off, as before resume existed).
+    resume_window: float = 300.0
+    #: Bytes of sent, unacknowledged frames a side keeps for a resume.  Above it the
+    #: sender reports "not writable": file transfers and command output pause.
+    max_replay_bytes: int = 64 * MIB
     #: PBKDF2 iterations for the SCRAM-SHA-256 style authentication (RFC 7677 minimum).
     auth_iterations: int = 4096
     #: Upper bound on iterations a worker accepts from a master (CPU-exhaustion guard).
@@ -59,7 +70,10 @@ class Limits:
             if isinstance(value, bool) or not isinstance(value, wanted):
                 kind = "an integer" if wanted == (int,) else "a number"
                 raise ValueError(f"limit {field.name} must be {kind}, got {value!r}")
-            if value <= 0:
+            if field.name in _MAY_BE_ZERO:
+                if not 0 <= value < float("inf"):
+                    raise ValueError(f"limit {field.name} must be 0 or positive, got {value!r}")
+            elif not 0 < value < float("inf"):
                 raise ValueError(f"limit {field.name} must be positive, got {value!r}")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ValueError("heartbeat_timeout must be larger than heartbeat_interval")
@@ -72,5 +86,8 @@ class Limits:
         """Return a copy with ``changes`` applied (validated like the constructor)."""
         return dataclasses.replace(self, **changes)
 
+
+#: Limits where 0 means "off".
+_MAY_BE_ZERO = frozenset({"resume_window"})
 
 DEFAULT_LIMITS = Limits()

@@ -123,7 +123,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
                 "First message of a session: the worker names itself and offers versions.", (
                     _f("versions", "array", "Protocol versions the worker speaks (integers)."),
                     _f("worker", "string", "The worker name, as configured on the master."),
-                    _f("nonce", "string", "Client nonce: at least 18 random bytes, base64."),
+                    _f("nonce", "string", "Client nonce: base64 of at least 18 random bytes, "
+                       "24 to 256 characters (this code: 24 bytes, 32 characters)."),
                     _f("software", "object", "Informational: package versions.", False),
                     _f("max_frame_size", "integer", "Largest frame the worker accepts; the "
                        "session uses the smaller of both sides' values.", False,
@@ -134,6 +135,10 @@ MESSAGES: tuple[MessageSpec, ...] = (
                        "(strings): 'scram-sha-256' (password proof, the default when absent) "
                        "or 'tls-client-cert' (its verified TLS client certificate names it; "
                        "no password).", False),
+                    _f("resume", "object", "Resume a suspended session over this new "
+                       "connection (only with the 'resume' feature): {session: the session "
+                       "id from welcome, last_seq: the last stream seq the worker received, "
+                       "proof: base64 resume proof (certificate login only)}.", False),
                 )),
     MessageSpec("challenge", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master picks a version and sends the SCRAM salt and combined nonce.", (
@@ -145,6 +150,9 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("authenticate", Kind.CONTROL, Sender.WORKER, Phase.HANDSHAKE,
                 "The worker proves it knows the password without sending it.", (
                     _f("proof", "string", "SCRAM ClientProof, base64."),
+                    _f("resume_proof", "string", "When hello asked to resume: base64 proof "
+                       "that the worker holds the session's resume key, bound to this "
+                       "handshake's transcript.", False),
                 )),
     MessageSpec("welcome", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master accepts the worker and proves it knows the password too.", (
@@ -155,7 +163,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
                        "directly after hello, without challenge).", False),
                     _f("version", "integer", "The chosen protocol version (as in challenge; "
                        "the only place it is sent in a certificate login).", False, minimum=1),
-                    _f("session", "string", "Session id, for resuming in later versions."),
+                    _f("session", "string", "Session id: names the session in a later "
+                       "resume (the resumed session's id when 'resumed' is present)."),
                     _f("heartbeat_interval", "number", "Seconds of silence before a ping."),
                     _f("heartbeat_timeout", "number", "Seconds of silence before the peer is "
                        "declared dead."),
@@ -163,6 +172,13 @@ MESSAGES: tuple[MessageSpec, ...] = (
                        minimum=MIN_FRAME_SIZE),
                     _f("features", "array", "The optional features both sides use: those of "
                        "hello.features that the master supports too.", False),
+                    _f("resume_window", "number", "With the 'resume' feature: seconds the "
+                       "master keeps a session whose connection was lost.", False, minimum=0),
+                    _f("resume_key", "string", "With 'resume' in a certificate login: the "
+                       "session's resume key, base64 (a password login derives it instead).",
+                       False),
+                    _f("resumed", "object", "The session named in hello.resume continues: "
+                       "{last_seq: the last stream seq the master received}.", False),
                 )),
     # --- session control -------------------------------------------------------------------
     MessageSpec("close", Kind.CONTROL, Sender.BOTH, Phase.ANY,
@@ -186,8 +202,8 @@ MESSAGES: tuple[MessageSpec, ...] = (
                 "Failed answer to a request, or (without reply_to) a complaint about a message.", (
                     _f("reply_to", "integer", "The id of the failed request, if any.", False,
                        minimum=1),
-                    _f("code", "string", "Machine-readable error: unknown_type, bad_message, "
-                       "failed, unknown_command."),
+                    _f("code", "string", "Machine-readable error: unknown_type, unknown_command, "
+                       "failed (bad_message is reserved)."),
                     _f("message", "string", "Human-readable explanation."),
                 )),
     # --- master -> worker requests ---------------------------------------------------------
@@ -196,47 +212,58 @@ MESSAGES: tuple[MessageSpec, ...] = (
                     _f("message", "string", "The text to log."),
                 )),
     MessageSpec("get_worker_info", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
-                "Ask for the worker's info dict (admin, host, environ, basedir, commands, ...)."),
+                "Ask what the worker is: its info object (worker_commands, version, basedir, "
+                "system, environ, ...; docs/commands.rst)."),
     MessageSpec("set_builder_list", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
-                "Tell the worker which builders it serves; the result lists the builder names.", (
-                    _f("builders", "array", "List of [builder name, builddir] pairs."),
+                "Tell the worker which builders it serves; the result is the list of the names of "
+                "every builder it now serves.", (
+                    _f("builders", "array", "List of [builder name, builddir] pairs; builddir "
+                       "is relative to the worker's basedir (or absolute)."),
                 )),
     MessageSpec("start_command", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
-                "Start a worker command (shell, uploadFile, ...) for a builder.", (
+                "Start a worker command (shell, uploadFile, ...; docs/commands.rst) for a builder; "
+                "answered (null) as soon as the command has started.", (
                     _f("builder", "string", "The builder name."),
                     _COMMAND_ID,
                     _f("command", "string", "The command name, as in buildbot-worker's registry."),
-                    _f("args", "object", "The command's arguments, as Buildbot builds them; file "
-                       "writers and readers are replaced by true."),
+                    _f("args", "object", "The command's arguments, as Buildbot builds them "
+                       "(docs/schemas/commands/<command>.json); file writers and readers are "
+                       "replaced by true."),
                 )),
     MessageSpec("interrupt_command", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
-                "Interrupt a running command.", (
+                "Interrupt a running command; answered (null) at once, the command then ends with "
+                "rc and complete.", (
                     _f("builder", "string", "The builder name."),
                     _COMMAND_ID,
                     _f("why", "string", "The reason, for the log."),
                 )),
     MessageSpec("shutdown", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
-                "Ask the worker process to shut down."),
+                "Ask the worker process to shut down: it answers (null), then closes the session "
+                "with code shutdown."),
     MessageSpec("keepalive", Kind.REQUEST, Sender.BOTH, Phase.OPEN,
                 "Application-level keepalive: proves the other side's event loop is responsive."),
     # --- worker -> master ------------------------------------------------------------------
     MessageSpec("update", Kind.NOTIFICATION, Sender.WORKER, Phase.OPEN,
                 "Progress of a running command: output, rc, and other status keys.", (
                     _COMMAND_ID,
-                    _f("updates", "array", "List of [key, value] pairs; stdout, stderr and "
-                       "header values are text, log values are [logname, text]."),
+                    _f("updates", "array", "List of [key, value] items, applied in order "
+                       "(docs/commands.rst): stdout, stderr and header values are text, log "
+                       "values [logname, text]; text is whole lines, each ending in a "
+                       "newline."),
                 )),
     MessageSpec("complete", Kind.NOTIFICATION, Sender.WORKER, Phase.OPEN,
                 "A command finished; no update for it follows.", (
                     _COMMAND_ID,
-                    _f("failure", "object|null", "null on success, else {type, message, "
-                       "traceback}.", False),
+                    _f("failure", "object|null", "null (or absent) when the command ran to its "
+                       "end, whose rc says whether it succeeded; else {type, message, "
+                       "traceback} strings: the command raised, and the step ends in "
+                       "EXCEPTION.", False),
                 )),
     MessageSpec("write_file", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
                 "Upload: a block of a file (or tarball) for the command's writer.", (
                     _COMMAND_ID,
                     _f("data", "string", _BLOB + " Absent when the block travels in the "
-                       "binary side frame (blob); one of the two is required.", False),
+                       "binary side frame (blob): exactly one of the two.", False),
                 )),
     MessageSpec("utime_file", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
                 "Upload: set the uploaded file's access and modification times.", (
@@ -249,12 +276,15 @@ MESSAGES: tuple[MessageSpec, ...] = (
     MessageSpec("unpack_writer", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
                 "Directory upload: unpack the received tarball.", (_COMMAND_ID,)),
     MessageSpec("read_file", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
-                "Download: read up to length bytes; the result is base64, empty at the end.", (
+                "Download: read the next bytes of the master's file; the result is at most length "
+                "bytes (base64, or null with a side frame), empty at the end and after it.", (
                     _COMMAND_ID,
-                    _f("length", "integer", "Maximum number of bytes to return.", minimum=0),
+                    _f("length", "integer", "Maximum number of bytes to return; 0 returns nothing, "
+                       "which reads as the end, so workers ask for at least 1.", minimum=0),
                 )),
     MessageSpec("close_reader", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
-                "Download: the worker has read all it wants.", (_COMMAND_ID,)),
+                "Download: the worker has read all it wants (sent once, also after an error).",
+                (_COMMAND_ID,)),
     MessageSpec("request_shutdown", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
                 "The worker asks for a graceful shutdown (no new builds, then shutdown)."),
 )

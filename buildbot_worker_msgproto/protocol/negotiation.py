@@ -13,6 +13,7 @@ Only the tiny subset of banana needed for this exchange is implemented here
 
 from __future__ import annotations
 
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.errors import ProtocolError
 from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 
@@ -33,7 +34,7 @@ class NegotiationError(ProtocolError):
     """The peer sent something that is not a sensible banana dialect exchange."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, code="negotiation_failed")
+        super().__init__(message, code=CloseCode.NEGOTIATION_FAILED)
 
 
 def _int2b128(value: int) -> bytes:

@@ -152,21 +152,32 @@ def rst_reference() -> str:
 
 def update_rst(path: str | pathlib.Path) -> bool:
     """Rewrite the generated block of ``path``; True if the file changed."""
+    return replace_block(path, rst_reference(), RST_BEGIN, RST_END)
+
+
+def rst_block(text: str) -> str:
+    """The generated block as it stands in ``text`` (for the drift test)."""
+    return block(text, RST_BEGIN, RST_END)
+
+
+def replace_block(path: str | pathlib.Path, content: str, begin: str, end: str) -> bool:
+    """Put ``content`` between the ``begin`` and ``end`` markers of ``path``; True if the
+    file changed."""
     path = pathlib.Path(path)
     text = path.read_text(encoding="utf-8")
-    start = text.index(RST_BEGIN) + len(RST_BEGIN)
-    end = text.index(RST_END)
-    updated = text[:start] + "\n\n" + rst_reference() + "\n" + text[end:]
+    start = text.index(begin) + len(begin)
+    updated = text[:start] + "\n\n" + content + "\n" + text[text.index(end):]
     if updated == text:
         return False
     path.write_text(updated, encoding="utf-8")
     return True
 
 
-def rst_block(text: str) -> str:
-    """The generated block as it stands in ``text`` (for the drift test)."""
-    start = text.index(RST_BEGIN) + len(RST_BEGIN)
-    return text[start:text.index(RST_END)].strip("\n") + "\n"
+def block(text: str, begin: str, end: str) -> str:
+    """The text between the ``begin`` and ``end`` markers of ``text``, stripped of blank
+    lines around it, with one final newline."""
+    start = text.index(begin) + len(begin)
+    return text[start:text.index(end)].strip("\n") + "\n"
 
 
 USAGE = ("usage: python -m buildbot_worker_msgproto.protocol.schema OUTPUT_DIRECTORY\n"

@@ -1,33 +1,31 @@
 """The session state machine, shared by master and worker, free of I/O.
 
-Feed it received frames (``receive_frame``) and clock readings (``tick``); it
-returns :mod:`events <buildbot_worker_msgproto.protocol.events>` and queues
-frames that the owner collects with ``frames_to_send``.  Everything that
-transports and Buildbot glue would otherwise repeat lives here once: the
-handshake with version choice and mutual authentication, sequence numbers and
-cumulative acks, request/response correlation, heartbeats and the close.
+A :class:`Session` is the logical conversation between a master and one worker.  It is
+carried by one :class:`~buildbot_worker_msgproto.protocol.link.Link` (one connection)
+at a time and owns a :class:`~buildbot_worker_msgproto.protocol.stream.Stream`
+(sequence numbers, acks, replay buffer) and the request correlation, which outlive the
+link when both sides negotiated ``resume``.  Feed it received frames
+(``receive_frame``), lost connections (``link_lost``) and clock readings (``tick``); it
+returns :mod:`events <buildbot_worker_msgproto.protocol.events>` and queues frames that
+the owner collects with ``frames_to_send``.
 
-States::
+Session states (the link has its own handshake states, see link.py)::
 
-    worker: IDLE -start-> AWAIT_CHALLENGE -challenge-> AWAIT_WELCOME -welcome-> OPEN
-    master: AWAIT_HELLO -hello-> AWAIT_CREDENTIALS -answer_hello-> AWAIT_AUTHENTICATE
-            -authenticate-> OPEN
+    CONNECTING -link opens-> OPEN -link lost, resumable-> SUSPENDED -resumed-> OPEN
+    any -close / protocol error / window expired / link lost, not resumable-> CLOSED
 
-    certificate login (no password; the TLS layer authenticates both peers):
-    worker: IDLE -start-> AWAIT_WELCOME -welcome-> OPEN
-    master: AWAIT_HELLO -hello-> AWAIT_CREDENTIALS -accept_certificate-> OPEN
-    any state -close/error/timeout-> CLOSED
+``Session.state`` shows the link's handshake state while connecting, then OPEN,
+SUSPENDED or CLOSED.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 from typing import Any
 
 from buildbot_worker_msgproto.protocol import auth
 from buildbot_worker_msgproto.protocol import codec
+from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.errors import LocalProtocolError
 from buildbot_worker_msgproto.protocol.errors import ProtocolError
 from buildbot_worker_msgproto.protocol.events import Authenticated
@@ -35,44 +33,41 @@ from buildbot_worker_msgproto.protocol.events import AuthenticationFailed
 from buildbot_worker_msgproto.protocol.events import Closed
 from buildbot_worker_msgproto.protocol.events import ErrorReceived
 from buildbot_worker_msgproto.protocol.events import Event
-from buildbot_worker_msgproto.protocol.events import HelloReceived
+from buildbot_worker_msgproto.protocol.events import LinkLost
 from buildbot_worker_msgproto.protocol.events import NotificationReceived
 from buildbot_worker_msgproto.protocol.events import RequestReceived
 from buildbot_worker_msgproto.protocol.events import ResponseReceived
+from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import SUPPORTED_FEATURES
 from buildbot_worker_msgproto.protocol.limits import SUPPORTED_VERSIONS
 from buildbot_worker_msgproto.protocol.limits import Limits
+from buildbot_worker_msgproto.protocol.link import Link
+from buildbot_worker_msgproto.protocol.link import Role
+from buildbot_worker_msgproto.protocol.link import State
+from buildbot_worker_msgproto.protocol.link import shorten
 from buildbot_worker_msgproto.protocol.messages import Kind
-from buildbot_worker_msgproto.protocol.messages import Phase
 from buildbot_worker_msgproto.protocol.messages import spec_for
+from buildbot_worker_msgproto.protocol.stream import Stream
+
+__all__ = ["Role", "Session", "SessionState", "State"]
 
 
-class Role(enum.Enum):
-    MASTER = "master"
-    WORKER = "worker"
-
-
-class State(enum.Enum):
-    IDLE = "idle"
-    AWAIT_HELLO = "await_hello"
-    AWAIT_CREDENTIALS = "await_credentials"
-    AWAIT_AUTHENTICATE = "await_authenticate"
-    AWAIT_CHALLENGE = "await_challenge"
-    AWAIT_WELCOME = "await_welcome"
+class SessionState(enum.Enum):
+    CONNECTING = "connecting"
     OPEN = "open"
+    SUSPENDED = "suspended"
     CLOSED = "closed"
 
 
-#: Which handshake message each handshake state waits for.
-_EXPECTED_HANDSHAKE = {
-    State.AWAIT_HELLO: "hello",
-    State.AWAIT_AUTHENTICATE: "authenticate",
-    State.AWAIT_CHALLENGE: "challenge",
-    State.AWAIT_WELCOME: "welcome",
+#: Every allowed session transition: (state, trigger) -> next state; closing is allowed
+#: from every state and is not listed.
+TRANSITIONS: dict[tuple[SessionState, str], SessionState] = {
+    (SessionState.CONNECTING, "open"): SessionState.OPEN,
+    (SessionState.OPEN, "link_lost"): SessionState.SUSPENDED,
+    (SessionState.OPEN, "resume"): SessionState.OPEN,  # a new link replaces a half-open one
+    (SessionState.SUSPENDED, "resume"): SessionState.OPEN,
 }
-
-MIN_NONCE_CHARS = 24  # 18 bytes in base64
 
 #: Keys the session sets itself; a body passed to a send method must not contain them.
 _ENVELOPE_KEYS = frozenset({"type", "seq", "ack", "id", "reply_to", "blob"})
@@ -83,8 +78,10 @@ class Session:
 
     Worker side: ``Session(Role.WORKER, worker_name=..., password=...)`` then ``start(now)``;
     ``password=None, certificate_login=True`` logs in with the TLS client certificate.
-    Master side: ``Session(Role.MASTER)``, then on ``HelloReceived`` call ``answer_hello``
-    (password) or ``accept_certificate`` (certificate login, once the owner checked it).
+    After ``LinkLost``, ``new_link(now)`` and ``start(now)`` on the next connection resume.
+    Master side: ``Session(Role.MASTER)`` per connection, then on ``HelloReceived`` call
+    ``answer_hello`` (password) or ``accept_certificate`` (certificate login, once the
+    owner checked it), naming the suspended session the worker asks to resume, if any.
     """
 
     def __init__(self, role: Role, limits: Limits = DEFAULT_LIMITS, *, now: float = 0.0,
@@ -100,69 +97,91 @@ class Session:
         self.role = role
         self.limits = limits
         self.versions = tuple(versions)
+        if not limits.resume_window:
+            features = tuple(f for f in features if f != "resume")
         self.supported_features = frozenset(features)
-        #: The optional features both sides announced (set during the handshake).
+        #: The optional features both sides announced (set when the session opens).
         self.features: frozenset[str] = frozenset()
-        # (length, message or None to skip, kind) while a binary side frame is due
-        self._blob_wait: tuple[int, dict[str, Any] | None, Kind | None] | None = None
-        self.state = State.IDLE if role is Role.WORKER else State.AWAIT_HELLO
         self.worker_name = worker_name
         self.version: int | None = None
         self.session_id: str | None = None
         self.close_code: str | None = None
         self.close_reason: str | None = None
-        self._password = password
+        #: Worker: the password (kept for the logins of resumed links).
+        self.password = password
         #: Worker: log in with the TLS client certificate instead of a password.
         self.certificate_login = certificate_login
         #: The mechanism that authenticated the session (set when it opens).
         self.auth_mechanism: str | None = None
-        self._software = software or {}
-        self._outgoing: list[bytes] = []
-        self._send_seq = 0
-        self._recv_seq = 0
-        self._acked_recv_seq = 0
-        self.peer_ack = 0
+        self.software = software or {}
+        #: Negotiated values (the handshake sets them).
+        self.frame_limit = limits.max_frame_size
+        self.heartbeat_interval = limits.heartbeat_interval
+        self.heartbeat_timeout = limits.heartbeat_timeout
+        self.resume_window = 0.0
+        self.resume_key: bytes | None = None
+        self.stream: Stream | None = None
+        self.link: Link | None = Link(self, now)
+        self._state = SessionState.CONNECTING
+        self.suspended_at: float | None = None
+        #: How often the session resumed, and when it last did (a ``now`` value).
+        self.resumes = 0
+        self.last_resumed_at: float | None = None
         self._next_request_id = 0
         self._pending: dict[int, str] = {}
         self._peer_requests: set[int] = set()  # ids of the peer's requests not yet answered
-        self._started_at = now
-        self._last_sent_at = now
-        self._last_received_at = now
-        self._heartbeat_interval = limits.heartbeat_interval
-        self._heartbeat_timeout = limits.heartbeat_timeout
-        self._frame_limit = limits.max_frame_size
-        self._peer_frame_limit: int | None = None
-        # handshake scratch
-        self._client_nonce: str | None = None
-        self._nonce: str | None = None
-        self._credentials: auth.ScramCredentials | None = None
-        self._expected_server_signature: bytes | None = None
-        self._hello_versions: tuple[int, ...] = ()
-        self._unknown_worker = False
-        self._hello_features: frozenset[str] = frozenset()
-        self._hello_mechanisms: tuple[str, ...] = (auth.SCRAM,)
 
     # ------------------------------------------------------------------ properties
     @property
+    def state(self) -> State:
+        if self._state is SessionState.CLOSED:
+            return State.CLOSED
+        if self._state is SessionState.SUSPENDED:
+            return State.SUSPENDED
+        return self.link.state if self.link is not None else State.CLOSED
+
+    @property
+    def session_state(self) -> SessionState:
+        return self._state
+
+    @property
     def is_open(self) -> bool:
-        return self.state is State.OPEN
+        return self._state is SessionState.OPEN
 
     @property
     def is_closed(self) -> bool:
-        return self.state is State.CLOSED
+        return self._state is SessionState.CLOSED
+
+    @property
+    def is_suspended(self) -> bool:
+        return self._state is SessionState.SUSPENDED
+
+    @property
+    def may_resume(self) -> bool:
+        """Worker: the session is suspended and can ask to resume on a new link."""
+        return self.is_suspended and self.resume_key is not None
+
+    @property
+    def may_be_resumed(self) -> bool:
+        """Master: a new link of this worker may take the session over."""
+        return (self._state in (SessionState.OPEN, SessionState.SUSPENDED)
+                and self.resume_key is not None)
+
+    @property
+    def resumable(self) -> bool:
+        """Both sides negotiated resume: a lost link suspends the session."""
+        return self.resume_window > 0 and self.resume_key is not None
 
     @property
     def max_incoming_frame_size(self) -> int:
         """The largest frame the transport should accept right now."""
-        if self.state is State.OPEN:
-            return self._frame_limit
-        return self.limits.max_handshake_frame_size
+        if self.link is None:
+            return self.frame_limit
+        return self.link.max_incoming_frame_size
 
     @property
     def max_outgoing_frame_size(self) -> int:
-        if self.state is State.OPEN:
-            return self._frame_limit
-        return self.limits.max_handshake_frame_size
+        return self.max_incoming_frame_size
 
     @property
     def blobs_enabled(self) -> bool:
@@ -176,27 +195,75 @@ class Session:
     @property
     def unacked_sent(self) -> int:
         """Frames we sent that the peer has not acknowledged yet."""
-        return self._send_seq - self.peer_ack
+        return self.stream.unacked_frames if self.stream is not None else 0
+
+    @property
+    def peer_ack(self) -> int:
+        return self.stream.peer_ack if self.stream is not None else 0
+
+    @property
+    def send_seq(self) -> int:
+        """The seq of the last frame sent: the stream's once open, else the link's."""
+        if self.stream is not None:
+            return self.stream.send_seq
+        return self.link.handshake_counts[0] if self.link is not None else 0
+
+    @property
+    def recv_seq(self) -> int:
+        """The seq of the last frame received: the stream's once open, else the link's."""
+        if self.stream is not None:
+            return self.stream.recv_seq
+        return self.link.handshake_counts[1] if self.link is not None else 0
+
+    @property
+    def replay_bytes(self) -> int:
+        """Bytes of sent frames kept until the peer acknowledges them (for a resume)."""
+        return self.stream.unacked_bytes if self.stream is not None else 0
+
+    @property
+    def buffer_full(self) -> bool:
+        """Too much is waiting for acknowledgement: the owner should stop producing."""
+        return self.replay_bytes >= self.limits.max_replay_bytes
+
+    @property
+    def expiry(self) -> float | None:
+        """When a suspended session gives up (None if it is not suspended).
+
+        The master waits the window plus a heartbeat timeout, so that a worker (which
+        kills its orphaned commands when its own window passes) is done before the master
+        hands the build to anyone else: a build never runs twice at once.
+        """
+        if self._state is not SessionState.SUSPENDED:
+            return None
+        extra = self.heartbeat_timeout if self.role is Role.MASTER else 0.0
+        return self.suspended_at + self.resume_window + extra
+
+    def _step(self, trigger: str) -> None:
+        new_state = TRANSITIONS.get((self._state, trigger))
+        if new_state is None:
+            raise LocalProtocolError(f"session cannot {trigger} while {self._state.value}")
+        self._state = new_state
 
     # ------------------------------------------------------------------ output
     def frames_to_send(self) -> list[bytes]:
-        """Take the frames queued for the transport, in order."""
-        frames, self._outgoing = self._outgoing, []
-        return frames
+        """Take the frames queued for the current link's transport, in order."""
+        return self.link.frames_to_send() if self.link is not None else []
 
     def _send(self, message_type: str, body: dict[str, Any], now: float,
               blob: bytes | None = None) -> int:
-        if self.state is State.CLOSED:
-            raise LocalProtocolError(f"cannot send {message_type!r}: session is closed")
-        seq = self._send_seq + 1
-        message = {"type": message_type, "seq": seq, "ack": self._recv_seq}
-        message.update(body)
+        """Send a stream message: numbered, kept for replay, written to the open link."""
+        if self._state not in (SessionState.OPEN, SessionState.SUSPENDED):
+            raise LocalProtocolError(f"cannot send {message_type!r} while "
+                                     f"{self.state.value}")
+        stream = self.stream
+        seq = stream.next_seq()
+        message = {"type": message_type, "seq": seq, "ack": stream.recv_seq, **body}
         if blob is not None:
             if not self.blobs_enabled:
                 raise LocalProtocolError("binary side frames were not negotiated")
-            if len(blob) > self.max_outgoing_frame_size:
+            if len(blob) > self.frame_limit:
                 raise LocalProtocolError(f"binary side frame of {len(blob)} bytes exceeds the "
-                                         f"{self.max_outgoing_frame_size}-byte frame limit")
+                                         f"{self.frame_limit}-byte frame limit")
             message["blob"] = len(blob)
         spec = spec_for(message_type)
         assert spec is not None, message_type
@@ -206,12 +273,12 @@ class Session:
             raise LocalProtocolError(f"invalid outgoing message: {e}") from e
         # Encode before committing the sequence number: a message that cannot be sent
         # (not JSON-serializable, too large) must not leave a gap in the sequence.
-        self._outgoing.append(codec.encode(message, self.max_outgoing_frame_size))
+        frames = (codec.encode(message, self.frame_limit),)
         if blob is not None:
-            self._outgoing.append(bytes(blob))
-        self._send_seq = seq
-        self._acked_recv_seq = self._recv_seq
-        self._last_sent_at = now
+            frames += (bytes(blob),)
+        stream.sent(seq, frames)
+        if self.link is not None and self.link.is_open:
+            self.link.write(frames, now)
         return seq
 
     @staticmethod
@@ -223,31 +290,29 @@ class Session:
 
     # ------------------------------------------------------------------ API: both sides
     def start(self, now: float) -> None:
-        """Worker: send ``hello``.  Master: only (re)starts the handshake timer."""
-        self._started_at = self._last_received_at = self._last_sent_at = now
+        """Worker: send ``hello`` on the current link (a resume, if suspended).
+        Master: only (re)starts the handshake timer."""
+        if self.link is None:
+            raise LocalProtocolError("no link to start (call new_link first)")
         if self.role is Role.MASTER:
+            self.link.restart_clock(now)
             return
-        if self.state is not State.IDLE:
+        if self.link.state is not State.IDLE:
             raise LocalProtocolError("session already started")
-        self._client_nonce = auth.new_nonce()
-        hello: dict[str, Any] = {"versions": list(self.versions), "worker": self.worker_name,
-                                 "nonce": self._client_nonce,
-                                 "max_frame_size": self.limits.max_frame_size}
-        if self._software:
-            hello["software"] = self._software
-        if self.supported_features:
-            hello["features"] = sorted(self.supported_features)
-        if self.certificate_login:
-            hello["auth"] = [auth.CLIENT_CERTIFICATE]
-        self._send("hello", hello, now)
-        self.state = State.AWAIT_WELCOME if self.certificate_login else State.AWAIT_CHALLENGE
+        self.link.start(now)
+
+    def new_link(self, now: float) -> None:
+        """Worker: a new connection for the suspended session (``start`` sends hello)."""
+        if self.role is not Role.WORKER or not self.is_suspended:
+            raise LocalProtocolError(f"new_link while {self.state.value}")
+        self.link = Link(self, now)
 
     def send_request(self, message_type: str, body: dict[str, Any], now: float,
                      blob: bytes | None = None) -> int:
         """Send a request; returns its id, which the answer's ``reply_to`` will carry.
 
         ``blob``: raw bytes sent as a binary side frame right after the message (only
-        when :attr:`blobs_enabled`).
+        when :attr:`blobs_enabled`).  While suspended the request waits for the resume.
         """
         self._check_sendable(message_type, Kind.REQUEST)
         self._check_body(message_type, body)
@@ -266,20 +331,21 @@ class Session:
     def send_response(self, reply_to: int, result: Any, now: float,
                       blob: bytes | None = None) -> None:
         """Answer the peer's request ``reply_to`` successfully (at most once)."""
-        self._check_open("response")
+        self._check_usable("response")
         self._check_answerable(reply_to)
         self._send("response", {"reply_to": reply_to, "result": result}, now, blob)
         self._peer_requests.discard(reply_to)
 
     def send_error(self, reply_to: int | None, code: str, message: str, now: float) -> None:
         """Answer the peer's request ``reply_to`` with an error (or complain, if None)."""
-        self._check_open("error")
+        self._check_usable("error")
         if reply_to is not None:
             self._check_answerable(reply_to)
-        self._send_error(reply_to, code, message, now)
+        self.send_error_frame(reply_to, code, message, now)
         self._peer_requests.discard(reply_to)
 
-    def _send_error(self, reply_to: int | None, code: str, message: str, now: float) -> None:
+    def send_error_frame(self, reply_to: int | None, code: str, message: str,
+                         now: float) -> None:
         body: dict[str, Any] = {"code": code, "message": message}
         if reply_to is not None:
             body["reply_to"] = reply_to
@@ -292,218 +358,164 @@ class Session:
 
     def close(self, code: str, reason: str, now: float) -> None:
         """End the session: queue a ``close`` frame; nothing can be sent afterwards."""
-        if self.state is State.CLOSED:
+        if self.is_closed:
             return
-        reason = _shorten(reason)
-        self._send("close", {"code": _shorten(code, 64), "reason": reason}, now)
+        reason = shorten(reason)
+        link = self.link
+        body = {"code": shorten(code, 64), "reason": reason}
+        if link is not None and not link.is_closed:
+            if link.is_open and self._state is SessionState.OPEN:
+                self._send("close", body, now)
+            else:
+                link.send_handshake("close", body, now)
+            link.end("flush")
         self._enter_closed(code, reason)
 
-    def _check_open(self, message_type: str) -> None:
-        if self.state is not State.OPEN:
-            raise LocalProtocolError(f"cannot send {message_type!r} in state {self.state.value}")
+    def _check_usable(self, message_type: str) -> None:
+        if self._state not in (SessionState.OPEN, SessionState.SUSPENDED):
+            raise LocalProtocolError(f"cannot send {message_type!r} in state "
+                                     f"{self.state.value}")
 
     def _check_sendable(self, message_type: str, kind: Kind) -> None:
-        self._check_open(message_type)
+        self._check_usable(message_type)
         spec = spec_for(message_type)
         if spec is None or spec.kind is not kind or not spec.may_be_sent_by(self.role.value):
             raise LocalProtocolError(f"{self.role.value} cannot send {message_type!r} as a "
                                      f"{kind.value}")
 
     def _enter_closed(self, code: str, reason: str) -> None:
-        self.state = State.CLOSED
+        self._state = SessionState.CLOSED
         self.close_code = code
         self.close_reason = reason
         self._pending.clear()
         self._peer_requests.clear()
+        self.suspended_at = None
 
     # ------------------------------------------------------------------ API: master
-    def answer_hello(self, credentials: auth.ScramCredentials | None, now: float) -> list[Event]:
-        """Master: continue the handshake with the worker's credentials (None: unknown worker).
+    def answer_hello(self, credentials: auth.ScramCredentials | None, now: float,
+                     resume: Session | None = None) -> list[Event]:
+        """Master: continue the handshake with the worker's credentials (None: unknown
+        worker), naming the suspended session the worker asked to resume (if known).
 
         An unknown worker still gets a challenge (with throwaway credentials), so that
         probing cannot tell registered worker names from unknown ones.
         """
-        if self.state is State.CLOSED:
+        if self.is_closed or self.link is None:
             return []
-        failed = self._choose_version("answer_hello", now)
-        if failed is not None:
-            return failed
-        if credentials is None:
-            credentials = auth.decoy_credentials(self.worker_name, self.limits.auth_iterations)
-            self._unknown_worker = True
-        else:
-            self._unknown_worker = False
-        self._credentials = credentials
-        self._nonce = self._client_nonce + auth.new_nonce()
-        self._send("challenge", {"version": self.version, "salt": credentials.salt_b64,
-                                 "iterations": credentials.iterations, "nonce": self._nonce},
-                   now)
-        self.state = State.AWAIT_AUTHENTICATE
-        return []
+        return self._handshake_call(lambda: self.link.answer_hello(credentials, now, resume),
+                                    now)
 
-    def accept_certificate(self, now: float) -> list[Event]:
+    def accept_certificate(self, now: float, resume: Session | None = None) -> list[Event]:
         """Master: open a certificate login: the worker offered ``tls-client-cert`` and the
         owner verified that the connection's TLS client certificate names this worker.
 
         The session cannot see the certificate: calling this is the owner's statement
         that it checked it.  Sends ``welcome`` without a challenge.
         """
-        if self.state is State.CLOSED:
+        if self.is_closed or self.link is None:
             return []
-        if auth.CLIENT_CERTIFICATE not in self._hello_mechanisms:
-            raise LocalProtocolError("the worker did not offer certificate login")
-        failed = self._choose_version("accept_certificate", now)
-        if failed is not None:
-            return failed
-        return self._welcome({"auth": auth.CLIENT_CERTIFICATE}, now)
+        return self._handshake_call(lambda: self.link.accept_certificate(now, resume), now)
 
-    def _choose_version(self, caller: str, now: float) -> list[Event] | None:
-        """Master, after hello: pick the highest common version (None), or fail (events)."""
-        if self.state is not State.AWAIT_CREDENTIALS:
-            raise LocalProtocolError(f"{caller} in state {self.state.value}")
-        common = set(self._hello_versions) & set(self.versions)
-        if not common:
-            return self._fail(ProtocolError(
-                f"no common protocol version: worker offers {sorted(self._hello_versions)}, "
-                f"master speaks {sorted(self.versions)}", code="unsupported_version"), now)
-        self.version = max(common)
-        return None
+    def _handshake_call(self, call: Any, now: float) -> list[Event]:
+        try:
+            return call()
+        except ProtocolError as e:
+            return self._fail(e, now)
 
     # ------------------------------------------------------------------ input
     def receive_frame(self, frame: bytes, now: float) -> list[Event]:
         """Process one received frame; never raises for anything the peer sent."""
-        if self.state is State.CLOSED:
+        link = self.link
+        if self.is_closed or link is None or link.is_closed:
             return []
-        self._last_received_at = now
-        if self._blob_wait is not None:
-            return self._receive_blob(frame, now)
         try:
-            return self._receive(frame, now)
-        except codec.UnknownMessageType as e:
-            if self.state is not State.OPEN:
-                return self._fail(e, now)
-            try:
-                self._account(e.seq, None)
-            except ProtocolError as bad:
-                return self._fail(bad, now)
-            self._send_error(e.request_id, "unknown_type",
-                             _shorten(f"unknown message type {e.message_type!r}"), now)
-            if e.blob is not None:  # skip the side frame the unknown message announced
-                self._blob_wait = (e.blob, None, None)
-            return [ErrorReceived(None, "unknown_type", _shorten(str(e)))]
+            events = link.receive_frame(frame, now)
         except ProtocolError as e:
-            return self._fail(e, now)
+            return self._link_failed(link, e, now)
+        if self.link is link and link.is_open and self.stream.ack_due(now):
+            self._send("ack", {}, now)
+        return events
 
     def fail(self, error: ProtocolError, now: float) -> list[Event]:
         """Close the session because of ``error`` (e.g. one the transport detected)."""
-        if self.state is State.CLOSED:
+        if self.is_closed:
             return []
         return self._fail(error, now)
 
     def _fail(self, error: ProtocolError, now: float) -> list[Event]:
         events: list[Event] = []
-        if error.code == "authentication_failed":
-            events.append(AuthenticationFailed(self.worker_name or "", _shorten(str(error))))
+        if error.code == CloseCode.AUTHENTICATION_FAILED:
+            events.append(AuthenticationFailed(self.worker_name or "", shorten(str(error))))
         self.close(error.code, str(error), now)
-        events.append(Closed(error.code, _shorten(str(error)), by_peer=False))
+        events.append(Closed(error.code, shorten(str(error)), by_peer=False))
         return events
 
-    def _account(self, seq: int, ack: int | None) -> None:
-        if seq != self._recv_seq + 1:
-            raise ProtocolError(f"frame seq {seq} out of order (expected {self._recv_seq + 1})",
-                                code="bad_sequence")
-        if ack is not None:
-            if ack > self._send_seq or ack < self.peer_ack:
-                raise ProtocolError(f"ack {ack} out of range [{self.peer_ack}, {self._send_seq}]",
-                                    code="bad_sequence")
-            self.peer_ack = ack
-        self._recv_seq = seq
+    def _link_failed(self, link: Link, error: ProtocolError, now: float) -> list[Event]:
+        """The peer broke the protocol on ``link``.  A resume link that merely timed out
+        is dropped (the session stays suspended); anything else ends the session."""
+        if self.is_suspended and error.code == CloseCode.HANDSHAKE_TIMEOUT:
+            link.send_handshake("close", {"code": error.code, "reason": shorten(str(error))},
+                                now)
+            link.end("flush")
+            return []
+        return self._fail(error, now)
 
-    def _receive(self, frame: bytes, now: float) -> list[Event]:
-        message = codec.decode(frame, self.max_incoming_frame_size)
+    def link_lost(self, link: Link | None, reason: str, now: float) -> list[Event]:
+        """The transport of ``link`` is gone.  A resumable open session is suspended
+        (``LinkLost``), any other ends (``Closed``, ``connection_lost``); a link that is
+        no longer the session's current one is ignored."""
+        if self.is_closed or link is None or link is not self.link:
+            return []
+        link.end("abort")
+        self.link = None
+        return self._lost(CloseCode.CONNECTION_LOST, reason, now, by_peer=True)
+
+    def _lost(self, code: str, reason: str, now: float, by_peer: bool) -> list[Event]:
+        if self._state is SessionState.OPEN and self.resumable:
+            self._step("link_lost")
+            self.suspended_at = now
+            return [LinkLost(code, shorten(reason), self.resume_window)]
+        if self._state is SessionState.SUSPENDED:
+            return []  # a resume attempt failed; the window still runs
+        self._enter_closed(code, reason)
+        return [Closed(code, shorten(reason), by_peer=by_peer)]
+
+    def accept(self, seq: int, ack: int | None, message_type: str, size: int,
+               now: float) -> bool:
+        """Link: account a received stream frame; False for a duplicate, which only a
+        resume can produce (without resume it is a ``bad_sequence``)."""
+        fresh = self.stream.accept(seq, ack, size, now, needs_ack=message_type != "ack")
+        if not fresh and not self.stream.replay:
+            raise ProtocolError(f"frame seq {seq} out of order (expected "
+                                f"{self.stream.recv_seq + 1})", code=CloseCode.BAD_SEQUENCE)
+        return fresh
+
+    def stream_message(self, message: dict[str, Any], now: float) -> list[Event]:
+        """Link: one new message of the open stream."""
         message_type = message["type"]
         spec = spec_for(message_type)
-        assert spec is not None  # codec.decode rejects unknown types
-        self._account(message["seq"], message["ack"])
         if message_type == "close":
-            code, reason = _shorten(message["code"], 64), _shorten(message["reason"])
-            self._enter_closed(code, reason)
-            return [Closed(code, reason, by_peer=True)]
-        if not spec.may_be_sent_by(self._peer_role):
-            raise ProtocolError(f"{self._peer_role} may not send {message_type!r}",
-                                code="unexpected_message")
-        if self.state is not State.OPEN:
-            if "blob" in message:
-                raise ProtocolError("binary side frames are not allowed during the handshake",
-                                    code="unexpected_message")
-            expected = _EXPECTED_HANDSHAKE.get(self.state)
-            if message_type == "challenge" and self.certificate_login:
-                raise ProtocolError("the master asks for a password, but this worker logs in "
-                                    "with its TLS client certificate only; the master does "
-                                    "not support certificate login", code="unsupported_auth")
-            if message_type != expected:
-                raise ProtocolError(
-                    f"got {message_type!r} while {self.state.value.replace('_', ' ')}"
-                    + (f" (expected {expected!r})" if expected else ""),
-                    code="unexpected_message")
-            return getattr(self, f"_on_{message_type}")(message, now)
-        if spec.phase is Phase.HANDSHAKE:
-            raise ProtocolError(f"handshake message {message_type!r} after the handshake",
-                                code="unexpected_message")
-        if "blob" in message:
-            if message["blob"] > self.max_incoming_frame_size:
-                raise ProtocolError(f"announced binary side frame of {message['blob']} bytes "
-                                    f"exceeds the {self.max_incoming_frame_size}-byte limit",
-                                    code="frame_too_large")
-            self._blob_wait = (message["blob"], message, spec.kind)
-            return []
-        events = self._dispatch_open(message, spec.kind)
-        # A standalone ack is never acked itself (with ack_every=1 two sessions would
-        # otherwise ack each other's acks forever); the next real frame covers it.
-        if (message_type != "ack"
-                and self._recv_seq - self._acked_recv_seq >= self.limits.ack_every
-                and self.state is State.OPEN):
-            self._send("ack", {}, now)
-        return events
-
-    def _receive_blob(self, frame: bytes, now: float) -> list[Event]:
-        """The binary side frame announced by the previous message."""
-        length, message, kind = self._blob_wait
-        self._blob_wait = None
-        if len(frame) != length:
-            return self._fail(ProtocolError(
-                f"binary side frame has {len(frame)} bytes, {length} were announced",
-                code="bad_blob"), now)
-        if message is None or kind is None:
-            return []  # belonged to a message we could not understand
-        message["blob"] = bytes(frame)
-        try:
-            return self._dispatch_open(message, kind)
-        except ProtocolError as e:
-            return self._fail(e, now)
-
-    @property
-    def _peer_role(self) -> str:
-        return "worker" if self.role is Role.MASTER else "master"
-
-    def _dispatch_open(self, message: dict[str, Any], kind: Kind) -> list[Event]:
-        message_type = message["type"]
-        if kind is Kind.REQUEST:
+            return self.peer_closed(message)
+        peer_role = "worker" if self.role is Role.MASTER else "master"
+        if not spec.may_be_sent_by(peer_role):
+            raise ProtocolError(f"{peer_role} may not send {message_type!r}",
+                                code=CloseCode.UNEXPECTED_MESSAGE)
+        if spec.kind is Kind.REQUEST:
             request_id = message["id"]
             if request_id in self._peer_requests:
                 raise ProtocolError(f"request id {request_id} is already in use by an "
-                                    "unanswered request", code="bad_message")
+                                    "unanswered request", code=CloseCode.BAD_MESSAGE)
             self._peer_requests.add(request_id)
             return [RequestReceived(request_id, message_type, message)]
-        if kind is Kind.NOTIFICATION:
+        if spec.kind is Kind.NOTIFICATION:
             return [NotificationReceived(message_type, message)]
-        if kind is Kind.RESPONSE:
+        if spec.kind is Kind.RESPONSE:
             reply_to = message.get("reply_to")
             if reply_to is None:  # an error that answers no request
                 return [ErrorReceived(None, message["code"], message["message"])]
             if self._pending.pop(reply_to, None) is None:
                 raise ProtocolError(f"{message_type!r} answers unknown request {reply_to}",
-                                    code="bad_reply")
+                                    code=CloseCode.BAD_REPLY)
             if message_type == "response":
                 blob = message.get("blob")
                 return [ResponseReceived(reply_to, message.get("result"),
@@ -511,195 +523,129 @@ class Session:
             return [ErrorReceived(reply_to, message["code"], message["message"])]
         return []  # ping / ack: the envelope already did its work
 
-    # ------------------------------------------------------------------ handshake steps
-    def _on_hello(self, message: dict[str, Any], now: float) -> list[Event]:
-        versions = message["versions"]
-        if not versions or not all(isinstance(v, int) and not isinstance(v, bool)
-                                   for v in versions):
-            raise ProtocolError("hello.versions must be a non-empty list of integers",
-                                code="bad_message")
-        if len(message["nonce"]) < MIN_NONCE_CHARS or len(message["nonce"]) > 256:
-            raise ProtocolError("hello.nonce has the wrong length", code="bad_message")
-        if not message["worker"] or len(message["worker"]) > 512:
-            raise ProtocolError("hello.worker must be a non-empty name", code="bad_message")
-        self.worker_name = message["worker"]
-        self._client_nonce = message["nonce"]
-        self._hello_versions = tuple(versions[:64])
-        peer_limit = message.get("max_frame_size")
-        if peer_limit is not None:  # at least MIN_FRAME_SIZE: checked by the codec
-            self._frame_limit = min(self._frame_limit, peer_limit)
-        self._hello_features = _feature_names(message.get("features"))
-        mechanisms = message.get("auth")
-        if mechanisms is None:
-            self._hello_mechanisms = (auth.SCRAM,)
-        else:
-            known = tuple(m for m in mechanisms[:16] if m in auth.MECHANISMS)
-            if not known:
-                raise ProtocolError("hello.auth offers no mechanism this master knows "
-                                    f"(known: {', '.join(auth.MECHANISMS)})",
-                                    code="unsupported_auth")
-            self._hello_mechanisms = known
-        self.state = State.AWAIT_CREDENTIALS
-        software = message.get("software") or {}
-        return [HelloReceived(self.worker_name, self._hello_versions, software,
-                              self._hello_mechanisms)]
+    def peer_closed(self, message: dict[str, Any]) -> list[Event]:
+        code, reason = shorten(message["code"], 64), shorten(message["reason"])
+        if self.link is not None:
+            self.link.end("flush")
+        self._enter_closed(code, reason)
+        return [Closed(code, reason, by_peer=True)]
 
-    def _auth_message(self) -> bytes:
-        assert self._credentials is not None and self._nonce is not None
-        return auth.auth_message(self.version, self.worker_name, self._client_nonce, self._nonce,
-                                 self._credentials.salt_b64, self._credentials.iterations)
-
-    def _on_authenticate(self, message: dict[str, Any], now: float) -> list[Event]:
-        proof = _b64(message["proof"], "authenticate.proof")
-        assert self._credentials is not None
-        if self._unknown_worker or not self._credentials.verify_proof(self._auth_message(),
-                                                                      proof):
-            raise ProtocolError(f"worker {self.worker_name!r} failed to authenticate "
-                                "(wrong password or unknown worker)",
-                                code="authentication_failed")
-        signature = self._credentials.server_signature(self._auth_message())
-        self._credentials = None
-        return self._welcome({"signature": base64.b64encode(signature).decode("ascii")}, now)
-
-    def _welcome(self, proof: dict[str, Any], now: float) -> list[Event]:
-        """Master: send ``welcome`` (with ``proof``: signature or auth mechanism), open."""
-        self.session_id = auth.new_nonce()
-        features = self.supported_features & self._hello_features
-        welcome: dict[str, Any] = {
-            **proof,
-            "version": self.version,
-            "session": self.session_id,
-            "heartbeat_interval": self._heartbeat_interval,
-            "heartbeat_timeout": self._heartbeat_timeout,
-            "max_frame_size": self._frame_limit,
-        }
-        if features:
-            welcome["features"] = sorted(features)
-        self._send("welcome", welcome, now)
-        self.features = features
-        return self._open(welcome.get("auth", auth.SCRAM))
-
-    def _on_challenge(self, message: dict[str, Any], now: float) -> list[Event]:
-        if message["version"] not in self.versions:
-            raise ProtocolError(f"master chose version {message['version']}, which was not "
-                                "offered", code="unsupported_version")
-        nonce = message["nonce"]
-        if not nonce.startswith(self._client_nonce) or len(nonce) < 2 * MIN_NONCE_CHARS:
-            raise ProtocolError("challenge nonce does not extend ours", code="bad_message")
-        if message["iterations"] > self.limits.max_auth_iterations:
-            raise ProtocolError(f"master asks for {message['iterations']} PBKDF2 iterations, "
-                                f"more than the limit {self.limits.max_auth_iterations}",
-                                code="bad_message")
-        salt = _b64(message["salt"], "challenge.salt")
-        self.version = message["version"]
-        self._nonce = nonce
-        transcript = auth.auth_message(self.version, self.worker_name, self._client_nonce, nonce,
-                                       message["salt"], message["iterations"])
-        proof, self._expected_server_signature = auth.client_proof(
-            self._password, salt, message["iterations"], transcript)
-        self._send("authenticate", {"proof": base64.b64encode(proof).decode("ascii")}, now)
-        self.state = State.AWAIT_WELCOME
-        return []
-
-    def _on_welcome(self, message: dict[str, Any], now: float) -> list[Event]:
-        mechanism = message.get("auth", auth.SCRAM)
-        if self.certificate_login:
-            # No password proof: the worker authenticated the master by its TLS certificate
-            # (checked by the transport before the first frame), the master the worker by
-            # the client certificate.  The master must say so; nothing else is accepted.
-            if mechanism != auth.CLIENT_CERTIFICATE:
-                raise ProtocolError("the master did not accept certificate login "
-                                    f"(welcome.auth is {mechanism!r})",
-                                    code="master_not_authenticated")
-            version = message.get("version")
-            if version not in self.versions:
-                raise ProtocolError(f"master chose version {version!r}, which was not offered",
-                                    code="unsupported_version")
-            self.version = version
-        else:
-            if mechanism != auth.SCRAM or "signature" not in message:
-                raise ProtocolError("the master skipped the password proof (welcome without "
-                                    "signature): refusing to talk to a possible impostor",
-                                    code="master_not_authenticated")
-            signature = _b64(message["signature"], "welcome.signature")
-            assert self._expected_server_signature is not None
-            if not auth.signatures_match(self._expected_server_signature, signature):
-                raise ProtocolError("the master could not prove it knows this worker's "
-                                    "password: refusing to talk to a possible impostor",
-                                    code="master_not_authenticated")
-        try:
-            interval = float(message["heartbeat_interval"])
-            timeout = float(message["heartbeat_timeout"])
-        except OverflowError:  # an integer too large for a float: unusable, keep ours
-            interval = timeout = 0.0
-        if interval > 0 and timeout > interval:
-            self._heartbeat_interval = interval
-            self._heartbeat_timeout = timeout
-        self._frame_limit = min(self._frame_limit, message["max_frame_size"])
-        self.session_id = message["session"]
-        self.features = self.supported_features & _feature_names(message.get("features"))
-        return self._open(mechanism)
-
-    def _open(self, mechanism: str) -> list[Event]:
-        self.state = State.OPEN
+    # ------------------------------------------------------------------ handshake results
+    def opened(self, link: Link, now: float, *, version: int, session_id: str,
+               features: frozenset[str], mechanism: str, frame_limit: int,
+               heartbeats: tuple[float, float] | None, resume_window: float,
+               resume_key: bytes | None) -> list[Event]:
+        """Link: the first handshake finished (both sides authenticated)."""
+        self._step("open")
+        self.version = version
+        self.session_id = session_id
+        self.features = frozenset(features)
         self.auth_mechanism = mechanism
-        self._password = None
+        self.frame_limit = min(self.frame_limit, frame_limit)
+        if heartbeats is not None:
+            self.heartbeat_interval, self.heartbeat_timeout = heartbeats
+        self.resume_key = resume_key
+        self.resume_window = resume_window if resume_key is not None else 0.0
+        if not self.resume_window:
+            self.resume_key = None
+        if not self.resumable:
+            self.password = None  # only a resume would need it again
+        if "resume" in self.features:  # the stream numbers its own frames from 1
+            self.stream = Stream(self.limits, replay=self.resumable)
+        else:  # as before resume existed: the stream continues the handshake's numbers
+            sent, received = link.handshake_counts
+            self.stream = Stream(self.limits, send_base=sent, recv_base=received)
         return [Authenticated(self.worker_name, self.version, self.session_id)]
+
+    def welcome_fields(self) -> dict[str, Any]:
+        """Master: the negotiated values a resumed link's ``welcome`` repeats."""
+        fields: dict[str, Any] = {"heartbeat_interval": self.heartbeat_interval,
+                                  "heartbeat_timeout": self.heartbeat_timeout,
+                                  "max_frame_size": self.frame_limit,
+                                  "resume_window": self.resume_window}
+        if self.features:
+            fields["features"] = sorted(self.features)
+        return fields
+
+    def hand_over(self, link: Link, target: Session, peer_last_seq: int,
+                  now: float) -> list[Event]:
+        """Master: this new connection's ``link`` resumes ``target``; this session ends
+        without a word (its link now belongs to ``target``)."""
+        self.link = None
+        self._state = SessionState.CLOSED
+        self.close_code, self.close_reason = "resumed", "the connection resumed a session"
+        suspended_for, replayed = target.adopt(link, peer_last_seq, now)
+        return [Resumed(target.session_id, replayed, suspended_for, session=target)]
+
+    def adopt(self, link: Link, peer_last_seq: int, now: float) -> tuple[float, int]:
+        """Master: continue over ``link`` (a half-open old link is dropped); replay what
+        the worker has not received.  Returns (seconds suspended, frames replayed)."""
+        old = self.link
+        if old is not None and old is not link:
+            old.end("abort")
+        suspended_for = now - self.suspended_at if self.suspended_at is not None else 0.0
+        self._step("resume")
+        self.link = link
+        link.session = self
+        return suspended_for, self._replay(link, peer_last_seq, now)
+
+    def resumed(self, link: Link, peer_last_seq: int, now: float) -> list[Event]:
+        """Worker: the master accepted the resume over ``link``; replay what it missed."""
+        suspended_for = now - self.suspended_at if self.suspended_at is not None else 0.0
+        self._step("resume")
+        replayed = self._replay(link, peer_last_seq, now)
+        return [Resumed(self.session_id, replayed, suspended_for, session=self)]
+
+    def _replay(self, link: Link, peer_last_seq: int, now: float) -> int:
+        frames = self.stream.replay_after(peer_last_seq)
+        link.write(frames, now)
+        self.suspended_at = None
+        self.resumes += 1
+        self.last_resumed_at = now
+        return self.stream.unacked_frames
 
     # ------------------------------------------------------------------ time
     def next_deadline(self) -> float | None:
         """When ``tick`` must next be called (absolute time), or None if never."""
-        if self.state is State.CLOSED:
+        if self.is_closed:
             return None
-        if self.state is not State.OPEN:
-            return self._started_at + self.limits.handshake_timeout
-        return min(self._last_sent_at + self._heartbeat_interval,
-                   self._last_received_at + self._heartbeat_timeout)
+        deadlines = []
+        if self.is_suspended:
+            deadlines.append(self.expiry)
+        link = self.link
+        if link is not None and not link.is_closed:
+            deadlines.append(link.next_deadline())
+            if link.is_open and self.stream is not None:
+                ack_at = self.stream.ack_deadline()
+                if ack_at is not None:
+                    deadlines.append(ack_at)
+        deadlines = [d for d in deadlines if d is not None]
+        return min(deadlines) if deadlines else None
 
     def tick(self, now: float) -> list[Event]:
-        """Advance the clock: send heartbeats, detect a dead peer or a stuck handshake."""
-        if self.state is State.CLOSED:
+        """Advance the clock: heartbeats, acks, and the handshake, heartbeat and resume
+        deadlines."""
+        if self.is_closed:
             return []
-        # Compare against exactly the sums next_deadline() returns, so that tick(deadline)
-        # always acts (``now - a >= b`` can be false when ``now == a + b`` in floats).
-        if self.state is not State.OPEN:
-            if now >= self._started_at + self.limits.handshake_timeout:
-                return self._fail(ProtocolError(
-                    f"handshake not finished within {self.limits.handshake_timeout:g} s",
-                    code="handshake_timeout"), now)
+        expiry = self.expiry
+        if expiry is not None and now >= expiry:
+            reason = (f"the connection was lost {now - self.suspended_at:.0f} s ago and the "
+                      f"session did not resume within its {self.resume_window:g} s window")
+            self.close(CloseCode.RESUME_WINDOW_EXPIRED, reason, now)
+            return [Closed(CloseCode.RESUME_WINDOW_EXPIRED, reason, by_peer=False)]
+        link = self.link
+        if link is None or link.is_closed:
             return []
-        if now >= self._last_received_at + self._heartbeat_timeout:
-            return self._fail(ProtocolError(
-                f"no frame from the peer for {now - self._last_received_at:.1f} s "
-                f"(heartbeat timeout {self._heartbeat_timeout:g} s)",
-                code="heartbeat_timeout"), now)
-        if now >= self._last_sent_at + self._heartbeat_interval:
-            self._send("ping", {}, now)
+        error = link.overdue(now)
+        if error is not None:
+            if error.code == CloseCode.HEARTBEAT_TIMEOUT and self.resumable:
+                link.end("abort")
+                self.link = None
+                return self._lost(error.code, str(error), now, by_peer=False)
+            return self._link_failed(link, error, now)
+        if link.is_open:
+            if self.stream.ack_due(now):
+                self._send("ack", {}, now)
+            elif link.ping_due(now):
+                self._send("ping", {}, now)
         return []
-
-    @property
-    def heartbeat_interval(self) -> float:
-        return self._heartbeat_interval
-
-    @property
-    def heartbeat_timeout(self) -> float:
-        return self._heartbeat_timeout
-
-
-def _b64(text: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ProtocolError(f"{where} is not valid base64", code="bad_message") from e
-
-
-def _shorten(text: str, limit: int = 512) -> str:
-    """Bound text that may echo peer input, so replies and logs stay small."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _feature_names(value: Any) -> frozenset[str]:
-    """The feature names in a hello/welcome ``features`` list (non-strings ignored)."""
-    if not isinstance(value, list):
-        return frozenset()
-    return frozenset(item for item in value[:32] if isinstance(item, str) and len(item) <= 64)

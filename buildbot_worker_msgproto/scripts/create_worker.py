@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from buildbot_worker.scripts import create_worker as upstream
+from buildbot_worker_msgproto import compat
 
 STOCK_IMPORT = "from buildbot_worker.bot import Worker"
 OUR_IMPORT = "from buildbot_worker_msgproto import Worker"
@@ -22,10 +22,10 @@ SSH_OPTIONS = ("ssh-tunnel", "ssh-key", "ssh-known-hosts")
 
 def make_tac(config: Any) -> str:
     """buildbot-worker's buildbot.tac, pointed at our Worker with ``transport=``."""
-    tac = upstream._make_tac(config)
+    tac = compat.stock_worker_tac(config)
     for old, new in ((STOCK_IMPORT, OUR_IMPORT), (STOCK_CALL, OUR_CALL)):
         if old not in tac:
-            raise upstream.CreateWorkerError(
+            raise compat.CreateWorkerError(
                 f"unexpected buildbot-worker tac template: cannot find {old!r}")
         tac = tac.replace(old, new, 1)
     settings = (f"transport = {config['transport']!r}\n"
@@ -41,10 +41,8 @@ def createWorker(config: Any) -> int:  # noqa: N802 - buildbot-worker's name
     quiet = config["quiet"]
     try:
         contents = make_tac(config)
-        upstream._makeBaseDir(basedir, quiet)
-        upstream._makeBuildbotTac(basedir, contents, quiet)
-        upstream._makeInfoFiles(basedir, quiet)
-    except upstream.CreateWorkerError as exception:
+        compat.write_worker_dir(basedir, contents, quiet)
+    except compat.CreateWorkerError as exception:
         print(f"{exception}\nfailed to configure worker in {basedir}")
         return 1
     if not quiet:

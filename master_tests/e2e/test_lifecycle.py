@@ -1,7 +1,9 @@
 """Liveness and lifecycle over msg with a real master and worker.
 
-- a frozen worker (SIGSTOP) is detected by the master's heartbeat timeout, and the
-  worker reconnects by itself once it runs again;
+- a worker frozen (SIGSTOP) for less than the resume window resumes its session: the
+  master never detaches it;
+- a worker frozen for longer is detected by the master's heartbeat timeout and detached
+  once the resume window is over, and reconnects by itself once it runs again;
 - a frozen master is detected by the worker, which reconnects once the master runs;
 - a master restart: the worker reconnects and builds;
 - graceful shutdown requested by the worker (SIGHUP with --allow-shutdown signal).
@@ -23,8 +25,10 @@ from .single_worker_env import SingleWorkerEnv
 HEARTBEAT_INTERVAL = 1
 HEARTBEAT_TIMEOUT = 3
 
+RESUME_WINDOW = 4
+
 HEARTBEATS = {"heartbeat_interval": HEARTBEAT_INTERVAL,
-              "heartbeat_timeout": HEARTBEAT_TIMEOUT}
+              "heartbeat_timeout": HEARTBEAT_TIMEOUT, "resume_window": RESUME_WINDOW}
 
 
 class Env(SingleWorkerEnv):
@@ -53,12 +57,28 @@ def _wait_log(proc: harness._Process, text: str, timeout: float) -> None:
                      proc.diagnostics)
 
 
+def test_briefly_frozen_worker_resumes_its_session(make_env):
+    env = make_env(msg_options={**HEARTBEATS, "resume_window": 30})
+    os.killpg(env.worker.pid, signal.SIGSTOP)
+    try:
+        _wait_log(env.master, "connection lost (heartbeat_timeout", HEARTBEAT_TIMEOUT + 15)
+    finally:
+        os.killpg(env.worker.pid, signal.SIGCONT)
+    _wait_log(env.master, "resumed its session", 30)
+    assert env.master.worker_data(WORKER)["connected_to"], "the worker was detached"
+    assert "Worker.detached" not in env.master.log_text()
+    env.build_ok()
+
+
 def test_frozen_worker_is_detected_and_reconnects(make_env):
     env = make_env()
     os.killpg(env.worker.pid, signal.SIGSTOP)
     try:
-        env.master.wait_worker_disconnected(WORKER, HEARTBEAT_TIMEOUT + 15)
+        # lost after the heartbeat timeout, detached after the window (plus a heartbeat
+        # timeout, so that the worker's own window ends first)
+        env.master.wait_worker_disconnected(WORKER, 2 * HEARTBEAT_TIMEOUT + RESUME_WINDOW + 15)
         _wait_log(env.master, "heartbeat_timeout", 5)
+        _wait_log(env.master, "resume_window_expired", 5)
     finally:
         os.killpg(env.worker.pid, signal.SIGCONT)
     env.master.wait_worker_connected(WORKER, 60, worker=env.worker)

@@ -1,0 +1,45 @@
+"""Every place where the master side touches private Buildbot or Twisted internals.
+
+Each touch is a small function or class here, with a test in
+``master_tests/test_compat_internals.py`` that fails loudly (naming the internal) when
+Buildbot or Twisted changes underneath it.  Nothing else in ``buildbot_msgproto`` may use
+an underscore name of another package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.spread import banana
+from twisted.spread import pb
+
+#: Twisted's bound on a banana length prefix (``banana._PREFIX_LIMIT``): a broker that
+#: skips its own dialect offer must still set it, as ``Banana.connectionMade`` does.
+PB_PREFIX_LIMIT: int = banana._PREFIX_LIMIT
+
+
+class PreNegotiatedBroker(pb.Broker):
+    """A PB server broker that does not send its dialect list: the negotiating port
+    already did (``buildbot_msgproto.negotiation``).
+
+    ``Banana.connectionMade`` sends the offer and resets ``currentDialect``; this does the
+    same without the offer.  The client's dialect choice is then replayed into it, so
+    banana selects ``pb`` through its normal path.
+    """
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self.setPrefixLimit(PB_PREFIX_LIMIT)
+        self.currentDialect = None
+
+
+def use_pre_negotiated_broker(pb_factory: pb.PBServerFactory) -> None:
+    """Make Buildbot's PB server factory build :class:`PreNegotiatedBroker` brokers
+    (``PBServerFactory.protocol`` is a class attribute Twisted's Factory reads)."""
+    pb_factory.protocol = PreNegotiatedBroker
+
+
+def create_pb_connection(master: Any, mind: Any, worker_name: str) -> Any:
+    """Attach a legacy PB worker that logged in on our port exactly as Buildbot's own PB
+    port would: ``UpdateRegistrationListener._create_connection`` of the master's PB
+    listener builds Buildbot's PB ``Connection`` and runs the duplicate-worker check."""
+    return master.workers.pb._create_connection(mind, worker_name)
