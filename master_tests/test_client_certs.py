@@ -280,6 +280,7 @@ class FakeDispatcher:
         self.options = FakeOptions(mode)
         self.login_throttle = LoginThrottle(3, 10)
         self.sessions = SessionRegistry()
+        self.ownership = None  # a single master
 
     def credentials_for(self, worker: str):
         from twisted.internet import defer
