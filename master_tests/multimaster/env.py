@@ -195,17 +195,20 @@ class MultiMasterEnv:
         return self._masterids[index]
 
     # -- workers ---------------------------------------------------------------------------
-    def add_worker(self, name: str, index: int, *, basedir_name: str | None = None
-                   ) -> harness.Worker:
+    def add_worker(self, name: str, index: int, *, basedir_name: str | None = None,
+                   attach: bool = True) -> harness.Worker:
         """Create and start a worker process called ``name`` (one of ``worker_names``) for
-        master ``index``; returns once that master lists it as connected.  ``basedir_name``
-        (default ``name``) lets two processes use the same worker name."""
+        master ``index``; returns once that master lists it as connected (``attach=False``:
+        once the process runs).  ``basedir_name`` (default ``name``) lets two processes use
+        the same worker name."""
         master = self.masters[index]
         worker = harness.Worker.for_protocol(
             self.protocol, os.path.join(self.root, "workers", basedir_name or name),
             master.master_port, name, self.passwd(name))
         self.workers.append(worker.create())
         worker.start()
+        if not attach:
+            return worker
         masterid = self.masterid(index)
 
         def attached():

@@ -1,14 +1,16 @@
-"""Stock Buildbot distributed mode: two masters, one PostgreSQL database, the crossbar
-router between them, workers spread over the masters.
+"""Buildbot's distributed mode: two masters, one PostgreSQL database, the crossbar router
+between them, workers spread over the masters.
 
 What a user of several masters relies on: a build forced through any master runs on
 whichever master has a free worker for it, and every master's web UI and data API show
-every build.  The last test records what stock Buildbot does today with one worker name
-on two masters at once (accepted twice): it asserts today's UNWANTED behaviour, to be
-flipped when the plugin's ownership lease lands.
+every build.  Then one worker name on both masters at once: stock masters
+(``worker.Worker``) accept it twice, which one test asserts as stock Buildbot's UNWANTED
+behaviour; MsgWorker masters lease it to one master (``buildbot_msgproto/lease.py``).
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 
@@ -91,12 +93,14 @@ def test_builds_spread_over_both_masters(cluster):
         assert f"hello-from-{worker}" in hello_text(master_b, build)
 
 
-def test_same_worker_name_on_two_masters__todays_unwanted_behaviour(cluster):
-    """TODAY'S UNWANTED BEHAVIOUR (stock Buildbot 4.x), asserted so that it is seen to
-    change: one worker name, configured on both masters with ``max_builds=1``, connects to
-    both at once; both accept it (the workers API lists both masterids in ``connected_to``)
-    and each runs a build on it at the same time.  When the ownership lease lands, the
-    second master must refuse the worker (one owner) and this test flips."""
+def test_same_worker_name_on_two_stock_masters__todays_unwanted_behaviour(cluster, protocol):
+    """TODAY'S UNWANTED BEHAVIOUR of stock Buildbot 4.x (``worker.Worker``, PB), asserted
+    so that it is seen to change: one worker name, configured on both masters with
+    ``max_builds=1``, connects to both at once; both accept it (the workers API lists both
+    masterids in ``connected_to``) and each runs a build on it at the same time.
+    ``worker.MsgWorker`` has one owner instead: see the next test."""
+    if protocol.name != "pb":
+        pytest.skip("stock masters only: MsgWorker masters lease each worker to one master")
     cluster.add_worker(DUPLICATE, A, basedir_name=f"{DUPLICATE}-a")
     cluster.add_worker(DUPLICATE, B, basedir_name=f"{DUPLICATE}-b")
     both = {cluster.masterid(A), cluster.masterid(B)}
@@ -113,6 +117,51 @@ def test_same_worker_name_on_two_masters__todays_unwanted_behaviour(cluster):
         cluster.release(gate)
     for brid in brids:
         assert master_a.wait_build(brid, timeout=60)["results"] == harness.SUCCESS
+
+
+#: how long a held build must stay the only one of its worker (a second master that had
+#: accepted the worker would start the other request within a fraction of a second)
+ALONE_SECONDS = 3.0
+
+
+def test_one_master_owns_a_msg_worker(cluster, protocol):
+    """With ``worker.MsgWorker`` and ``c['multiMaster']``, a worker belongs to one master
+    (its lease in the shared database): the same worker name logging in to the second
+    master is refused, the workers API shows one master, and the worker's builds run one
+    after the other on its owner."""
+    if protocol.name != "msg":
+        pytest.skip("MsgWorker masters only: stock masters accept the worker twice")
+    cluster.add_worker(DUPLICATE, A, basedir_name=f"{DUPLICATE}-a")
+    cluster.add_worker(DUPLICATE, B, basedir_name=f"{DUPLICATE}-b", attach=False)
+    master_a, master_b = cluster.masters
+    harness.wait_for(lambda: f"refusing worker {DUPLICATE!r}" in master_b.log_text(), 30,
+                     f"master B to refuse worker {DUPLICATE}", 0.1, cluster.e2e_diagnostics)
+    for master in cluster.masters:
+        assert cluster.connected_to(master.worker_data(DUPLICATE)) == {cluster.masterid(A)}
+    gate_of = {}
+    for _ in range(2):
+        gate = cluster.gate()
+        gate_of[master_a.force_build(f"on-{DUPLICATE}", {"gate": gate})] = gate
+
+    def running() -> list[dict]:
+        return [b for brid in gate_of for b in master_a.builds_for_request(brid)]
+
+    first = harness.wait_for(running, 60, "a build of the owned worker", 0.1)
+    assert len(first) == 1 and first[0]["masterid"] == cluster.masterid(A), first
+    deadline = time.monotonic() + ALONE_SECONDS
+    while time.monotonic() < deadline:
+        assert len(running()) == 1, f"a second build ran at the same time: {running()}"
+        time.sleep(0.2)
+    first_brid = first[0]["buildrequestid"]
+    second_brid = next(brid for brid in gate_of if brid != first_brid)
+    cluster.release(gate_of[first_brid])
+    done = master_a.wait_build(first_brid, timeout=60)
+    cluster.release(gate_of[second_brid])
+    then = master_a.wait_build(second_brid, timeout=60)
+    for build in (done, then):
+        assert build["results"] == harness.SUCCESS, master_a.build_summary(build["buildid"])
+        assert build["masterid"] == cluster.masterid(A)
+    assert then["started_at"] >= done["complete_at"]
 
 
 def test_three_masters_of_a_cluster_of_its_own(make_cluster):
