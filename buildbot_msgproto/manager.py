@@ -46,6 +46,7 @@ from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.transports import registry
+from buildbot_worker_msgproto.transports.base import peer_address
 
 
 class _CertificateOnly:
@@ -175,7 +176,7 @@ class MsgDispatcher(PBDispatcher):
             raise ValueError(f"no perspective for {name!r}")
         transport = getattr(getattr(mind, "broker", None), "transport", None)
         refusal = client_certs.refusal(self.options.client_certificates, transport, name,
-                                       _peer_of(transport))
+                                       peer_address(transport))
         if refusal is not None:
             raise ValueError(refusal[1])
         persp = yield compat.create_pb_connection(self.master, mind, name)
@@ -468,14 +469,6 @@ def get_listener(master: Any) -> Any:
 def _server_tls_options(options: ListenerOptions) -> Any:
     return client_certs.server_tls_options(options.tls_cert, options.tls_key,
                                            options.tls_client_ca, options.client_certificates)
-
-
-def _peer_of(transport: Any) -> str:
-    try:
-        address = transport.getPeer()
-        return f"{address.host}:{address.port}"
-    except Exception:
-        return "?"
 
 
 def _reactor() -> Any:
