@@ -28,8 +28,8 @@ from twisted.internet import protocol  # noqa: E402
 from twisted.internet import reactor  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 
-from buildbot_worker_msgproto.transports.ssh import SSHSettings  # noqa: E402
-from buildbot_worker_msgproto.transports.ssh import SSHTunnelEndpoint  # noqa: E402
+from buildbot_worker_msgproto.reach.ssh import SSHSettings  # noqa: E402
+from buildbot_worker_msgproto.reach.ssh import SSHTunnelEndpoint  # noqa: E402
 from master_tests.sshd import Sshd  # noqa: E402
 
 CHUNK = 64 * 1024

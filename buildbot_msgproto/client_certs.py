@@ -27,7 +27,9 @@ from twisted.python import log
 from zope.interface import implementer
 
 from buildbot_worker_msgproto.protocol.codes import CloseCode
-from buildbot_worker_msgproto.scripts.gen_keys import worker_names_from_certificate
+from buildbot_worker_msgproto.security.certificates import worker_names_from_certificate
+from buildbot_worker_msgproto.security.files import read_file
+from buildbot_worker_msgproto.transports.base import peer_address
 
 #: Values of ``c['protocols']['msg']['client_certificates']``.
 OFF, OPTIONAL, REQUIRED = "off", "optional", "required"
@@ -40,14 +42,6 @@ CERTIFICATE_REQUIRED = CloseCode.CERTIFICATE_REQUIRED
 __all__ = ["CERTIFICATE_MISMATCH", "CERTIFICATE_REQUIRED", "MODES", "OFF", "OPTIONAL",
            "REQUIRED", "ServerTLSCreator", "check_binding", "describe", "peer_certificate",
            "refusal", "server_tls_options", "worker_names_from_certificate"]
-
-
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read the {what} {path!r}: {e.strerror or e}") from None
 
 
 def server_tls_options(cert_path: str, key_path: str | None, client_ca: str | None,
@@ -64,12 +58,12 @@ def server_tls_options(cert_path: str, key_path: str | None, client_ca: str | No
 
     if mode not in MODES:
         raise ValueError(f"client_certificates must be one of {', '.join(MODES)}, not {mode!r}")
-    cert_data = _read(cert_path, "TLS certificate")
+    cert_data = read_file(cert_path, "TLS certificate")
     try:
         chain = x509.load_pem_x509_certificates(cert_data)
     except ValueError as e:
         raise ValueError(f"no PEM certificate in the TLS certificate {cert_path!r}: {e}") from None
-    key_data = _read(key_path, "TLS key") if key_path else cert_data
+    key_data = read_file(key_path, "TLS key") if key_path else cert_data
     try:
         private = PrivateCertificate.loadPEM(cert_data + b"\n" + key_data)
     except Exception as e:
@@ -84,7 +78,7 @@ def server_tls_options(cert_path: str, key_path: str | None, client_ca: str | No
         raise ValueError(f"client_certificates={mode!r} needs tls_client_ca (a PEM file of "
                          "the CA(s) that issue worker certificates)")
     try:
-        cas = x509.load_pem_x509_certificates(_read(client_ca, "TLS client CA file"))
+        cas = x509.load_pem_x509_certificates(read_file(client_ca, "TLS client CA file"))
     except ValueError as e:
         raise ValueError(f"no PEM certificate in the TLS client CA file {client_ca!r}: "
                          f"{e}") from None
@@ -142,7 +136,7 @@ class HandshakeLogger(protocol.Protocol):
     def connectionLost(self, reason: Any = protocol.connectionDone) -> None:  # noqa: N802
         self.connected = 0
         if not self.handshake_done:
-            log.msg(f"msgproto: TLS handshake with {_peer(self.transport)} failed: "
+            log.msg(f"msgproto: TLS handshake with {peer_address(self.transport)} failed: "
                     f"{_reason(reason)}")
         self.inner.connectionLost(reason)
 
@@ -173,14 +167,6 @@ def _reason(reason: Any) -> str:
     except Exception:
         text = str(reason)
     return text or getattr(getattr(reason, "type", None), "__name__", "connection lost")
-
-
-def _peer(transport: Any) -> str:
-    try:
-        address = transport.getPeer()
-        return f"{address.host}:{address.port}"
-    except Exception:
-        return "?"
 
 
 def peer_certificate(transport: Any) -> x509.Certificate | None:

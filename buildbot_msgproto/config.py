@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from buildbot_msgproto.ownership import DEFAULT_LEASE_SECONDS
 from buildbot_msgproto.throttle import DEFAULT_FAILURES_BEFORE_THROTTLE
 from buildbot_msgproto.throttle import DEFAULT_THROTTLE_SECONDS
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
@@ -20,6 +21,9 @@ LIMIT_KEYS = tuple(field.name for field in dataclasses.fields(Limits))
 
 #: Keys of c['protocols']['msg'] for the failed-login throttle (ListenerOptions fields).
 THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")
+
+#: Worker leases across masters (docs/multi-master.rst); on with c['multiMaster'] only.
+LEASE_KEY = "lease_seconds"
 
 #: Keys of c['protocols']['msg'] for TLS built in code and mutual TLS (docs/security/mtls.rst).
 TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "client_certificates")
@@ -50,6 +54,8 @@ class ListenerOptions:
     tls_client_ca: str | None = None
     #: 'off' | 'optional' | 'required' (see :mod:`buildbot_msgproto.client_certs`).
     client_certificates: str = "off"
+    #: Seconds of a worker's lease in the shared database with several masters (0: off).
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     def transport_options(self) -> dict[str, dict[str, Any]]:
         return {name: dict(options) for name, options in self.transports}
@@ -60,7 +66,8 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     where = "c['protocols']['msg']"
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
-    known = {"port", "backlog", "pb", "transports", *LIMIT_KEYS, *THROTTLE_KEYS, *TLS_KEYS}
+    known = {"port", "backlog", "pb", "transports", LEASE_KEY, *LIMIT_KEYS, *THROTTLE_KEYS,
+             *TLS_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -89,6 +96,11 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
             or not 0 <= throttle_seconds < float("inf")):
         raise MsgProtocolConfigError(
             f"{where}['login_throttle_seconds'] must be a number >= 0 (0 disables it)")
+    lease_seconds = options.get(LEASE_KEY, DEFAULT_LEASE_SECONDS)
+    if (not isinstance(lease_seconds, (int, float)) or isinstance(lease_seconds, bool)
+            or not 0 <= lease_seconds < float("inf")):
+        raise MsgProtocolConfigError(
+            f"{where}[{LEASE_KEY!r}] must be a number of seconds >= 0 (0 turns it off)")
     transports = options.get("transports", {})
     if not isinstance(transports, dict):
         raise MsgProtocolConfigError(f"{where}['transports'] must be a dict of name -> options")
@@ -108,7 +120,8 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits,
                            transports=tuple(frozen),
                            login_failures_before_throttle=failures,
-                           login_throttle_seconds=float(throttle_seconds), **tls)
+                           login_throttle_seconds=float(throttle_seconds),
+                           lease_seconds=float(lease_seconds), **tls)
 
 
 def _parse_tls(options: dict[str, Any], port: str | int, transports: list,

@@ -30,6 +30,8 @@ from buildbot_msgproto.config import ListenerOptions
 from buildbot_msgproto.config import normalize_portstr
 from buildbot_msgproto.connection import MsgConnection
 from buildbot_msgproto.negotiation import NegotiatingServerFactory
+from buildbot_msgproto.ownership import WorkerOwnership
+from buildbot_msgproto.ownership import refusal_reason
 from buildbot_msgproto.sessions import SessionRegistry
 from buildbot_msgproto.throttle import LoginThrottle
 from buildbot_msgproto.throttle import peer_host
@@ -44,6 +46,7 @@ from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.transports import registry
+from buildbot_worker_msgproto.transports.base import peer_address
 
 
 class _CertificateOnly:
@@ -90,6 +93,11 @@ class MsgDispatcher(PBDispatcher):
         self.serverFactory.negotiation_timeout = options.limits.handshake_timeout
         self.login_throttle.configure(options.login_failures_before_throttle,
                                       options.login_throttle_seconds)
+
+    @property
+    def ownership(self) -> WorkerOwnership | None:
+        """The master's worker leases (several masters), or None."""
+        return self.parent.ownership
 
     # ---------------------------------------------------------------- msg sessions
     def new_driver(self) -> SessionDriver:
@@ -168,7 +176,7 @@ class MsgDispatcher(PBDispatcher):
             raise ValueError(f"no perspective for {name!r}")
         transport = getattr(getattr(mind, "broker", None), "transport", None)
         refusal = client_certs.refusal(self.options.client_certificates, transport, name,
-                                       _peer_of(transport))
+                                       peer_address(transport))
         if refusal is not None:
             raise ValueError(refusal[1])
         persp = yield compat.create_pb_connection(self.master, mind, name)
@@ -313,8 +321,7 @@ class MasterHandshake(MessageHandler):
             log.msg(f"msgproto: worker {event.worker!r} logged in anew from {driver.peer}: "
                     "ending its suspended session")
             old.close(CloseCode.SESSION_REPLACED, "the worker logged in anew")
-        if driver.session.resumable:
-            self.dispatcher.sessions.add(driver)
+        self.dispatcher.sessions.add(driver)
         d = self._attach(driver, event.worker)
         d.addErrback(self._internal_error, driver, "attaching the worker")
 
@@ -325,6 +332,18 @@ class MasterHandshake(MessageHandler):
             driver.close(CloseCode.UNKNOWN_WORKER,
                          f"worker {worker_name!r} is no longer configured")
             return
+        ownership = self.dispatcher.ownership
+        if ownership is not None:
+            owner = yield ownership.claim(worker_name)
+            if owner is not None:
+                reason = refusal_reason(worker_name, owner, driver.reactor.seconds())
+                log.msg(f"msgproto: refusing worker {worker_name!r} from {driver.peer}: "
+                        f"{reason}")
+                driver.close(CloseCode.NOT_OWNER, reason)
+                return
+            driver.end_callbacks.append(lambda *_: ownership.release(worker_name))
+            if driver.session.is_closed:
+                return
         log.msg(f"msgproto: worker {worker_name!r} authenticated from {driver.peer}")
         try:
             conn = yield factory(driver, worker_name)
@@ -365,6 +384,28 @@ class MsgManager(BaseManager):
         self.listener = listener
         self.options: dict[str, ListenerOptions] = {}
         self.sessions = SessionRegistry()
+        #: Worker leases across masters (None: a single master, or lease_seconds 0).
+        self.ownership: WorkerOwnership | None = None
+
+    @defer.inlineCallbacks
+    def configure_ownership(self, options: ListenerOptions) -> Any:
+        """Worker ownership is on in Buildbot's multi-master mode (unless
+        ``lease_seconds`` is 0); a reconfig may turn it on or off."""
+        seconds = options.lease_seconds
+        wanted = bool(self.master.config.multiMaster) and seconds > 0
+        current = self.ownership
+        if current is not None and (not wanted or current.duration != seconds):
+            self.ownership = None
+            yield defer.maybeDeferred(current.disownServiceParent)
+        if wanted and self.ownership is None:
+            self.ownership = WorkerOwnership(self.master, seconds, self._lease_lost)
+            yield self.ownership.setServiceParent(self)
+            log.msg(f"msgproto: one master per worker: worker leases of {seconds:g} s in the "
+                    "shared database")
+
+    def _lease_lost(self, worker: str) -> None:
+        for driver in self.sessions.of_worker(worker):
+            driver.close(CloseCode.NOT_OWNER, "another master took this worker over")
 
     def dispatcher_class(self, config_portstr: Any, portstr: str) -> MsgDispatcher:
         return MsgDispatcher(config_portstr, portstr, self.options[portstr], self.sessions)
@@ -382,6 +423,7 @@ class MsgManager(BaseManager):
                  pfactory: Any) -> Any:
         portstr = normalize_portstr(options.port, options.backlog)
         self.options[portstr] = options
+        yield self.configure_ownership(options)
         if portstr in self.dispatchers:
             self.dispatchers[portstr].reconfigure(options)
             disp = self.dispatchers[portstr]
@@ -427,14 +469,6 @@ def get_listener(master: Any) -> Any:
 def _server_tls_options(options: ListenerOptions) -> Any:
     return client_certs.server_tls_options(options.tls_cert, options.tls_key,
                                            options.tls_client_ca, options.client_certificates)
-
-
-def _peer_of(transport: Any) -> str:
-    try:
-        address = transport.getPeer()
-        return f"{address.host}:{address.port}"
-    except Exception:
-        return "?"
 
 
 def _reactor() -> Any:

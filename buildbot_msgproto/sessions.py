@@ -1,8 +1,8 @@
-"""The master's resumable sessions, so that a worker's new connection can resume one.
+"""The master's msg sessions, so that a worker's new connection can resume one.
 
-A session is registered once its worker is authenticated with ``resume`` negotiated and
-forgotten when it ends.  A new connection that asks to resume names a session by id; only
-the session of that worker name matches (the proof is checked by the sans-IO core).
+A session is registered once its worker is authenticated and forgotten when it ends.  A
+new connection that asks to resume names a session by id; only a resumable session of
+that worker name matches (the proof is checked by the sans-IO core).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from buildbot_worker_msgproto.driver import SessionDriver
 
 
 class SessionRegistry:
-    """Resumable sessions of one master, by session id."""
+    """The authenticated sessions of one master, by session id."""
 
     def __init__(self) -> None:
         self._drivers: dict[str, SessionDriver] = {}
@@ -38,10 +38,15 @@ class SessionRegistry:
             return None
         return driver
 
+    def of_worker(self, worker_name: str) -> list[SessionDriver]:
+        """The sessions of ``worker_name``."""
+        return [driver for driver in self._drivers.values()
+                if driver.session.worker_name == worker_name]
+
     def suspended(self, worker_name: str) -> list[SessionDriver]:
         """The suspended sessions of ``worker_name`` (waiting for a resume)."""
-        return [driver for driver in self._drivers.values()
-                if driver.session.worker_name == worker_name and driver.session.is_suspended]
+        return [driver for driver in self.of_worker(worker_name)
+                if driver.session.is_suspended]
 
     def all(self) -> list[SessionDriver]:
         return list(self._drivers.values())

@@ -14,7 +14,8 @@ from twisted.internet import protocol
 from twisted.python import log
 
 from buildbot_worker_msgproto.protocol.negotiation import NegotiationError
-from buildbot_worker_msgproto.transports.tcp import set_nodelay
+from buildbot_worker_msgproto.transports.base import peer_address
+from buildbot_worker_msgproto.transports.stream import set_nodelay
 
 
 class NegotiatingProtocol(protocol.Protocol):
@@ -48,11 +49,7 @@ class NegotiatingProtocol(protocol.Protocol):
 
     def peer(self) -> str:
         """The other end's address, for logs."""
-        try:
-            address = self.transport.getPeer()
-            return f"{address.host}:{address.port}"
-        except Exception:
-            return "?"
+        return peer_address(self.transport)
 
     # --- Protocol
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name

@@ -25,6 +25,7 @@ from buildbot_msgproto.sessions import SessionRegistry
 from buildbot_msgproto.throttle import LoginThrottle
 from buildbot_worker_msgproto.protocol.events import HelloReceived
 from buildbot_worker_msgproto.scripts import gen_keys
+from buildbot_worker_msgproto.security import certificates
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +203,7 @@ def test_required_with_own_certificate(keys):
     app, tls = handshake(layout, "required", worker="w1")
     assert app.lost is None
     cert = client_certs.peer_certificate(app)  # follows app.transport (the TLS protocol)
-    assert gen_keys.worker_names_from_certificate(cert) == ["w1"]
+    assert certificates.worker_names_from_certificate(cert) == ["w1"]
     assert client_certs.check_binding("required", cert, "w1") is None
     assert client_certs.check_binding("required", cert, "w2")[0] == "certificate_mismatch"
 
@@ -280,6 +281,7 @@ class FakeDispatcher:
         self.options = FakeOptions(mode)
         self.login_throttle = LoginThrottle(3, 10)
         self.sessions = SessionRegistry()
+        self.ownership = None  # a single master
 
     def credentials_for(self, worker: str):
         from twisted.internet import defer

@@ -173,6 +173,9 @@ class FakeClock:
 
 class FakeSession:
     resumable = False
+    session_id = "s1"
+    is_suspended = False
+    is_closed = False
 
     def __init__(self, worker: str) -> None:
         self.worker_name = worker
@@ -185,6 +188,7 @@ class FakeDriver:
         self.peer = peer
         self.session = FakeSession(worker)
         self.transport = None  # no TLS: no client certificate
+        self.end_callbacks: list = []
         self.closed: tuple[str, str] | None = None
         self.answered = False
 
@@ -200,6 +204,7 @@ class FakeDispatcher:
         self.login_throttle = throttle
         self.options = parse_options({"port": 9989})
         self.sessions = SessionRegistry()
+        self.ownership = None  # a single master
 
     def credentials_for(self, worker: str) -> defer.Deferred:
         return defer.succeed(None)

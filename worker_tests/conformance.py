@@ -29,6 +29,7 @@ from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import FrameTransport
+from buildbot_worker_msgproto.transports.base import TransportGuarantees
 
 LARGE_FRAME = 16 * MIB + 1
 TIMEOUT = 60
@@ -137,8 +138,9 @@ class ConformanceMixin:
     @defer.inlineCallbacks
     def connect(self) -> Any:
         """Start a client; return (client receiver, server receiver) once both are open."""
-        self.client = self.module.client_service(reactor, self.client_target(self.listening),
-                                                 self._new_client_receiver, lambda n: 0.2)
+        self.client = registry.client_service(self.backend, reactor,
+                                              self.client_target(self.listening),
+                                              self._new_client_receiver, lambda n: 0.2)
         self.client.startService()
         for _ in range(TIMEOUT * 20):
             if self.client_receivers and self.server_receivers:
@@ -153,9 +155,17 @@ class ConformanceMixin:
     @defer.inlineCallbacks
     def test_open_reports_a_peer(self) -> Any:
         client, server = yield self.connect()
-        self.assertTrue(client.transport.peer())
-        self.assertTrue(server.transport.peer())
-        self.assertTrue(client.transport.guarantees.reliable)
+        for transport in (client.transport, server.transport):
+            # Buildbot's own connections print their peer as host:port: so does every
+            # transport; the rest goes to describe()
+            self.assertRegex(transport.peer(), r"^\S+:[0-9]+$")
+            self.assertTrue(transport.describe().startswith(transport.peer()))
+            guarantees = transport.guarantees
+            self.assertIsInstance(guarantees, TransportGuarantees)
+            self.assertTrue(guarantees.ordered and guarantees.reliable)
+            self.assertEqual(guarantees.detects_disconnect, self.detects_disconnect)
+            if guarantees.max_frame_size is not None:  # the suite sends frames this large
+                self.assertGreaterEqual(guarantees.max_frame_size, LARGE_FRAME)
 
     @defer.inlineCallbacks
     def test_many_small_frames_in_order_both_ways(self) -> Any:
@@ -257,8 +267,9 @@ class ConformanceMixin:
         yield self.listening.stop()
         self.listening = yield defer.ensureDeferred(
             self.module.listen(reactor, self.server_options(), new_master_driver))
-        self.client = self.module.client_service(reactor, self.client_target(self.listening),
-                                                 new_worker_driver, lambda n: 0.2)
+        self.client = registry.client_service(self.backend, reactor,
+                                              self.client_target(self.listening),
+                                              new_worker_driver, lambda n: 0.2)
         self.client.startService()
         yield _timeout(handler.ready)
         return masters, handler, workers, worker_handler

@@ -20,6 +20,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
 from buildbot_worker_msgproto.transports import amqp
+from buildbot_worker_msgproto.transports import registry
+from buildbot_worker_msgproto.transports.amqp.broker import open_link
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from master_tests import rabbitmq
 from master_tests.rabbitmq import amqp_broker  # noqa: F401 - the fixture
@@ -55,8 +57,11 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
             self.assertTrue(transport.guarantees.ordered)
             self.assertEqual(transport.guarantees.max_frame_size, amqp.BROKER_MAX_MESSAGE)
         broker = rabbitmq.current()
-        self.assertEqual(server.transport.peer(),
-                         f"amqp:{broker.worker_credentials(WORKER)[0]}")
+        user = broker.worker_credentials(WORKER)[0]
+        # Buildbot's host:port: the worker's AMQP user at the broker
+        self.assertEqual(server.transport.peer(), f"{user}@{broker.host}:{broker.port}")
+        self.assertIn(f"(amqp user {user}, session ", server.transport.describe())
+        self.assertEqual(client.transport.peer(), f"{broker.host}:{broker.port}")
 
     @defer.inlineCallbacks
     def test_broker_heartbeat_is_negotiated(self) -> Any:
@@ -135,8 +140,8 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
             attempts.append(attempt)
             return 0.1
 
-        self.client = self.module.client_service(reactor, target, self._new_client_receiver,
-                                                 policy)
+        self.client = registry.client_service(self.backend, reactor, target,
+                                              self._new_client_receiver, policy)
         self.client.startService()
         yield self._poll(lambda: len(attempts) >= 2)
         self.assertEqual(self.client_receivers, [])
@@ -173,7 +178,7 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
             "publish as w1 (user_id)": (forged, lambda ch: ch.basic_publish(
                 exchange=names.exchange, routing_key=names.master_queue, body=b"forged",
                 properties=pika.BasicProperties(user_id=WORKER, correlation_id="x",
-                                                type=amqp.FRAME))),
+                                                type="frame"))),
         }
         try:
             # the control: w2 may use its own queue, so the refusals are about w1's
@@ -231,9 +236,8 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
         _, password = broker.worker_credentials(user)
         parameters = pika.ConnectionParameters(
             virtual_host=broker.vhost, credentials=pika.PlainCredentials(user, password))
-        return await amqp._open_link(reactor, TCP4ClientEndpoint(reactor, broker.host,
-                                                                 broker.port),
-                                     parameters, 10)
+        return await open_link(reactor, TCP4ClientEndpoint(reactor, broker.host, broker.port),
+                               parameters, 10)
 
     @defer.inlineCallbacks
     def _poll(self, predicate: Any, seconds: float = 30) -> Any:
@@ -259,11 +263,11 @@ class AmqpOptions(unittest.SynchronousTestCase):
 
     def test_worker_options(self) -> None:
         target = ClientTarget(host="127.0.0.1", port=5672, options={"prefetch": "7"})
-        service = amqp.client_service(reactor, target, lambda: None)
-        self.assertEqual(service.prefetch, 7)
-        self.assertEqual(service.user, amqp.DEFAULT_USER)
+        endpoint = amqp.client_endpoint(reactor, target)
+        self.assertEqual(endpoint.prefetch, 7)
+        self.assertEqual(endpoint.user, amqp.DEFAULT_USER)
         with self.assertRaises(ValueError):
-            amqp.client_service(reactor, ClientTarget(options={"bogus": "1"}), lambda: None)
+            amqp.client_endpoint(reactor, ClientTarget(options={"bogus": "1"}))
 
     def test_permissions_escape_names(self) -> None:
         names = amqp.Names("ex.1", "master.q", "w.")

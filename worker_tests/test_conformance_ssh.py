@@ -13,11 +13,11 @@ import pytest
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from buildbot_worker_msgproto.reach.ssh import SSHSettings
+from buildbot_worker_msgproto.reach.ssh import SSHTunnelAddress
+from buildbot_worker_msgproto.reach.tls import TLSSettings
 from buildbot_worker_msgproto.scripts import gen_keys
 from buildbot_worker_msgproto.transports.base import ClientTarget
-from buildbot_worker_msgproto.transports.ssh import SSHSettings
-from buildbot_worker_msgproto.transports.ssh import SSHTunnelAddress
-from buildbot_worker_msgproto.transports.tls import TLSSettings
 from master_tests import rabbitmq
 from master_tests import sshd
 from master_tests.rabbitmq import amqp_broker  # noqa: F401 - the fixture

@@ -25,6 +25,7 @@ from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.protocol.limits import MIB
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
+from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.transports import websocket
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from worker_tests.conformance import ConformanceMixin
@@ -141,8 +142,9 @@ class WebSocketConformance(ConformanceMixin, unittest.TestCase):
         yield self.listening.stop()
         self.listening = yield defer.ensureDeferred(
             self.module.listen(reactor, self.server_options(), new_master_driver))
-        self.client = self.module.client_service(reactor, self.client_target(self.listening),
-                                                 self._new_client_receiver, lambda n: 0.2)
+        self.client = registry.client_service(self.backend, reactor,
+                                              self.client_target(self.listening),
+                                              self._new_client_receiver, lambda n: 0.2)
         self.client.startService()
         for _ in range(200):
             if self.client_receivers:
@@ -185,8 +187,8 @@ class WebSocketConformance(ConformanceMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_wrong_path_is_refused_and_no_session_starts(self) -> Any:
-        self.client = self.module.client_service(
-            reactor, ClientTarget(host="127.0.0.1", port=self.listening.port_number,
+        self.client = registry.client_service(
+            "websocket", reactor, ClientTarget(host="127.0.0.1", port=self.listening.port_number,
                                   options={"path": "/elsewhere"}),
             self._new_client_receiver, lambda n: 0.1)
         self.client.startService()
@@ -286,8 +288,9 @@ class WebSocketOptions(unittest.TestCase):
              "auto_ping_timeout": "0"}, websocket.CLIENT_OPTIONS)
         self.assertEqual(settings, websocket.Settings("/ws/msg", True, 5.0, 0.0))
         with self.assertRaises(ValueError):
-            websocket.client_service(reactor, ClientTarget("h", 1, options={"port": "1"}),
-                                     RecordingReceiver)
+            registry.client_service("websocket", reactor,
+                                    ClientTarget("h", 1, options={"port": "1"}),
+                                    RecordingReceiver)
 
     def test_client_url(self) -> None:
         url = websocket.client_url

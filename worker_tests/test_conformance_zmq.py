@@ -22,8 +22,8 @@ from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.scripts import gen_keys
 from buildbot_worker_msgproto.transports import registry
-from buildbot_worker_msgproto.transports import zmq as zmq_transport
 from buildbot_worker_msgproto.transports.base import ClientTarget
+from buildbot_worker_msgproto.transports.zmq import options as zmq_options
 from worker_tests.conformance import TIMEOUT
 from worker_tests.conformance import ConformanceMixin
 from worker_tests.conformance import RecordingReceiver
@@ -72,7 +72,7 @@ class ZmqSpecifics(unittest.TestCase):
 
     def start_client(self, port: int | None = None) -> Any:
         target = ClientTarget(host="127.0.0.1", port=port or self.listening.port_number)
-        client = self.module.client_service(reactor, target, self._new_client_receiver,
+        client = registry.client_service("zmq", reactor, target, self._new_client_receiver,
                                             lambda n: 0.1)
         client.startService()
         self.clients.append(client)
@@ -109,7 +109,7 @@ class ZmqSpecifics(unittest.TestCase):
         guarantees = self.listening.guarantees
         self.assertEqual((guarantees.ordered, guarantees.reliable, guarantees.encrypted,
                           guarantees.detects_disconnect), (True, True, False, False))
-        self.assertEqual(guarantees.max_frame_size, zmq_transport.DEFAULT_MAX_MESSAGE_SIZE)
+        self.assertEqual(guarantees.max_frame_size, zmq_options.DEFAULT_MAX_MESSAGE_SIZE)
 
     def test_options_are_validated(self) -> None:
         good = [{"port": 9990}, {"port": 0, "interface": "::1", "sndhwm": 10},
@@ -126,9 +126,9 @@ class ZmqSpecifics(unittest.TestCase):
                 self.module.validate_options(options)
         target = ClientTarget(host="h", port=1, options={"sndhwm": "x"})
         with self.assertRaises(ValueError):
-            self.module.client_service(reactor, target, RecordingReceiver)
+            registry.client_service("zmq", reactor, target, RecordingReceiver)
         with self.assertRaises(ValueError):
-            self.module.client_service(reactor, ClientTarget("h", 1, use_tls=True),
+            registry.client_service("zmq", reactor, ClientTarget("h", 1, use_tls=True),
                                        RecordingReceiver)
 
     @defer.inlineCallbacks
@@ -145,9 +145,11 @@ class ZmqSpecifics(unittest.TestCase):
         for index, receiver in enumerate(self.client_receivers):
             frames = yield _timeout(receiver.wait_frames(1))
             self.assertEqual(frames, [b"echo from %d" % index])
-        sockets = [c for c in zmq_transport._factory.connections  # not the ZAP handler's
-                   if isinstance(c.owner, zmq_transport.RouterListening)]
-        self.assertEqual(len(sockets), 1)
+        # the listener's own context holds its one ROUTER (and, with CURVE, the ZAP
+        # handler's socket); each worker session has a context of its own
+        owners = [c.owner for c in self.listening.context.factory.connections]
+        self.assertEqual([o for o in owners if o is not self.listening.zap], [self.listening])
+        self.assertEqual(len({id(r.transport.context) for r in self.client_receivers}), 5)
 
     @defer.inlineCallbacks
     def test_each_session_has_a_fresh_identity(self) -> Any:
@@ -189,6 +191,33 @@ class ZmqSpecifics(unittest.TestCase):
         self.assertIn("unreachable", reason)
 
     @defer.inlineCallbacks
+    def test_a_session_that_never_hears_the_master_is_a_failed_connect(self) -> Any:
+        """ZeroMQ connects silently: the endpoint's connect() fires once the master
+        answered, so sessions ended by their handshake timeout with nobody listening count
+        as failed attempts for the retry policy (and maxRetries), as refused TCP connects."""
+        port = self.listening.port_number
+        yield self.listening.stop()
+        self.listening = yield self.listen(0)  # elsewhere: nobody listens on ``port``
+        limits = DEFAULT_LIMITS.replace(handshake_timeout=0.3)
+        attempts: list[int] = []
+
+        def policy(attempt: int) -> float:
+            attempts.append(attempt)
+            return 0.05
+
+        def new_driver() -> SessionDriver:
+            return SessionDriver(Session(Role.WORKER, limits, now=reactor.seconds(),
+                                         worker_name="w1", password="pw"),
+                                 MessageHandler(), reactor)
+
+        client = registry.client_service("zmq", reactor, ClientTarget("127.0.0.1", port),
+                                         new_driver, policy)
+        client.startService()
+        self.clients.append(client)
+        yield self.wait_for(lambda: len(attempts) >= 3, "three failed attempts")
+        self.assertEqual(attempts[:3], [1, 2, 3])
+
+    @defer.inlineCallbacks
     def test_a_restarted_master_makes_the_worker_start_a_new_session(self) -> Any:
         self.start_client()
         yield self.wait_for(lambda: self.server_receivers, "a peer")
@@ -201,13 +230,16 @@ class ZmqSpecifics(unittest.TestCase):
         old = self.client_receivers[0]
         old.transport.send_frames([b"a frame of the old session"])
         reason = yield _timeout(old.closed)
-        self.assertEqual(reason, "closed by the peer")
+        self.assertEqual(reason, "closed by the master")
         yield self.wait_for(lambda: len(self.server_receivers) == 2, "a new session")
         new = yield _timeout(self.server_receivers[1].opened)
         self.client_receivers[1].transport.send_frames([b"hello again"])
         frames = yield _timeout(self.server_receivers[1].wait_frames(1))
         self.assertEqual(frames, [b"hello again"])
-        self.assertIn("127.0.0.1", new.peer())
+        self.assertRegex(new.peer(), r"^127\.0\.0\.1:[1-9][0-9]*$")  # Buildbot's host:port
+        self.assertRegex(self.client_receivers[1].transport.peer(),
+                         rf"^127\.0\.0\.1:{port}$")
+        self.assertIn(f"zmq id {new.identity.hex()[:12]}", new.describe())
 
 
 # ====================================================================== CURVE
@@ -252,7 +284,8 @@ class ZmqCurveConformance(ZmqConformance):
         self.assertTrue(client.transport.guarantees.encrypted)
         # the ZAP handler's verdict names the worker's key file
         self.assertEqual(server.transport.curve_key_name, "w1")
-        self.assertIn("CURVE key w1", server.transport.peer())
+        self.assertIn("CURVE key w1", server.transport.describe())
+        self.assertNotIn("CURVE", server.transport.peer())
 
 
 #: How long a refused worker is watched for a session that must not come.
@@ -279,7 +312,7 @@ class ZmqCurveSpecifics(ZmqSpecifics):
         target = ClientTarget(host="127.0.0.1", port=port or self.listening.port_number,
                               options=curve_worker_options(self.keys)
                               if options is None else options)
-        client = self.module.client_service(reactor, target, self._new_client_receiver,
+        client = registry.client_service("zmq", reactor, target, self._new_client_receiver,
                                             lambda n: 0.1)
         client.startService()
         self.clients.append(client)
@@ -296,7 +329,7 @@ class ZmqCurveSpecifics(ZmqSpecifics):
 
     def test_guarantees(self) -> None:
         self.assertTrue(self.listening.guarantees.encrypted)
-        self.assertIsNotNone(self.listening.zap_domain)
+        self.assertIsNotNone(self.listening.zap)
 
     def test_frame_from_an_unknown_identity_is_answered_with_close(self) -> Any:
         raise unittest.SkipTest("a plain DEALER gets nothing from a CURVE ROUTER: "
@@ -387,7 +420,7 @@ class ZmqCurveSpecifics(ZmqSpecifics):
 
         target = ClientTarget(host="127.0.0.1", port=self.listening.port_number,
                               options=curve_worker_options(self.keys, server=self.stranger))
-        client = self.module.client_service(reactor, target, new_driver, lambda n: 0.1)
+        client = registry.client_service("zmq", reactor, target, new_driver, lambda n: 0.1)
         client.startService()
         self.clients.append(client)
         yield self.wait_for(lambda: len(ended) >= 2, "two timed-out attempts")
@@ -402,7 +435,7 @@ class ZmqCurveSpecifics(ZmqSpecifics):
         worker = curve_worker_options(self.keys)
         for key in worker:
             with self.assertRaisesRegex(ValueError, "needs .* as well"):
-                self.module.client_service(reactor, ClientTarget("h", 1, options={
+                registry.client_service("zmq", reactor, ClientTarget("h", 1, options={
                     key: worker[key]}), RecordingReceiver)
         bad_master = [
             {"curve_secret_key": self.keys.curve_master_public},  # the public file
@@ -421,7 +454,7 @@ class ZmqCurveSpecifics(ZmqSpecifics):
         ]
         for change in bad_worker:
             with self.assertRaises(ValueError, msg=repr(change)):
-                self.module.client_service(reactor, ClientTarget("h", 1, options={
+                registry.client_service("zmq", reactor, ClientTarget("h", 1, options={
                     **worker, **change}), RecordingReceiver)
         with self.assertRaisesRegex(ValueError, "public key"):
             self.module.validate_options({"port": 1, **master})  # fine so far
@@ -431,19 +464,30 @@ class ZmqCurveSpecifics(ZmqSpecifics):
         # the good ones pass
         os.unlink(self.keys.curve_worker_public("broken"))
         self.module.validate_options({"port": 1, **master})
-        self.module.client_service(reactor, ClientTarget("h", 1, options=worker),
+        registry.client_service("zmq", reactor, ClientTarget("h", 1, options=worker),
                                    RecordingReceiver)
 
-    def test_two_curve_listeners_share_one_zap_handler(self) -> Any:
-        @defer.inlineCallbacks
-        def run() -> Any:
-            other = yield self.listen(0)
-            try:
-                self.assertIs(zmq_transport._zap, zap)
-                self.assertNotEqual(other.zap_domain, self.listening.zap_domain)
-            finally:
-                yield other.stop()
-            self.assertIs(zmq_transport._zap, zap)  # still serving self.listening
-        zap = zmq_transport._zap
-        self.assertIsNotNone(zap)
-        return run()
+    @defer.inlineCallbacks
+    def test_each_curve_listener_has_its_own_zap_handler(self) -> Any:
+        """Two CURVE listeners in one process (a reconfig, the test suites) each own a
+        context and a ZAP handler with their own keys: both let their workers in."""
+        other_keys = make_curve_keys(self.mktemp(), ("w9",))
+        other = yield defer.ensureDeferred(self.module.listen(reactor, {
+            "port": 0, "interface": "127.0.0.1", **curve_master_options(other_keys)},
+            self._new_server_receiver))
+        try:
+            self.assertIsNot(other.zap, self.listening.zap)
+            self.assertIsNot(other.context, self.listening.context)
+            self.start_client(port=other.port_number,
+                              options=curve_worker_options(other_keys, "w9"))
+            self.start_client(options=curve_worker_options(self.keys, "w1"))
+            yield self.wait_for(lambda: len(self.server_receivers) == 2, "2 peers")
+            peers = yield defer.gatherResults([r.opened for r in self.server_receivers])
+            self.assertEqual(sorted(p.curve_key_name for p in peers), ["w1", "w9"])
+        finally:
+            for client in self.clients:
+                yield client.stopService()
+            self.clients = []
+            yield other.stop()
+        self.assertIsNone(other.zap.conn.socket)
+        self.assertIsNotNone(self.listening.zap.conn.socket)  # still serving its listener

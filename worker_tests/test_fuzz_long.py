@@ -376,6 +376,8 @@ class _Command:
 def test_updates_for_another_workers_commands_are_ignored():
     """Commands are looked up per connection: w2 cannot address w1's command."""
     pytest.importorskip("buildbot")
+    import types
+
     from twisted.internet import defer
     from twisted.internet import task
 
@@ -396,12 +398,10 @@ def test_updates_for_another_workers_commands_are_ignored():
         def __init__(self, name: str) -> None:
             self.workername = name
 
-    class Master:  # the connection only takes the reactor (for its suspension notice)
-        reactor = task.Clock()
-
     conns, commands = {}, {}
     for command_id, name in ((41, "w1"), (42, "w2")):
-        conns[name] = MsgConnection(master=Master(), worker=Worker(name), driver=Driver())
+        master = types.SimpleNamespace(reactor=task.Clock())
+        conns[name] = MsgConnection(master=master, worker=Worker(name), driver=Driver())
         commands[name] = _Command()
         conns[name].remoteStartCommand(commands[name], "b", command_id, "shell",
                                        {"command": ["true"]})

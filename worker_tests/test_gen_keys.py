@@ -31,6 +31,7 @@ from twisted.trial import unittest
 
 from buildbot_worker_msgproto.scripts import gen_keys
 from buildbot_worker_msgproto.scripts import runner
+from buildbot_worker_msgproto.security import certificates
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "buildbot-worker-msgproto")
 
@@ -89,7 +90,7 @@ def test_certificates_chain_to_the_ca(material: gen_keys.Layout) -> None:
         cert = load_cert(material.worker_cert(name))
         cert.verify_directly_issued_by(ca)
         verified = PolicyBuilder().store(store).build_client_verifier().verify(cert, [])
-        assert verified.subjects == [x509.UniformResourceIdentifier(gen_keys.worker_uri(name))]
+        assert verified.subjects == [x509.UniformResourceIdentifier(certificates.worker_uri(name))]
 
 
 def test_other_ca_does_not_verify(material: gen_keys.Layout, tmp_path: Any) -> None:
@@ -119,11 +120,11 @@ def test_names_and_usages(material: gen_keys.Layout) -> None:
     for name in ("w1", "wé-2"):
         cert = load_cert(material.worker_cert(name))
         assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
-        assert gen_keys.worker_names_from_certificate(cert) == [name]
+        assert certificates.worker_names_from_certificate(cert) == [name]
         assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == \
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
-    assert gen_keys.worker_uri("wé-2") == "urn:buildbot-msgproto:worker:w%C3%A9-2"
-    assert gen_keys.worker_names_from_certificate(master) == []
+    assert certificates.worker_uri("wé-2") == "urn:buildbot-msgproto:worker:w%C3%A9-2"
+    assert certificates.worker_names_from_certificate(master) == []
 
 
 def test_defaults_and_private_key_files(tmp_path: Any) -> None:
@@ -290,7 +291,7 @@ class TlsHandshake(unittest.TestCase):
         for hostname in ("localhost", "127.0.0.1"):
             received, peers = yield self.exchange(self.good, self.good, hostname)
             self.assertEqual(received, b"ping")
-            self.assertEqual([gen_keys.worker_names_from_certificate(p) for p in peers],
+            self.assertEqual([certificates.worker_names_from_certificate(p) for p in peers],
                              [["w1"]])
             self.assertEqual(peers[0], load_cert(self.good.worker_cert("w1")))
 
@@ -387,7 +388,7 @@ def test_ssh_key_pair(tmp_path: Any) -> None:
     for that very key."""
     from twisted.conch.ssh import keys
 
-    from buildbot_worker_msgproto.transports.ssh import load_private_key
+    from buildbot_worker_msgproto.reach.ssh import load_private_key
 
     layout = gen_keys.generate(str(tmp_path / "keys"), workers=["w1"]).layout
     private = load_private_key(layout.ssh_worker_key("w1"))

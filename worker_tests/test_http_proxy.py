@@ -17,12 +17,12 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectError
 from twisted.trial import unittest
 
+from buildbot_worker_msgproto.reach.endpoints import client_endpoint
+from buildbot_worker_msgproto.reach.http_proxy import HTTPConnectEndpoint
+from buildbot_worker_msgproto.reach.http_proxy import ProxyError
+from buildbot_worker_msgproto.reach.http_proxy import connect_request
+from buildbot_worker_msgproto.reach.http_proxy import parse_answer
 from buildbot_worker_msgproto.transports.base import ClientTarget
-from buildbot_worker_msgproto.transports.endpoints import client_endpoint
-from buildbot_worker_msgproto.transports.http_proxy import HTTPConnectEndpoint
-from buildbot_worker_msgproto.transports.http_proxy import ProxyError
-from buildbot_worker_msgproto.transports.http_proxy import connect_request
-from buildbot_worker_msgproto.transports.http_proxy import parse_answer
 from worker_tests.http_proxy_server import ConnectProxyFactory
 
 TIMEOUT = 10

@@ -21,8 +21,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.python.filepath import FilePath
 from twisted.trial import unittest
 
-from buildbot_worker_msgproto.transports import ssh
-from buildbot_worker_msgproto.transports import ssh_forward
+from buildbot_worker_msgproto.reach import ssh
+from buildbot_worker_msgproto.reach import ssh_forward
 from master_tests import sshd
 from master_tests.sshd import ssh_server  # noqa: F401 - the fixture
 from master_tests.sshd import write_key_pair
@@ -190,10 +190,10 @@ class TestOptions:
                         "--ssh-known-hosts", kh, "--connection-string", "tcp:host=h:port=1")
 
     def test_client_endpoint(self, files: Any) -> None:
+        from buildbot_worker_msgproto.reach.endpoints import client_endpoint
+        from buildbot_worker_msgproto.reach.tls import TLSSettings
+        from buildbot_worker_msgproto.reach.tls import VerifiedTLSEndpoint
         from buildbot_worker_msgproto.transports.base import ClientTarget
-        from buildbot_worker_msgproto.transports.endpoints import client_endpoint
-        from buildbot_worker_msgproto.transports.tls import TLSSettings
-        from buildbot_worker_msgproto.transports.tls import VerifiedTLSEndpoint
 
         settings = ssh.SSHSettings.create("bb@gw:2222", files[0], files[1])
         plain = client_endpoint(reactor, ClientTarget("10.0.0.5", 9989, ssh=settings))

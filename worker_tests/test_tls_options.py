@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.python import usage
 
+from buildbot_worker_msgproto.reach.endpoints import client_endpoint
+from buildbot_worker_msgproto.reach.tls import MasterConnectionCreator
+from buildbot_worker_msgproto.reach.tls import TLSSettings
+from buildbot_worker_msgproto.reach.tls import VerifiedTLSEndpoint
+from buildbot_worker_msgproto.reach.tls import normalize_fingerprint
 from buildbot_worker_msgproto.scripts.runner import CreateWorkerOptions
 from buildbot_worker_msgproto.transports.base import ClientTarget
-from buildbot_worker_msgproto.transports.endpoints import client_endpoint
-from buildbot_worker_msgproto.transports.tls import MasterConnectionCreator
-from buildbot_worker_msgproto.transports.tls import TLSSettings
-from buildbot_worker_msgproto.transports.tls import VerifiedTLSEndpoint
-from buildbot_worker_msgproto.transports.tls import normalize_fingerprint
 
 HEX = "0123456789abcdef" * 4
 

@@ -56,6 +56,9 @@ class CloseCode(str, enum.Enum):
     RESUME_WINDOW_EXPIRED = "resume_window_expired"
     #: The worker logged in anew (its process restarted): the old session ends.
     SESSION_REPLACED = "session_replaced"
+    # --- several masters
+    #: Another master owns this worker (its lease is valid): try another master.
+    NOT_OWNER = "not_owner"
 
 
 #: Close codes meaning "this worker cannot log in with these credentials": a worker

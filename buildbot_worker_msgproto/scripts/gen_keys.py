@@ -13,7 +13,6 @@ import ipaddress
 import os
 import re
 import secrets
-import urllib.parse
 from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +29,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.oid import NameOID
 from twisted.python import usage
 
+from buildbot_worker_msgproto.security.certificates import worker_uri
+
 DEFAULT_DAYS = 825
 DEFAULT_MASTER_HOSTS = ("localhost", "127.0.0.1")
-
-#: The subjectAltName URI that binds a worker certificate to a worker name; the name is
-#: percent-encoded (UTF-8).  The master should check this, not the CN.
-WORKER_URI_PREFIX = "urn:buildbot-msgproto:worker:"
 
 #: Buildbot's identifier rule (``buildbot.util.identifiers.ident_re``); also a safe file name.
 _WORKER_NAME_RE = re.compile("^[a-zA-Z\u00a0-\U0010ffff_-][a-zA-Z0-9\u00a0-\U0010ffff_-]*$")
@@ -77,26 +74,6 @@ def parse_master_host(value: str) -> Host:
     if len(ascii_name) > 253 or not all(_DNS_LABEL_RE.match(label) for label in labels):
         raise GenKeysError(f"invalid master host {value!r}: not an IP address or DNS name")
     return ascii_name.lower()
-
-
-def worker_uri(name: str) -> str:
-    """The subjectAltName URI of the worker ``name``'s certificate."""
-    return WORKER_URI_PREFIX + urllib.parse.quote(name, safe="")
-
-
-def worker_names_from_certificate(cert: x509.Certificate) -> list[str]:
-    """Worker names a certificate is bound to (from its subjectAltName URIs); for the master.
-
-    The master should accept a TLS client certificate for worker ``W`` only if ``W`` is in
-    this list (and the certificate chains to the installation's CA).
-    """
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [urllib.parse.unquote(uri[len(WORKER_URI_PREFIX):])
-            for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
-            if uri.startswith(WORKER_URI_PREFIX)]
 
 
 def fingerprint(cert: x509.Certificate) -> str:

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.internet import ClientService
 from twisted.internet import protocol
-from twisted.internet.interfaces import ISSLTransport
 from twisted.protocols import amp
 
+from buildbot_worker_msgproto.reach.endpoints import client_endpoint  # noqa: F401 - backend API
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import FrameReceiver
-from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
-from buildbot_worker_msgproto.transports.base import TransportGuarantees
-from buildbot_worker_msgproto.transports.endpoints import TLS_OPTION
-from buildbot_worker_msgproto.transports.endpoints import FactoryWrapper
-from buildbot_worker_msgproto.transports.endpoints import PortListening
-from buildbot_worker_msgproto.transports.endpoints import ReceiverProtocolFactory
-from buildbot_worker_msgproto.transports.endpoints import check_tls_option
-from buildbot_worker_msgproto.transports.endpoints import listen_stream
-from buildbot_worker_msgproto.transports.endpoints import stream_client_service
-from buildbot_worker_msgproto.transports.tcp import WritabilityReporter
-from buildbot_worker_msgproto.transports.tcp import set_nodelay
+from buildbot_worker_msgproto.transports.base import ReceiverProtocolFactory
+from buildbot_worker_msgproto.transports.stream import TLS_OPTION
+from buildbot_worker_msgproto.transports.stream import FactoryWrapper
+from buildbot_worker_msgproto.transports.stream import PortListening
+from buildbot_worker_msgproto.transports.stream import StreamFrameTransport
+from buildbot_worker_msgproto.transports.stream import check_tls_option
+from buildbot_worker_msgproto.transports.stream import listen_stream
+from buildbot_worker_msgproto.transports.stream import stream_guarantees
 
 NAME = "amp"
 #: Largest chunk of a frame per AMP box (AMP's value limit is 65,535 bytes).
@@ -46,11 +42,10 @@ class FrameChunk(amp.Command):
     requiresAnswer = False
 
 
-class AmpFrameProtocol(amp.AMP, FrameTransport):
+class AmpFrameProtocol(amp.AMP, StreamFrameTransport):
     """An AMP connection carrying frames for one :class:`FrameReceiver`."""
 
-    guarantees = TransportGuarantees(ordered=True, reliable=True, max_frame_size=None,
-                                     encrypted=False)
+    guarantees = stream_guarantees(None)
 
     def __init__(self, receiver: FrameReceiver) -> None:
         super().__init__()
@@ -63,11 +58,7 @@ class AmpFrameProtocol(amp.AMP, FrameTransport):
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         super().connectionMade()
-        set_nodelay(self.transport)
-        if ISSLTransport.providedBy(self.transport):
-            self.guarantees = TransportGuarantees(True, True, None, encrypted=True)
-        self.transport.registerProducer(WritabilityReporter(self.receiver), True)
-        self.receiver.transport_opened(self)
+        self.stream_opened()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if not self._receiving:
@@ -120,20 +111,6 @@ class AmpFrameProtocol(amp.AMP, FrameTransport):
                 self.callRemote(FrameChunk, data=frame[index * CHUNK:(index + 1) * CHUNK],
                                 final=index == last)
 
-    def close(self) -> None:
-        # A registered producer would keep TLS from shutting down and make a paused
-        # transport resume it instead of finishing the close: unregister first.
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
-
-    def abort(self) -> None:
-        self._closed = True
-        self.transport.abortConnection()
-
-    def peer(self) -> str:
-        address = self.transport.getPeer()
-        return f"{getattr(address, 'host', address)}:{getattr(address, 'port', '')}"
-
 
 def validate_options(options: dict[str, Any]) -> None:
     """Master side: ``{'port': int or strport, 'backlog': int}``."""
@@ -154,9 +131,8 @@ async def listen(reactor: Any, options: dict[str, Any], new_receiver: ReceiverFa
                                wrap_factory)
 
 
-def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory,
-                   retry_policy: Any = None) -> ClientService:
-    """A reconnecting AMP client to ``target`` (host:port, connection string or proxy)."""
-    return stream_client_service(reactor, target,
-                                 ReceiverProtocolFactory(AmpFrameProtocol, new_receiver),
-                                 retry_policy)
+def client_factory(reactor: Any, target: ClientTarget,
+                   new_receiver: ReceiverFactory) -> ReceiverProtocolFactory:
+    """AMP frame sessions over :func:`client_endpoint` (host:port, connection string,
+    proxy, SSH tunnel, TLS)."""
+    return ReceiverProtocolFactory(AmpFrameProtocol, new_receiver)

@@ -1,4 +1,4 @@
-"""The interface between transports and the session driver."""
+"""The interface between transports and the session driver, and the glue all share."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import dataclasses
 from typing import Any
 from typing import Callable
 from typing import Protocol
+
+from twisted.internet import protocol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +66,11 @@ class ClientTarget:
     #: Backend-specific options (e.g. a WebSocket path, an AMQP virtual host).
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: How to verify the master's certificate and what to present (a
-    #: :class:`~buildbot_worker_msgproto.transports.tls.TLSSettings`; implies ``use_tls``).
+    #: :class:`~buildbot_worker_msgproto.reach.tls.TLSSettings`; implies ``use_tls``).
     #: None: the system's trusted CAs and the host name, when ``use_tls``.
     tls: Any = None
     #: Tunnel through this SSH server (an
-    #: :class:`~buildbot_worker_msgproto.transports.ssh.SSHSettings`); ``host`` and ``port``
+    #: :class:`~buildbot_worker_msgproto.reach.ssh.SSHSettings`); ``host`` and ``port``
     #: are then the master as seen from the SSH server.  None: connect directly.
     ssh: Any = None
 
@@ -102,5 +104,53 @@ class FrameTransport:
         raise NotImplementedError
 
     def peer(self) -> str:
-        """A printable peer address, for logs."""
+        """The peer's address as Buildbot prints one: ``host:port`` (see
+        :func:`format_address`), whatever the transport."""
         raise NotImplementedError
+
+    def describe(self) -> str:
+        """The peer with whatever else the transport knows of it, for logs (a ZeroMQ
+        identity, the CURVE key's name, the AMQP user and session...)."""
+        return self.peer()
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` of a Twisted address, as Buildbot's own connections print their peer
+    (``get_peer()``); the address as text if it has no host."""
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    return f"{host}:{getattr(address, 'port', 0)}"
+
+
+def peer_address(transport: Any) -> str:
+    """:func:`format_address` of a Twisted transport's peer; ``?`` if it has none (gone)."""
+    try:
+        return format_address(transport.getPeer())
+    except Exception:
+        return "?"
+
+
+class ReceiverProtocolFactory(protocol.Factory):
+    """Builds ``protocol_class(receiver)`` with a fresh receiver for each connection."""
+
+    noisy = False
+
+    def __init__(self, protocol_class: Any, new_receiver: ReceiverFactory) -> None:
+        self.protocol_class = protocol_class
+        self.new_receiver = new_receiver
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
+        return self.protocol_class(self.new_receiver())
+
+
+class OneProtocolFactory(protocol.Factory):
+    """Hands out one protocol made beforehand (for an endpoint's ``connect()``)."""
+
+    noisy = False
+
+    def __init__(self, proto: protocol.Protocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:  # noqa: N802 - Twisted's name
+        return self.proto

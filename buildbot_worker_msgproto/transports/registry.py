@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
+
+from twisted.application.internet import ClientService
+
+from buildbot_worker_msgproto.transports.base import ClientTarget
+from buildbot_worker_msgproto.transports.base import ReceiverFactory
 
 #: Every backend name and the module implementing it.  Each module provides
-#: ``NAME``, ``listen(reactor, options, new_receiver)`` (awaitable, master side),
-#: ``client_service(reactor, target, new_receiver, retry_policy)`` (worker side) and
-#: ``validate_options(options)`` (master.cfg checks).
+#: ``NAME``, ``validate_options(options)`` (master.cfg checks),
+#: ``listen(reactor, options, new_receiver)`` (awaitable, master side), and on the worker
+#: side ``client_endpoint(reactor, target)`` (an object with Twisted's client endpoint
+#: ``connect(factory)``) and ``client_factory(reactor, target, new_receiver)`` (the
+#: protocol factory to connect with), which :func:`client_service` puts together.
 BACKENDS: dict[str, str] = {
     "tcp": "buildbot_worker_msgproto.transports.tcp",
     "amp": "buildbot_worker_msgproto.transports.amp",
@@ -33,3 +41,15 @@ def load(name: str) -> ModuleType:
         raise ImportError(f"transport {name!r} needs a library that is not installed: {e}; "
                           "install buildbot-msgproto with its extras, e.g. "
                           f"pip install 'buildbot-msgproto[{name}]'") from e
+
+
+def client_service(name: str, reactor: Any, target: ClientTarget,
+                   new_receiver: ReceiverFactory, retry_policy: Any = None) -> ClientService:
+    """The worker's reconnecting client of backend ``name``: Twisted's ``ClientService``
+    over the backend's client endpoint, one session (``new_receiver()``) per connection,
+    ``retry_policy(attempt)`` seconds between attempts.  (The negotiated port, with its
+    PB fallback, is :class:`buildbot_worker_msgproto.client.MsgClientFactory`.)"""
+    backend = load(name)
+    return ClientService(backend.client_endpoint(reactor, target),
+                         backend.client_factory(reactor, target, new_receiver),
+                         retryPolicy=retry_policy, clock=reactor)

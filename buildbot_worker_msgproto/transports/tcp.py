@@ -10,23 +10,17 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from twisted.application.internet import ClientService
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.basic import Int32StringReceiver
-from twisted.python import log
-from zope.interface import implementer
 
+from buildbot_worker_msgproto.reach.endpoints import client_endpoint  # noqa: F401 - backend API
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import FrameReceiver
-from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
-from buildbot_worker_msgproto.transports.base import TransportGuarantees
-from buildbot_worker_msgproto.transports.endpoints import PortListening
-from buildbot_worker_msgproto.transports.endpoints import ReceiverProtocolFactory
-from buildbot_worker_msgproto.transports.endpoints import listen_stream
-from buildbot_worker_msgproto.transports.endpoints import stream_client_service
+from buildbot_worker_msgproto.transports.base import ReceiverProtocolFactory
+from buildbot_worker_msgproto.transports.stream import PortListening
+from buildbot_worker_msgproto.transports.stream import StreamFrameTransport
+from buildbot_worker_msgproto.transports.stream import listen_stream
+from buildbot_worker_msgproto.transports.stream import stream_guarantees
 
 NAME = "tcp"
 
@@ -36,29 +30,13 @@ TCP_MAX_FRAME = 2**32 - 1
 _PREFIX = struct.Struct("!I")
 
 
-def set_nodelay(transport: object) -> None:
-    """Disable Nagle's algorithm where the transport supports it (TLS wraps TCP, too)."""
-    target = transport
-    while target is not None:
-        if ITCPTransport.providedBy(target):
-            try:
-                target.setTcpNoDelay(True)
-            except Exception as e:  # e.g. a socket type without the option
-                log.msg(f"msgproto: could not set TCP_NODELAY: {e}")
-            return
-        target = getattr(target, "transport", None)
-
-
-class FramedProtocol(Int32StringReceiver, FrameTransport):
+class FramedProtocol(Int32StringReceiver, StreamFrameTransport):
     """A Twisted protocol carrying length-prefixed frames for one :class:`FrameReceiver`."""
 
-    guarantees = TransportGuarantees(ordered=True, reliable=True, max_frame_size=TCP_MAX_FRAME,
-                                     encrypted=False)
+    guarantees = stream_guarantees(TCP_MAX_FRAME)
 
-    def __init__(self, receiver: FrameReceiver, encrypted: bool = False) -> None:
+    def __init__(self, receiver: FrameReceiver) -> None:
         self.receiver = receiver
-        if encrypted:
-            self.guarantees = TransportGuarantees(True, True, TCP_MAX_FRAME, True)
         self._closed = False
         self._receiving = True
 
@@ -67,25 +45,21 @@ class FramedProtocol(Int32StringReceiver, FrameTransport):
     def MAX_LENGTH(self) -> int:  # noqa: N802 - name fixed by Twisted
         return self.receiver.max_incoming_frame_size()
 
-    def connectionMade(self) -> None:
-        set_nodelay(self.transport)
-        if ISSLTransport.providedBy(self.transport):
-            self.guarantees = TransportGuarantees(True, True, TCP_MAX_FRAME, encrypted=True)
-        self.transport.registerProducer(WritabilityReporter(self.receiver), True)
-        self.receiver.transport_opened(self)
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self.stream_opened()
 
-    def stringReceived(self, frame: bytes) -> None:
+    def stringReceived(self, frame: bytes) -> None:  # noqa: N802
         if self._receiving:
             self.receiver.frame_received(frame)
 
-    def lengthLimitExceeded(self, length: int) -> None:
+    def lengthLimitExceeded(self, length: int) -> None:  # noqa: N802
         # Never buffer an oversized frame: stop reading, let the receiver say why and close.
         if self._receiving:
             self._receiving = False
             self.transport.pauseProducing()
             self.receiver.frame_rejected(length)
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self._closed = True
         self._receiving = False
         if self.transport is not None:
@@ -102,44 +76,6 @@ class FramedProtocol(Int32StringReceiver, FrameTransport):
             chunks.append(frame)
         self.transport.writeSequence(chunks)
 
-    def close(self) -> None:
-        # A registered producer would keep TLS from shutting down and make a paused
-        # transport resume it instead of finishing the close: unregister first.
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
-
-    def abort(self) -> None:
-        self._closed = True
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            abort()
-        else:
-            self.transport.loseConnection()
-
-    def peer(self) -> str:
-        address = self.transport.getPeer()
-        host = getattr(address, "host", None)
-        port = getattr(address, "port", None)
-        return f"{host}:{port}" if host is not None else str(address)
-
-
-@implementer(IPushProducer)
-class WritabilityReporter:
-    """Registered as a streaming producer: Twisted pauses it when the socket's send
-    buffer is full and resumes it once drained; we report that to the receiver."""
-
-    def __init__(self, receiver: FrameReceiver) -> None:
-        self.receiver = receiver
-
-    def pauseProducing(self) -> None:  # noqa: N802 - Twisted interface
-        self.receiver.writable_changed(False)
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        self.receiver.writable_changed(True)
-
-    def stopProducing(self) -> None:  # noqa: N802
-        pass
-
 
 async def listen(reactor: Any, options: dict[str, Any],
                  new_receiver: ReceiverFactory) -> PortListening:
@@ -148,12 +84,11 @@ async def listen(reactor: Any, options: dict[str, Any],
                                ReceiverProtocolFactory(FramedProtocol, new_receiver))
 
 
-def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory,
-                   retry_policy: Any = None) -> ClientService:
-    """A reconnecting client of plain framed TCP (the negotiated port is in client.py)."""
-    return stream_client_service(reactor, target,
-                                 ReceiverProtocolFactory(FramedProtocol, new_receiver),
-                                 retry_policy)
+def client_factory(reactor: Any, target: ClientTarget,
+                   new_receiver: ReceiverFactory) -> ReceiverProtocolFactory:
+    """Plain framed TCP sessions over :func:`client_endpoint` (the negotiated port, with
+    its PB fallback, is :class:`buildbot_worker_msgproto.client.MsgClientFactory`)."""
+    return ReceiverProtocolFactory(FramedProtocol, new_receiver)
 
 
 def validate_options(options: dict[str, Any]) -> None:

@@ -33,25 +33,25 @@ from autobahn.websocket.compress import PerMessageDeflateResponse
 from autobahn.websocket.compress import PerMessageDeflateResponseAccept
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.application.internet import ClientService
 from twisted.internet.interfaces import ISSLTransport
 from twisted.python import log
 
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
+from buildbot_worker_msgproto.reach.endpoints import client_endpoint  # noqa: F401 - backend API
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
-from buildbot_worker_msgproto.transports.base import TransportGuarantees
-from buildbot_worker_msgproto.transports.endpoints import DEFAULT_BACKLOG
-from buildbot_worker_msgproto.transports.endpoints import TLS_OPTION
-from buildbot_worker_msgproto.transports.endpoints import FactoryWrapper
-from buildbot_worker_msgproto.transports.endpoints import PortListening
-from buildbot_worker_msgproto.transports.endpoints import check_tls_option
-from buildbot_worker_msgproto.transports.endpoints import client_endpoint
-from buildbot_worker_msgproto.transports.endpoints import server_endpoint
-from buildbot_worker_msgproto.transports.tcp import WritabilityReporter
-from buildbot_worker_msgproto.transports.tcp import set_nodelay
+from buildbot_worker_msgproto.transports.base import peer_address
+from buildbot_worker_msgproto.transports.stream import DEFAULT_BACKLOG
+from buildbot_worker_msgproto.transports.stream import TLS_OPTION
+from buildbot_worker_msgproto.transports.stream import FactoryWrapper
+from buildbot_worker_msgproto.transports.stream import PortListening
+from buildbot_worker_msgproto.transports.stream import WritabilityReporter
+from buildbot_worker_msgproto.transports.stream import check_tls_option
+from buildbot_worker_msgproto.transports.stream import server_endpoint
+from buildbot_worker_msgproto.transports.stream import set_nodelay
+from buildbot_worker_msgproto.transports.stream import stream_guarantees
 
 NAME = "websocket"
 
@@ -68,7 +68,7 @@ SERVER_OPTIONS = ("port", "backlog", "path", "compression", "auto_ping_interval"
                   "auto_ping_timeout", TLS_OPTION)
 CLIENT_OPTIONS = ("path", "compression", "auto_ping_interval", "auto_ping_timeout")
 
-PLAIN = TransportGuarantees(ordered=True, reliable=True, max_frame_size=None, encrypted=False)
+PLAIN = stream_guarantees(None)
 ENCRYPTED = dataclasses.replace(PLAIN, encrypted=True)
 
 TEXT_REFUSED = "msgproto refuses text WebSocket messages: send each frame as a binary message"
@@ -188,10 +188,7 @@ class WebSocketFrameTransport(FrameTransport):
             (abort or protocol.transport.loseConnection)()
 
     def peer(self) -> str:
-        address = self.protocol.transport.getPeer()
-        host = getattr(address, "host", None)
-        port = getattr(address, "port", None)
-        return f"{host}:{port}" if host is not None else str(address)
+        return peer_address(self.protocol.transport)
 
 
 def _stream_transport(transport: Any) -> Any:
@@ -384,13 +381,13 @@ async def listen(reactor: Any, options: dict[str, Any], new_receiver: ReceiverFa
     return WebSocketListening(port, settings.path, secure)
 
 
-def client_service(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory,
-                   retry_policy: Any = None) -> ClientService:
-    """A reconnecting WebSocket client to ``target`` (direct, TLS, or through a proxy)."""
+def client_factory(reactor: Any, target: ClientTarget,
+                   new_receiver: ReceiverFactory) -> MsgClientFactory:
+    """WebSocket sessions to ``target`` over :func:`client_endpoint` (direct, TLS, through
+    an HTTP proxy or an SSH tunnel)."""
     settings = parse_settings(target.options, CLIENT_OPTIONS)
-    factory = MsgClientFactory(client_url(target, settings.path), settings, new_receiver,
-                               reactor)
-    return ClientService(client_endpoint(reactor, target), factory, retryPolicy=retry_policy)
+    return MsgClientFactory(client_url(target, settings.path), settings, new_receiver,
+                            reactor)
 
 
 def client_url(target: ClientTarget, path: str) -> str:

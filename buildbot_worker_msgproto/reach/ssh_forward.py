@@ -1,22 +1,22 @@
 """The local forward of an SSH tunnel, for transports that open their own sockets (zmq).
 
 :class:`LocalForward` listens on 127.0.0.1 (a free port) and splices every accepted
-connection into a new channel of an :class:`~.ssh.SSHTunnelEndpoint`;
-:class:`ForwardedService` starts it before the client service that connects to it.
+connection into a new channel of an :class:`~.ssh.SSHTunnelEndpoint`.  A client endpoint
+that connects through it holds it open (:meth:`LocalForward.acquire`) while a session
+uses it and lets it go (:meth:`LocalForward.release`) when the session ends.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from typing import Callable
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.internet import protocol
 from twisted.python import log
 from twisted.python.failure import Failure
 
-from buildbot_worker_msgproto.transports.ssh import SSHTunnelEndpoint
+from buildbot_worker_msgproto.reach.ssh import SSHTunnelEndpoint
+from buildbot_worker_msgproto.transports.base import OneProtocolFactory
 
 
 class _Splice(protocol.Protocol):
@@ -78,18 +78,8 @@ class _LocalSide(_Splice):
             self.forward.failed()
             self.transport.loseConnection()
 
-        d = self.forward.endpoint.connect(_OneProtocolFactory(far))
+        d = self.forward.endpoint.connect(OneProtocolFactory(far))
         d.addCallbacks(opened, failed)
-
-
-class _OneProtocolFactory(protocol.Factory):
-    noisy = False
-
-    def __init__(self, proto: protocol.Protocol) -> None:
-        self.proto = proto
-
-    def buildProtocol(self, addr: Any) -> protocol.Protocol:  # noqa: N802
-        return self.proto
 
 
 class _LocalFactory(protocol.Factory):
@@ -120,16 +110,35 @@ class LocalForward:
         self.endpoint = endpoint
         self.port: Any = None
         self.failures = 0
+        self.users = 0
 
     def start(self) -> int:
-        """Listen now; returns the local port."""
-        self.port = self.reactor.listenTCP(0, _LocalFactory(self), interface="127.0.0.1")
+        """Listen now (if not yet); returns the local port."""
+        if self.port is None:
+            self.port = self.reactor.listenTCP(0, _LocalFactory(self), interface="127.0.0.1")
+            log.msg(f"SSH tunnel: local forward listening on 127.0.0.1:{self.local_port}")
+        return self.local_port
+
+    @property
+    def local_port(self) -> int:
         return self.port.getHost().port
 
     def stop(self) -> defer.Deferred:
         port, self.port = self.port, None
         return defer.maybeDeferred(port.stopListening) if port is not None \
             else defer.succeed(None)
+
+    def acquire(self) -> int:
+        """One more user (a session) of the forward; it listens while it has any."""
+        self.users += 1
+        return self.start()
+
+    def release(self) -> None:
+        """A session stopped using the forward; the last one stops it listening."""
+        self.users -= 1
+        if self.users <= 0:
+            self.users = 0
+            self.stop()
 
     def next_delay(self) -> float:
         return 0.0 if not self.failures else min(0.5 * 2 ** (self.failures - 1), self.MAX_DELAY)
@@ -139,26 +148,3 @@ class LocalForward:
 
     def succeeded(self) -> None:
         self.failures = 0
-
-
-class ForwardedService(service.MultiService):
-    """Runs ``client`` (a service connecting by itself) through ``forward``: the forward
-    listens first and ``set_port(port)`` tells the client where, then the client starts."""
-
-    def __init__(self, forward: LocalForward, client: service.Service,
-                 set_port: Callable[[int], None]) -> None:
-        super().__init__()
-        self.forward = forward
-        self.set_port = set_port
-        client.setServiceParent(self)
-
-    def startService(self) -> None:  # noqa: N802
-        port = self.forward.start()
-        log.msg(f"SSH tunnel: local forward listening on 127.0.0.1:{port}")
-        self.set_port(port)
-        super().startService()
-
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:  # noqa: N802
-        yield super().stopService()
-        yield self.forward.stop()

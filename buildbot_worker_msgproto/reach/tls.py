@@ -37,6 +37,8 @@ from twisted.python import log
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from buildbot_worker_msgproto.security.files import read_file
+
 # pyOpenSSL and service_identity (Twisted's ``tls`` extra) are imported where TLS is used,
 # so that a worker without TLS does not need them.
 
@@ -104,21 +106,13 @@ class TLSSettings:
                    client_cert or None, client_key or None)
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ValueError(f"cannot read the {what} {path!r}: {e.strerror or e}") from None
-
-
 def load_trust_root(path: str) -> Any:
     """A Twisted trust root of every certificate in the PEM file ``path``."""
     from twisted.internet.ssl import Certificate
     from twisted.internet.ssl import trustRootFromCertificates
 
     try:
-        certs = x509.load_pem_x509_certificates(_read(path, "TLS CA file"))
+        certs = x509.load_pem_x509_certificates(read_file(path, "TLS CA file"))
     except ValueError as e:
         raise ValueError(f"no PEM certificate in the TLS CA file {path!r}: {e}") from None
     return trustRootFromCertificates([
@@ -129,9 +123,9 @@ def load_client_certificate(cert_path: str, key_path: str | None) -> Any:
     """The client certificate (first certificate of ``cert_path``) with its private key."""
     from twisted.internet.ssl import PrivateCertificate
 
-    data = _read(cert_path, "TLS client certificate")
+    data = read_file(cert_path, "TLS client certificate")
     if key_path:
-        data += b"\n" + _read(key_path, "TLS client key")
+        data += b"\n" + read_file(key_path, "TLS client key")
     try:
         return PrivateCertificate.loadPEM(data)
     except Exception as e:
