@@ -5,7 +5,7 @@ while the fault proxy between worker and master (for amqp: between worker and br
 makes, one after the other (``http-proxy``: tcp through an HTTP CONNECT proxy, with
 the fault proxy between worker and HTTP proxy):
 
-1. a 1.5 s blackhole, under ``heartbeat_timeout`` (3 s): TCP rides it out, the session
+1. a 1 s blackhole, well under ``heartbeat_timeout`` (3 s): TCP rides it out, the session
    is never suspended;
 2. a 5 s blackhole (packets dropped, no RST: a half-open link): both sides' heartbeats
    find it, the session is suspended, and it resumes after the heal;
@@ -29,6 +29,7 @@ from .fault_env import wait_seconds
 
 LINES = 220
 PARTITION = 5
+BLIP = 1.0
 
 
 @pytest.mark.parametrize("transport", ["tcp", "tls", "http-proxy", "amp", "websocket", "zmq",
@@ -39,7 +40,7 @@ def test_partitions_during_a_step(fault_env, transport):  # noqa: F811
     env.wait_output(build["buildid"], "count", "line 1\n")
 
     env.proxy.blackhole()
-    wait_seconds(1.5)
+    wait_seconds(BLIP)
     env.proxy.heal()
     wait_seconds(1)
     assert LOST not in env.master.log_text(), env.e2e_diagnostics()
