@@ -84,10 +84,11 @@ c['builders'].append(util.BuilderConfig(
 class Transport:
     """How one transport is configured for a fault test.
 
-    ``transports_py``: python source of ``c['protocols']['msg']['transports']`` (``{T}``
-    is replaced by the transport's port); ``master_port``: the proxy forwards to
-    ``c['protocols']['msg']['port']`` (tcp) instead of the transport's port;
-    ``create_args``: extra create-worker options (``{CA}`` is the test CA's file).
+    ``transport``: the worker's ``--transport``; ``transports_py``: python source of
+    ``c['protocols']['msg']['transports']`` (``{T}`` is replaced by the transport's
+    port; the proxy forwards to it, or for ``tcp`` to the negotiated msg/PB port);
+    ``create_args``: extra create-worker options (``{CA}``: the test CA's file,
+    ``{PROXY}``: the fault proxy's port).
     """
 
     name: str
@@ -122,8 +123,7 @@ class HTTPProxy:
     its own, listening on a free port of 127.0.0.1."""
 
     START_TIMEOUT = 15.0
-    SCRIPT = ("import sys\n"
-              "from twisted.internet import reactor\n"
+    SCRIPT = ("from twisted.internet import reactor\n"
               "from worker_tests.http_proxy_server import ConnectProxyFactory\n"
               "port = reactor.listenTCP(0, ConnectProxyFactory(), interface='127.0.0.1')\n"
               "print(port.getHost().port, flush=True)\n"
@@ -351,6 +351,7 @@ class FaultEnv:
         log = self.master.log_text()
         assert "resume_window_expired" not in log, self.e2e_diagnostics()
         assert "starting arbitration" not in log
+        assert "Worker.detached" not in log, self.e2e_diagnostics()
         assert "msgproto: session with the buildmaster resumed" in self.worker.log_text()
         if headers is not None:
             assert "worker connection lost at" in headers, headers

@@ -87,12 +87,12 @@ def test_killed_worker_restarted(fault_env):  # noqa: F811
     a process group of their own, so they outlive a SIGKILLed worker (with PB as well).
     """
     env = fault_env("tcp")
-    brid, _build = env.start_build("orphan")
+    brid, build = env.start_build("orphan")
     pid = _started(env, 1)
     try:
         env.worker.kill()
         env.wait_log(env.master, LOST, 10)  # the worker's FIN came through: suspended
-        assert not env.master.get_build(_build["buildid"])["complete"]
+        assert not env.master.get_build(build["buildid"])["complete"]
         env.worker.start()
         build = env.finish(brid, 60, retried=True)
         assert build["results"] == harness.SUCCESS
@@ -132,7 +132,7 @@ def test_master_stopped_and_restarted(fault_env):  # noqa: F811
     resume is tried) and Buildbot cancels the running build, as with PB; the worker stops
     the command and logs in anew when the master is back."""
     env = fault_env("tcp")
-    brid, build = env.start_build("orphan")
+    brid, _build = env.start_build("orphan")
     pid = _started(env, 1)
     env.master.stop()
     harness.wait_for(lambda: not alive(pid), 15, "the worker to stop the command")

@@ -12,8 +12,9 @@ the fault proxy between worker and HTTP proxy):
 3. a 5 s cut: every connection reset, then new connections refused; the worker retries
    with its quick resume backoff and resumes once the proxy listens again.
 
-The build must end SUCCESS with every line in its stdout exactly once and in order, the
-step's log must show the loss and the resume, and the worker must never be detached.
+The build must end SUCCESS with every line in its stdout exactly once and in order (the
+lines buildbot-worker still buffered, up to 5 s of output, when the link died included),
+the step's log must show the loss and the resume, and the worker must never be detached.
 """
 
 from __future__ import annotations
