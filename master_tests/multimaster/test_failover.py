@@ -12,7 +12,9 @@ import time
 
 import pytest
 
+from master_tests import rabbitmq
 from master_tests.e2e import harness
+from master_tests.rabbitmq import amqp_broker  # noqa: F401  (the fixture)
 
 A, B = 0, 1
 LEASE = 3
@@ -87,3 +89,49 @@ def test_cleanly_stopped_master_its_worker_moves_on(cluster):
     build = master_b.run_build("on-w1", timeout=60)
     assert build["results"] == harness.SUCCESS, master_b.build_summary(build["buildid"])
     assert build["masterid"] == cluster.masterid(B)
+
+
+# ----------------------------------------------------------------------------- amqp
+AMQP_WORKER = "w1"  # a worker user of the private broker (master_tests/rabbitmq.py)
+
+
+@pytest.fixture
+def amqp_cluster(make_cluster, protocol, amqp_broker):  # noqa: F811
+    """Two masters serving workers through one RabbitMQ broker: the broker is the
+    rendezvous, one master consumes the shared master queue at a time."""
+    if protocol.name != "msg":
+        pytest.skip("the amqp transport is msg only")
+    if AMQP_WORKER not in rabbitmq.current().workers:
+        pytest.skip("needs the private broker's worker users")
+    transports = {"amqp": rabbitmq.current().master_options(heartbeat=2)}
+    extra = (EXTRA_PY + f"c['protocols']['msg']['transports'] = {transports!r}\n")
+    return make_cluster(worker_names=(AMQP_WORKER,), extra_py=extra)
+
+
+def test_amqp_any_live_master_takes_the_workers_of_a_dead_one(amqp_cluster):
+    broker = rabbitmq.current()
+    options = []
+    for key, value in broker.worker_options(AMQP_WORKER, heartbeat="2").items():
+        options += ["--transport-option", f"{key}={value}"]
+    worker = harness.Worker.for_protocol(
+        amqp_cluster.protocol, f"{amqp_cluster.root}/workers/amqp", broker.port,
+        AMQP_WORKER, amqp_cluster.passwd(AMQP_WORKER),
+        extra_create_args=("--transport", "amqp", *options))
+    amqp_cluster.workers.append(worker.create())
+    worker.start()
+
+    def owner() -> int | None:
+        connected = amqp_cluster.connected_to(amqp_cluster.masters[0].worker_data(AMQP_WORKER))
+        ids = [i for i in (A, B) if amqp_cluster.masterid(i) in connected]
+        return ids[0] if len(ids) == 1 else None
+
+    harness.wait_for(lambda: owner() is not None, 60, "the amqp worker to attach to a master",
+                     0.2, amqp_cluster.e2e_diagnostics)
+    first = owner()
+    other = B if first == A else A
+    amqp_cluster.masters[first].kill()
+    moved = wait_attached(amqp_cluster, AMQP_WORKER, other, FAILOVER_WITHIN + 20)
+    print(f"amqp worker attached to the other master {moved:.1f} s after its master died")
+    assert moved <= FAILOVER_WITHIN + 2, f"failover took {moved:.1f} s"
+    build = amqp_cluster.masters[other].run_build(f"on-{AMQP_WORKER}", timeout=60)
+    assert build["results"] == harness.SUCCESS
