@@ -18,7 +18,7 @@ A master that finds its own row gone (it was declared dead while merely stalled)
 itself: it drops its msg workers at once, so their builds end there (RETRY) rather than
 run twice.  ``master_timeout`` is therefore a trade-off: shorter reruns a dead master's
 builds sooner, but a master stalled that long (a frozen process, a long database outage)
-loses its builds.  The default, 60 s, is 10x the worker lease.
+loses its builds.  The default, 60 s, is 15 times the worker lease.
 """
 
 from __future__ import annotations
