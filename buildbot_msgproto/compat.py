@@ -43,3 +43,14 @@ def create_pb_connection(master: Any, mind: Any, worker_name: str) -> Any:
     port would: ``UpdateRegistrationListener._create_connection`` of the master's PB
     listener builds Buildbot's PB ``Connection`` and runs the duplicate-worker check."""
     return master.workers.pb._create_connection(mind, worker_name)
+
+
+def unclaim_build_requests_of(master: Any, brids: list[int], masterid: int) -> Any:
+    """Unclaim build requests claimed by *another* (stopped) master.
+
+    Buildbot's public ``unclaimBuildRequests`` deletes only the claims of the calling
+    master (``WHERE masterid = <own id>``), so after a master died its requests stayed
+    claimed forever; ``BuildRequestsConnectorComponent._unclaim_buildrequests_for_master``
+    takes the masterid.
+    """
+    return master.db.buildrequests._unclaim_buildrequests_for_master(brids, masterid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from buildbot_msgproto.liveness import DEFAULT_MASTER_TIMEOUT
 from buildbot_msgproto.ownership import DEFAULT_LEASE_SECONDS
 from buildbot_msgproto.throttle import DEFAULT_FAILURES_BEFORE_THROTTLE
 from buildbot_msgproto.throttle import DEFAULT_THROTTLE_SECONDS
@@ -22,8 +23,10 @@ LIMIT_KEYS = tuple(field.name for field in dataclasses.fields(Limits))
 #: Keys of c['protocols']['msg'] for the failed-login throttle (ListenerOptions fields).
 THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")
 
-#: Worker leases across masters (docs/multi-master.rst); on with c['multiMaster'] only.
+#: Worker leases across masters (docs/multimaster.rst); on with c['multiMaster'] only.
 LEASE_KEY = "lease_seconds"
+#: Seconds after which a master that renews nothing is declared dead (several masters).
+MASTER_TIMEOUT_KEY = "master_timeout"
 
 #: Keys of c['protocols']['msg'] for TLS built in code and mutual TLS (docs/security/mtls.rst).
 TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "client_certificates")
@@ -56,6 +59,8 @@ class ListenerOptions:
     client_certificates: str = "off"
     #: Seconds of a worker's lease in the shared database with several masters (0: off).
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: Seconds without renewal after which a master is declared dead (0: Buildbot's own).
+    master_timeout: float = DEFAULT_MASTER_TIMEOUT
 
     def transport_options(self) -> dict[str, dict[str, Any]]:
         return {name: dict(options) for name, options in self.transports}
@@ -66,8 +71,8 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     where = "c['protocols']['msg']"
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
-    known = {"port", "backlog", "pb", "transports", LEASE_KEY, *LIMIT_KEYS, *THROTTLE_KEYS,
-             *TLS_KEYS}
+    known = {"port", "backlog", "pb", "transports", LEASE_KEY, MASTER_TIMEOUT_KEY,
+             *LIMIT_KEYS, *THROTTLE_KEYS, *TLS_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -96,11 +101,12 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
             or not 0 <= throttle_seconds < float("inf")):
         raise MsgProtocolConfigError(
             f"{where}['login_throttle_seconds'] must be a number >= 0 (0 disables it)")
-    lease_seconds = options.get(LEASE_KEY, DEFAULT_LEASE_SECONDS)
-    if (not isinstance(lease_seconds, (int, float)) or isinstance(lease_seconds, bool)
-            or not 0 <= lease_seconds < float("inf")):
+    lease_seconds = _seconds(options, LEASE_KEY, DEFAULT_LEASE_SECONDS, where)
+    master_timeout = _seconds(options, MASTER_TIMEOUT_KEY, DEFAULT_MASTER_TIMEOUT, where)
+    if 0 < master_timeout < 2 * lease_seconds:
         raise MsgProtocolConfigError(
-            f"{where}[{LEASE_KEY!r}] must be a number of seconds >= 0 (0 turns it off)")
+            f"{where}[{MASTER_TIMEOUT_KEY!r}] must be at least twice {LEASE_KEY!r}: a master "
+            "must not be declared dead before its workers could move")
     transports = options.get("transports", {})
     if not isinstance(transports, dict):
         raise MsgProtocolConfigError(f"{where}['transports'] must be a dict of name -> options")
@@ -121,7 +127,17 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
                            transports=tuple(frozen),
                            login_failures_before_throttle=failures,
                            login_throttle_seconds=float(throttle_seconds),
-                           lease_seconds=float(lease_seconds), **tls)
+                           lease_seconds=lease_seconds, master_timeout=master_timeout,
+                           **tls)
+
+
+def _seconds(options: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = options.get(key, default)
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not 0 <= value < float("inf")):
+        raise MsgProtocolConfigError(
+            f"{where}[{key!r}] must be a number of seconds >= 0 (0 turns it off)")
+    return float(value)
 
 
 def _parse_tls(options: dict[str, Any], port: str | int, transports: list,

@@ -54,3 +54,14 @@ def test_buildbot_pb_listener_create_connection_signature():
         "buildbot's UpdateRegistrationListener._create_connection is gone"
     assert list(inspect.signature(method).parameters) == ["self", "mind", "workerName"], \
         "buildbot's UpdateRegistrationListener._create_connection changed its arguments"
+
+
+def test_buildbot_unclaim_for_a_given_master_signature():
+    from buildbot.db.buildrequests import BuildRequestsConnectorComponent
+
+    method = getattr(BuildRequestsConnectorComponent, "_unclaim_buildrequests_for_master",
+                     None)
+    assert method is not None, \
+        "buildbot's BuildRequestsConnectorComponent._unclaim_buildrequests_for_master is gone"
+    assert list(inspect.signature(method).parameters) == ["self", "brids", "masterid"], \
+        "buildbot's _unclaim_buildrequests_for_master changed its arguments"

@@ -276,7 +276,7 @@ class Link:
         self._client_nonce = auth.new_nonce()
         hello: dict[str, Any] = {"versions": list(session.versions),
                                  "worker": session.worker_name, "nonce": self._client_nonce,
-                                 "max_frame_size": self.limits.max_frame_size}
+                                 "max_frame_size": session.frame_limit}
         if session.software:
             hello["software"] = session.software
         if session.supported_features:
