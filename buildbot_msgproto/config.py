@@ -12,6 +12,7 @@ from buildbot_msgproto.throttle import DEFAULT_THROTTLE_SECONDS
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.transports import registry
+from buildbot_worker_msgproto.transports.options import TransportOptions
 
 #: Listen backlog: Twisted's default of 50 left 25-50 % of 200 PB workers hanging in a
 #: measured connection burst.  The kernel caps it at net.core.somaxconn.
@@ -44,8 +45,9 @@ class ListenerOptions:
     backlog: int = DEFAULT_BACKLOG
     serve_pb: bool = True
     limits: Limits = DEFAULT_LIMITS
-    #: Further transports: backend name -> its options (the negotiated TCP port is ``port``).
-    transports: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    #: Further transports: (backend name, its parsed master options), sorted by name (the
+    #: negotiated TCP port is ``port``).
+    transports: tuple[tuple[str, TransportOptions], ...] = ()
     #: Failed logins of one worker name from one host before that host is refused for
     #: that name (see :mod:`buildbot_msgproto.throttle` for the policy).
     login_failures_before_throttle: int = DEFAULT_FAILURES_BEFORE_THROTTLE
@@ -62,8 +64,8 @@ class ListenerOptions:
     #: Seconds without renewal after which a master is declared dead (0: Buildbot's own).
     master_timeout: float = DEFAULT_MASTER_TIMEOUT
 
-    def transport_options(self) -> dict[str, dict[str, Any]]:
-        return {name: dict(options) for name, options in self.transports}
+    def transport_options(self) -> dict[str, TransportOptions]:
+        return dict(self.transports)
 
 
 def parse_options(options: dict[str, Any]) -> ListenerOptions:
@@ -110,7 +112,7 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     transports = options.get("transports", {})
     if not isinstance(transports, dict):
         raise MsgProtocolConfigError(f"{where}['transports'] must be a dict of name -> options")
-    frozen = []
+    parsed: list[tuple[str, TransportOptions]] = []
     for name, transport_options in sorted(transports.items()):
         if name == "tcp":
             raise MsgProtocolConfigError(f"{where}['transports']: tcp is configured by "
@@ -118,13 +120,12 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
         if not isinstance(transport_options, dict):
             raise MsgProtocolConfigError(f"{where}['transports'][{name!r}] must be a dict")
         try:
-            registry.load(name).validate_options(transport_options)
+            parsed.append((name, registry.load(name).MasterOptions.parse(transport_options)))
         except (ValueError, ImportError) as e:
             raise MsgProtocolConfigError(f"{where}['transports'][{name!r}]: {e}") from e
-        frozen.append((name, tuple(sorted(transport_options.items()))))
-    tls = _parse_tls(options, port, frozen, where)
+    tls = _parse_tls(options, port, parsed, where)
     return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits,
-                           transports=tuple(frozen),
+                           transports=tuple(parsed),
                            login_failures_before_throttle=failures,
                            login_throttle_seconds=float(throttle_seconds),
                            lease_seconds=lease_seconds, master_timeout=master_timeout,
@@ -140,8 +141,8 @@ def _seconds(options: dict[str, Any], key: str, default: float, where: str) -> f
     return float(value)
 
 
-def _parse_tls(options: dict[str, Any], port: str | int, transports: list,
-               where: str) -> dict[str, Any]:
+def _parse_tls(options: dict[str, Any], port: str | int,
+               transports: list[tuple[str, TransportOptions]], where: str) -> dict[str, Any]:
     """The TLS keys of ListenerOptions; the files are loaded here to report problems early."""
     from buildbot_msgproto import client_certs
 
@@ -155,7 +156,7 @@ def _parse_tls(options: dict[str, Any], port: str | int, transports: list,
         if value is not None and (not isinstance(value, str) or not value):
             raise MsgProtocolConfigError(f"{where}[{key!r}] must be the path of a PEM file")
         paths[key] = value
-    tls_transports = [name for name, items in transports if dict(items).get("tls")]
+    tls_transports = [name for name, transport in transports if transport.tls]
     if paths["tls_cert"] is None:
         if tls_transports:
             raise MsgProtocolConfigError(

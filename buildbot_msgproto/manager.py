@@ -206,7 +206,7 @@ class MsgDispatcher(PBDispatcher):
             backend = registry.load(name)
             extra: dict[str, Any] = {}
             tls = ""
-            if options.get("tls"):  # the port's TLS layer, with client certificates
+            if options.tls:  # the port's TLS layer, with client certificates
                 creator = self.tls_creator
                 extra["wrap_factory"] = lambda f, c=creator: client_certs.tls_server_factory(c, f)
                 tls = f" (TLS, client certificates {self.options.client_certificates})"

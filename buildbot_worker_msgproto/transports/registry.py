@@ -12,7 +12,8 @@ from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 
 #: Every backend name and the module implementing it.  Each module provides
-#: ``NAME``, ``validate_options(options)`` (master.cfg checks),
+#: ``NAME``, ``MasterOptions`` and ``WorkerOptions`` (its options dataclasses, see
+#: :mod:`.options`; ``WorkerOptions`` is None if the worker's are ignored),
 #: ``listen(reactor, options, new_receiver)`` (awaitable, master side), and on the worker
 #: side ``client_endpoint(reactor, target)`` (an object with Twisted's client endpoint
 #: ``connect(factory)``) and ``client_factory(reactor, target, new_receiver)`` (the
