@@ -33,3 +33,51 @@ def test_every_limit_is_documented_in_configuration_rst(field):
 def test_a_bad_limit_is_refused_with_its_name():
     with pytest.raises(MsgProtocolConfigError, match="ack_every"):
         parse_options({"port": 9989, "ack_every": 0})
+
+
+# ----------------------------------------------------------------------------- transports
+TRANSPORTS = {"amp": {"port": 9991, "backlog": 10},
+              "websocket": {"port": "tcp:9992", "path": "/ws", "auto_ping_interval": 5},
+              "zmq": {"port": 9993, "sndhwm": 4}}
+
+
+def test_transports_are_stored_as_parsed_options():
+    options = parse_options({"port": 9989, "transports": TRANSPORTS})
+    transports = options.transport_options()
+    assert list(transports) == ["amp", "websocket", "zmq"]
+    assert (transports["amp"].port, transports["amp"].backlog, transports["amp"].tls) == (
+        9991, 10, False)
+    assert transports["websocket"].auto_ping_interval == 5.0
+    assert transports["websocket"].compression is False  # defaults filled in
+    assert (transports["zmq"].sndhwm, transports["zmq"].rcvhwm) == (4, 1000)
+
+
+def test_equal_configurations_compare_equal_for_reconfig():
+    first = parse_options({"port": 9989, "transports": TRANSPORTS})
+    again = parse_options({"port": 9989, "transports": {
+        name: dict(values) for name, values in reversed(TRANSPORTS.items())}})
+    assert first == again and hash(first) == hash(again)
+    # a default written out is the same configuration
+    explicit = parse_options({"port": 9989, "transports": {
+        **TRANSPORTS, "amp": {**TRANSPORTS["amp"], "tls": False}}})
+    assert explicit == first
+    changed = parse_options({"port": 9989, "transports": {
+        **TRANSPORTS, "zmq": {"port": 9993, "sndhwm": 5}}})
+    assert changed != first
+
+
+@pytest.mark.parametrize("transports, message", [
+    ({"amp": {"port": 1, "path": "/x"}},
+     r"\['transports'\]\['amp'\]: unknown amp options \['path'\]; known: backlog, port, tls"),
+    ({"amp": {}}, r"\['amp'\]: the amp transport needs a 'port' \(int or strport\)"),
+    ({"websocket": {"port": 1, "backlog": 0}},
+     r"\['websocket'\]: websocket 'backlog' must be at least 1, got 0"),
+    ({"zmq": {"port": 1, "sndhwm": "many"}},
+     r"\['zmq'\]: zmq 'sndhwm' must be an integer, got 'many'"),
+    ({"zmq": {"port": 1, "hwm": 1}}, r"unknown zmq master options \['hwm'\]"),
+    ({"amqp": {"url": "http://x"}},
+     r"the amqp 'url' must start with amqp:// or amqps://, not 'http://x'"),
+])
+def test_transport_errors_name_the_transport_and_the_option(transports, message):
+    with pytest.raises(MsgProtocolConfigError, match=message):
+        parse_options({"port": 9989, "transports": transports})
