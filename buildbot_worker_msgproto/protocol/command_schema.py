@@ -31,6 +31,7 @@ from buildbot_worker_msgproto.protocol.commands import CommandSpec
 from buildbot_worker_msgproto.protocol.schema import DRAFT
 from buildbot_worker_msgproto.protocol.schema import ID_PREFIX
 from buildbot_worker_msgproto.protocol.schema import block
+from buildbot_worker_msgproto.protocol.schema import docs_main
 from buildbot_worker_msgproto.protocol.schema import render
 from buildbot_worker_msgproto.protocol.schema import replace_block
 
@@ -219,13 +220,7 @@ USAGE = "usage: python -m buildbot_worker_msgproto.protocol.command_schema DOCS_
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
-        return 2
-    for path in write_all(args[0]):
-        print(path)
-    return 0
+    return docs_main(write_all, USAGE, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 from buildbot_worker_msgproto.protocol.schema import block
+from buildbot_worker_msgproto.protocol.schema import docs_main
 from buildbot_worker_msgproto.protocol.schema import replace_block
 from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.transports.options import Declared
@@ -97,13 +98,7 @@ USAGE = "usage: python -m buildbot_worker_msgproto.transports.options_doc DOCS_D
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
-        return 2
-    for path in write_all(args[0]):
-        print(path)
-    return 0
+    return docs_main(write_all, USAGE, argv)
 
 
 if __name__ == "__main__":
