@@ -4,19 +4,22 @@ A subclass names the transport and says how the master listens for it
 (``c['protocols']['msg']['transports']``) and how the worker is created; the suite
 then runs real builds through a real master and worker over that transport: a shell
 step, a file download and upload checked byte for byte, an interrupted command, and
-a worker reconnect.
+a worker reconnect; mkdir, rmfile and rmdir of lists, and the master's
+``Connection.get_peer()`` in Buildbot's ``host:port`` form.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from typing import Any
 
 import pytest
 
 from . import harness
+from . import list_args_cfg
 
 WORKER = "tw"
 PASSWD = "transport-pw"
@@ -109,6 +112,15 @@ class TransportSuite:
         assert build["results"] in (harness.CANCELLED, harness.EXCEPTION, harness.FAILURE)
         assert time.monotonic() - started < 60
 
+    def test_list_arguments_and_peer(self, env: TransportEnv) -> None:
+        """Lists of paths work as over Buildbot's msgpack; get_peer() is host:port (over
+        AMQP the host is the worker's AMQP user at the broker)."""
+        build = env.master.run_build(list_args_cfg.BUILDER, timeout=60)
+        assert build["results"] == harness.SUCCESS, env.master.build_summary(build["buildid"])
+        props = env.master.build_properties(build["buildid"])
+        assert props["lists_ok"] is True
+        assert re.fullmatch(r"([\w.-]+@)?127\.0\.0\.1:[1-9][0-9]*", props["peer"]), props["peer"]
+
     def test_reconnect(self, env: TransportEnv) -> None:
         env.worker.stop()
         env.master.wait_worker_disconnected(WORKER, 60)
@@ -137,7 +149,8 @@ class TransportEnv:
                         f"'transports': {transports_py}}}}}")
         extra = f"DATA_FILE = {self.data_file!r}\nFILE_SIZE = {FILE_SIZE}\n"
         cfg = harness.make_master_cfg(protocols_py, f"worker.MsgWorker({WORKER!r}, {PASSWD!r})",
-                                      self.port, www_port, extra + BUILDERS_PY)
+                                      self.port, www_port,
+                                      extra + BUILDERS_PY + list_args_cfg.builders_py())
         self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
                                      master_port=self.port)
         basedir = os.path.join(root, "worker")
