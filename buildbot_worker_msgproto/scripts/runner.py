@@ -13,6 +13,7 @@ from twisted.python import usage
 from buildbot_worker_msgproto.reach.tls import normalize_fingerprint
 from buildbot_worker_msgproto.scripts.create_worker import SSH_OPTIONS
 from buildbot_worker_msgproto.scripts.create_worker import TLS_OPTIONS
+from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.worker import PROTOCOLS
 from buildbot_worker_msgproto.worker import TRANSPORTS
 from buildbot_worker_msgproto.worker import check_certificate_login
@@ -90,6 +91,9 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
             raise usage.UsageError(f"--transport must be one of {TRANSPORTS}")
         if self["protocol"] == "pb" and self["transport"] != "tcp":
             raise usage.UsageError("--protocol pb only runs over --transport tcp")
+        missing = registry.missing_extra(self["transport"])
+        if missing is not None:
+            raise usage.UsageError(missing)
         self._check_tls_options()
         if self["passwd"] is None:
             try:
@@ -110,7 +114,12 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
             raise usage.UsageError("--ssh-tunnel needs the master as HOST:PORT (as seen from "
                                    "the SSH server), not --connection-string or "
                                    "--proxy-connection-string")
-        from buildbot_worker_msgproto.reach.ssh import SSHSettings
+        try:
+            from buildbot_worker_msgproto.reach.ssh import SSHSettings
+        except ImportError as e:
+            raise usage.UsageError(f"--ssh-tunnel needs the 'ssh' extra, which is not "
+                                   f"installed ({e}): pip install 'buildbot-msgproto[ssh]'"
+                                   ) from None
 
         try:
             settings = SSHSettings.create(self["ssh-tunnel"], self["ssh-key"],
