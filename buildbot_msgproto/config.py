@@ -22,7 +22,7 @@ LIMIT_KEYS = tuple(field.name for field in dataclasses.fields(Limits))
 #: Keys of c['protocols']['msg'] for the failed-login throttle (ListenerOptions fields).
 THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")
 
-#: Worker leases across masters (docs/multi-master.rst); on with c['multiMaster'] only.
+#: Worker leases across masters (docs/multimaster.rst); on with c['multiMaster'] only.
 LEASE_KEY = "lease_seconds"
 
 #: Keys of c['protocols']['msg'] for TLS built in code and mutual TLS (docs/security/mtls.rst).

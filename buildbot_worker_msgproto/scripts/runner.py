@@ -10,6 +10,7 @@ from buildbot_worker.scripts import runner as upstream
 from twisted.python import reflect
 from twisted.python import usage
 
+from buildbot_worker_msgproto.reach.failover import ORDERS
 from buildbot_worker_msgproto.reach.tls import normalize_fingerprint
 from buildbot_worker_msgproto.scripts.create_worker import SSH_OPTIONS
 from buildbot_worker_msgproto.scripts.create_worker import TLS_OPTIONS
@@ -47,6 +48,10 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
          "master as seen from the SSH server (docs/security/ssh.rst)"],
         ["ssh-known-hosts", None, None,
          "known_hosts file with the SSH server's host key (default: ~/.ssh/known_hosts)"],
+        ["master-order", None, "preferred",
+         f"With several masters (<master> as HOST:PORT,HOST:PORT...): {' or '.join(ORDERS)} "
+         "(the first master whenever it can, or a random one per worker; "
+         "docs/multimaster.rst)"],
     ]
 
     def __init__(self) -> None:
@@ -65,6 +70,14 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
         if not sep or not key:
             raise usage.UsageError(f"--transport-option needs KEY=VALUE, got {value!r}")
         self["transport-options"][key] = option
+
+    def validateMasterArgument(self, master_arg: str) -> tuple[str, int]:  # noqa: N802
+        """``HOST[:PORT]``, or several masters as ``HOST:PORT,HOST:PORT...`` (the first is
+        written as buildmaster_host and port, all of them as ``masters``)."""
+        masters = [super(CreateWorkerOptions, self).validateMasterArgument(item.strip())
+                   for item in master_arg.split(",")]
+        self["masters"] = masters if len(masters) > 1 else []
+        return masters[0]
 
     def getSynopsis(self) -> str:  # noqa: N802
         return ("Usage:    buildbot-worker-msgproto create-worker [options] "
@@ -94,6 +107,11 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
         missing = registry.missing_extra(self["transport"])
         if missing is not None:
             raise usage.UsageError(missing)
+        if self["master-order"] not in ORDERS:
+            raise usage.UsageError(f"--master-order must be one of {ORDERS}")
+        if self.get("masters") and self["connection-string"]:
+            raise usage.UsageError("several masters need <master> as HOST:PORT,HOST:PORT, "
+                                   "not --connection-string")
         self._check_tls_options()
         if self["passwd"] is None:
             try:
