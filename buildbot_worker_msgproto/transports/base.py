@@ -113,6 +113,14 @@ class FrameTransport:
         identity, the CURVE key's name, the AMQP user and session...)."""
         return self.peer()
 
+    def encryption(self) -> str:
+        """How the frames are protected on the wire, for people (status displays, the
+        connection check): ``TLS (TLSv1.3, TLS_AES_256_GCM_SHA384)``, ``CURVE``, an SSH
+        tunnel, ``none``...  By default what the layers under it show."""
+        from buildbot_worker_msgproto.security import tls_info
+
+        return tls_info.describe(self, self.guarantees.encrypted)
+
 
 def format_address(address: Any) -> str:
     """``host:port`` of a Twisted address, as Buildbot's own connections print their peer

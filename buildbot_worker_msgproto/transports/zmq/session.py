@@ -38,6 +38,9 @@ class ZmqTransport(MessageTransport):
         self.close_sent = False
         self._linger_timer = None
 
+    def encryption(self) -> str:
+        return "CURVE" if self.guarantees.encrypted else "none"
+
     def _send_now(self, message: tuple[bytes, ...]) -> None:
         """Hand one message to ZeroMQ or raise ``ZMQError``."""
         raise NotImplementedError
