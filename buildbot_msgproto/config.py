@@ -25,6 +25,13 @@ THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")
 #: Worker leases across masters (docs/multimaster.rst); on with c['multiMaster'] only.
 LEASE_KEY = "lease_seconds"
 
+#: Seconds between the ``keepalive`` requests that measure a worker's round-trip time for
+#: the web UI (``rtt_probe_interval``; 0: no measuring).
+DEFAULT_RTT_PROBE_INTERVAL = 60.0
+
+#: Keys of c['protocols']['msg'] for the connection status and connection checks.
+STATUS_KEYS = ("rtt_probe_interval", "check_reveals_unknown_workers")
+
 #: Keys of c['protocols']['msg'] for TLS built in code and mutual TLS (docs/security/mtls.rst).
 TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "client_certificates")
 
@@ -56,6 +63,11 @@ class ListenerOptions:
     client_certificates: str = "off"
     #: Seconds of a worker's lease in the shared database with several masters (0: off).
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: Seconds between round-trip measurements of each worker (0: none).
+    rtt_probe_interval: float = DEFAULT_RTT_PROBE_INTERVAL
+    #: A connection check of a worker name this master does not know is told so
+    #: (``unknown_worker``) instead of getting the decoy challenge of a login.
+    check_reveals_unknown_workers: bool = False
 
     def transport_options(self) -> dict[str, dict[str, Any]]:
         return {name: dict(options) for name, options in self.transports}
@@ -67,7 +79,7 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
     known = {"port", "backlog", "pb", "transports", LEASE_KEY, *LIMIT_KEYS, *THROTTLE_KEYS,
-             *TLS_KEYS}
+             *TLS_KEYS, *STATUS_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -101,6 +113,15 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
             or not 0 <= lease_seconds < float("inf")):
         raise MsgProtocolConfigError(
             f"{where}[{LEASE_KEY!r}] must be a number of seconds >= 0 (0 turns it off)")
+    rtt_interval = options.get("rtt_probe_interval", DEFAULT_RTT_PROBE_INTERVAL)
+    if (not isinstance(rtt_interval, (int, float)) or isinstance(rtt_interval, bool)
+            or not 0 <= rtt_interval < float("inf")):
+        raise MsgProtocolConfigError(
+            f"{where}['rtt_probe_interval'] must be a number of seconds >= 0 (0 turns it off)")
+    reveal = options.get("check_reveals_unknown_workers", False)
+    if not isinstance(reveal, bool):
+        raise MsgProtocolConfigError(
+            f"{where}['check_reveals_unknown_workers'] must be True or False")
     transports = options.get("transports", {})
     if not isinstance(transports, dict):
         raise MsgProtocolConfigError(f"{where}['transports'] must be a dict of name -> options")
@@ -121,7 +142,9 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
                            transports=tuple(frozen),
                            login_failures_before_throttle=failures,
                            login_throttle_seconds=float(throttle_seconds),
-                           lease_seconds=float(lease_seconds), **tls)
+                           lease_seconds=float(lease_seconds),
+                           rtt_probe_interval=float(rtt_interval),
+                           check_reveals_unknown_workers=reveal, **tls)
 
 
 def _parse_tls(options: dict[str, Any], port: str | int, transports: list,

@@ -33,3 +33,20 @@ def test_every_limit_is_documented_in_configuration_rst(field):
 def test_a_bad_limit_is_refused_with_its_name():
     with pytest.raises(MsgProtocolConfigError, match="ack_every"):
         parse_options({"port": 9989, "ack_every": 0})
+
+
+def test_status_options():
+    options = parse_options({"port": 9989})
+    assert (options.rtt_probe_interval, options.check_reveals_unknown_workers) == (60.0, False)
+    options = parse_options({"port": 9989, "rtt_probe_interval": 0,
+                             "check_reveals_unknown_workers": True})
+    assert (options.rtt_probe_interval, options.check_reveals_unknown_workers) == (0.0, True)
+    for key, bad in (("rtt_probe_interval", -1), ("rtt_probe_interval", "5"),
+                     ("check_reveals_unknown_workers", 1)):
+        with pytest.raises(MsgProtocolConfigError, match=key):
+            parse_options({"port": 9989, key: bad})
+
+
+@pytest.mark.parametrize("key", ["rtt_probe_interval", "check_reveals_unknown_workers"])
+def test_every_other_key_is_documented_in_configuration_rst(key):
+    assert f"``{key}``" in CONFIGURATION_RST.read_text(encoding="utf-8")

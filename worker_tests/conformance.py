@@ -166,6 +166,7 @@ class ConformanceMixin:
             self.assertEqual(guarantees.detects_disconnect, self.detects_disconnect)
             if guarantees.max_frame_size is not None:  # the suite sends frames this large
                 self.assertGreaterEqual(guarantees.max_frame_size, LARGE_FRAME)
+            self.assertEqual(transport.transport_name, self.backend)
             # what status displays and the connection check show of the protection
             encryption = transport.encryption()
             self.assertIsInstance(encryption, str)

@@ -90,6 +90,8 @@ class FrameTransport:
     so that it mixes into Twisted protocols that have metaclasses, such as AMP)."""
 
     guarantees: TransportGuarantees
+    #: The transport's name in the registry (``tcp``, ``amp``...), for status displays.
+    transport_name = "?"
 
     def send_frames(self, frames: list[bytes]) -> None:
         """Queue frames for sending, in order."""

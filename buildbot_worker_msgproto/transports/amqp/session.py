@@ -27,6 +27,8 @@ class AmqpSession(MessageTransport):
     """What both ends of an amqp session do; a subclass says where messages go
     (:meth:`_send`) and how the session lets go of the broker (:meth:`_finished`)."""
 
+    transport_name = "amqp"
+
     def __init__(self, reactor: Any, sid: str, encrypted: bool,
                  user_id: str | None = None) -> None:
         super().__init__(reactor, plain_guarantees(BROKER_MAX_MESSAGE, encrypted))

@@ -31,6 +31,8 @@ class ZmqTransport(MessageTransport):
     """A session's messages go out in order through a queue that keeps those ZeroMQ
     refused with ``EAGAIN`` (the master's per-peer transport, the worker's transport)."""
 
+    transport_name = "zmq"
+
     def __init__(self, reactor: Any, linger: int, guarantees: Any) -> None:
         super().__init__(reactor, guarantees)
         self.linger = linger
