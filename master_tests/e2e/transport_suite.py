@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import subprocess
 import time
 from typing import Any
 
@@ -120,6 +121,20 @@ class TransportSuite:
         props = env.master.build_properties(build["buildid"])
         assert props["lists_ok"] is True
         assert re.fullmatch(r"([\w.-]+@)?127\.0\.0\.1:[1-9][0-9]*", props["peer"]), props["peer"]
+
+    def test_check_connection(self, env: TransportEnv) -> None:
+        """check-connection of the running worker's basedir: authenticated over this
+        transport, never attached, the worker undisturbed."""
+        attached = env.master.log_text().count("attaching over msgproto")
+        result = subprocess.run(
+            [harness.venv_exe("buildbot-worker-msgproto"), "check-connection", "--timeout",
+             "30", env.worker.basedir], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"transport:    {self.transport}" in result.stdout
+        assert "connection check of worker" in env.master.log_text()
+        assert env.master.log_text().count("attaching over msgproto") == attached
+        assert env.master.worker_data(WORKER)["connected_to"]
+        assert env.master.run_build("shell", timeout=60)["results"] == harness.SUCCESS
 
     def test_reconnect(self, env: TransportEnv) -> None:
         env.worker.stop()
