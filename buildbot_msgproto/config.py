@@ -103,21 +103,11 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     if not isinstance(failures, int) or isinstance(failures, bool) or failures < 1:
         raise MsgProtocolConfigError(
             f"{where}['login_failures_before_throttle'] must be a positive int")
-    throttle_seconds = options.get("login_throttle_seconds", DEFAULT_THROTTLE_SECONDS)
-    if (not isinstance(throttle_seconds, (int, float)) or isinstance(throttle_seconds, bool)
-            or not 0 <= throttle_seconds < float("inf")):
-        raise MsgProtocolConfigError(
-            f"{where}['login_throttle_seconds'] must be a number >= 0 (0 disables it)")
-    lease_seconds = options.get(LEASE_KEY, DEFAULT_LEASE_SECONDS)
-    if (not isinstance(lease_seconds, (int, float)) or isinstance(lease_seconds, bool)
-            or not 0 <= lease_seconds < float("inf")):
-        raise MsgProtocolConfigError(
-            f"{where}[{LEASE_KEY!r}] must be a number of seconds >= 0 (0 turns it off)")
-    rtt_interval = options.get("rtt_probe_interval", DEFAULT_RTT_PROBE_INTERVAL)
-    if (not isinstance(rtt_interval, (int, float)) or isinstance(rtt_interval, bool)
-            or not 0 <= rtt_interval < float("inf")):
-        raise MsgProtocolConfigError(
-            f"{where}['rtt_probe_interval'] must be a number of seconds >= 0 (0 turns it off)")
+    throttle_seconds = _seconds(options, "login_throttle_seconds", DEFAULT_THROTTLE_SECONDS,
+                                where, "disables it")
+    lease_seconds = _seconds(options, LEASE_KEY, DEFAULT_LEASE_SECONDS, where, "turns it off")
+    rtt_interval = _seconds(options, "rtt_probe_interval", DEFAULT_RTT_PROBE_INTERVAL, where,
+                            "turns it off")
     reveal = options.get("check_reveals_unknown_workers", False)
     if not isinstance(reveal, bool):
         raise MsgProtocolConfigError(
@@ -141,10 +131,20 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits,
                            transports=tuple(frozen),
                            login_failures_before_throttle=failures,
-                           login_throttle_seconds=float(throttle_seconds),
-                           lease_seconds=float(lease_seconds),
-                           rtt_probe_interval=float(rtt_interval),
+                           login_throttle_seconds=throttle_seconds,
+                           lease_seconds=lease_seconds, rtt_probe_interval=rtt_interval,
                            check_reveals_unknown_workers=reveal, **tls)
+
+
+def _seconds(options: dict[str, Any], key: str, default: float, where: str,
+             zero: str) -> float:
+    """``options[key]`` (or ``default``): a finite number of seconds >= 0, where 0 ``zero``."""
+    value = options.get(key, default)
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not 0 <= value < float("inf")):
+        raise MsgProtocolConfigError(
+            f"{where}[{key!r}] must be a number of seconds >= 0 (0 {zero})")
+    return float(value)
 
 
 def _parse_tls(options: dict[str, Any], port: str | int, transports: list,
