@@ -583,6 +583,7 @@ class Session:
         self.link = None
         self._state = SessionState.CLOSED
         self.close_code, self.close_reason = "resumed", "the connection resumed a session"
+        target.peer_encryption = self.peer_encryption or target.peer_encryption
         suspended_for, replayed = target.adopt(link, peer_last_seq, now)
         return [Resumed(target.session_id, replayed, suspended_for, session=target)]
 

@@ -7,11 +7,8 @@ the broker user 'tw', which may only use its own queue.
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from buildbot_worker_msgproto.check.diagnosis import Outcome
 from master_tests import rabbitmq
 from master_tests.rabbitmq import amqp_broker  # noqa: F401 - the fixture
 
@@ -40,27 +37,6 @@ class TestAmqp(TransportSuite):
         for key, value in rabbitmq.current().worker_options(WORKER).items():
             options += ["--transport-option", f"{key}={value}"]
         return tuple(options)
-
-    def test_check_connection(self, env: TransportEnv) -> None:
-        """The worker's broker user has one exclusive queue: while the worker runs, the
-        broker refuses a check that user (diagnosed, the worker untouched); once the
-        worker stops, the check authenticates."""
-        command = [harness.venv_exe("buildbot-worker-msgproto"), "check-connection",
-                   "--timeout", "30", env.worker.basedir]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        assert result.returncode == int(Outcome.QUEUE_IN_USE), result.stdout + result.stderr
-        assert "its queue is in use, by the running worker" in result.stdout
-        assert env.master.worker_data(WORKER)["connected_to"]
-        env.worker.stop()
-        env.master.wait_worker_disconnected(WORKER, 60)
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-            assert result.returncode == 0, result.stdout + result.stderr
-            assert "transport:    amqp" in result.stdout
-            assert "to the broker" in result.stdout  # the encryption line says where
-        finally:
-            env.worker.start()
-            env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
 
     def test_broker_restart_while_idle(self, env: TransportEnv) -> None:
         """The broker restarts between builds: master and worker reconnect by themselves,

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from buildbot_worker_msgproto.check.diagnosis import Outcome
+
 from . import harness
 from . import list_args_cfg
 
@@ -124,15 +126,29 @@ class TransportSuite:
 
     def test_check_connection(self, env: TransportEnv) -> None:
         """check-connection of the running worker's basedir: authenticated over this
-        transport, never attached, the worker undisturbed."""
+        transport, never attached, the worker undisturbed.  Over amqp the worker's broker
+        user has one exclusive queue: the broker refuses the check while the worker runs
+        (diagnosed, the worker untouched); once the worker stops, it authenticates."""
+        command = [harness.venv_exe("buildbot-worker-msgproto"), "check-connection",
+                   "--timeout", "30", env.worker.basedir]
         attached = env.master.log_text().count("attaching over msgproto")
-        result = subprocess.run(
-            [harness.venv_exe("buildbot-worker-msgproto"), "check-connection", "--timeout",
-             "30", env.worker.basedir], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if self.transport == "amqp":
+            assert result.returncode == int(Outcome.QUEUE_IN_USE), \
+                result.stdout + result.stderr
+            assert "its queue is in use, by the running worker" in result.stdout
+            env.worker.stop()
+            env.master.wait_worker_disconnected(WORKER, 60)
+            try:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            finally:
+                env.worker.start()
+            env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
         assert result.returncode == 0, result.stdout + result.stderr
         assert f"transport:    {self.transport}" in result.stdout
         assert "connection check of worker" in env.master.log_text()
-        assert env.master.log_text().count("attaching over msgproto") == attached
+        assert env.master.log_text().count("attaching over msgproto") == attached + (
+            self.transport == "amqp")  # the restarted worker's own attach
         assert env.master.worker_data(WORKER)["connected_to"]
         assert env.master.run_build("shell", timeout=60)["results"] == harness.SUCCESS
 
