@@ -94,8 +94,10 @@ class Bench:
                 for count in (1, 2, 3):
                     self.cluster_start(os.path.join(root, f"start{count}"), database, router,
                                        count)
-                for count in (1, 2):
+                for count in self.args.attach_masters:
                     self.attach(os.path.join(root, f"attach{count}"), database, router, count)
+                if self.args.failover:
+                    self.failover(os.path.join(root, "failover"), database, router)
             finally:
                 router.stop_private()
         finally:
@@ -178,6 +180,52 @@ class Bench:
                 harness.terminate(proc, 30)
             env.close()
 
+    def failover(self, root: str, database: Server, router: Router) -> None:
+        """``--failover`` msg workers that know masters A and B, all on A (preferred); A is
+        killed; the time until every one is attached to B."""
+        n = self.args.failover
+        env = MultiMasterEnv(root, self.protocol, database, router, count=2,
+                             worker_names=[f"fw{i:03d}" for i in range(1, n + 1)],
+                             builders_py=BUILDERS_PY, passwd=lambda _name: PASSWD)
+        proc = None
+        try:
+            env.start()
+            a, b = env.masters
+            wroot = os.path.join(root, "workers")
+            os.makedirs(wroot)
+            cmd = [sys.executable, os.path.join(HERE, "many_workers.py"), "--protocol", "msg",
+                   "--port", str(a.master_port), "--prefix", "fw", "--count", str(n),
+                   "--root", wroot, "--passwd", PASSWD,
+                   "--masters", f"127.0.0.1:{a.master_port},127.0.0.1:{b.master_port}"]
+            with open(os.path.join(wroot, "console.log"), "ab") as console:
+                proc = subprocess.Popen(cmd, env={**os.environ, **harness.SUBPROCESS_ENV},
+                                        stdin=subprocess.DEVNULL, stdout=console,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+            def attached_to(index: int) -> float | None:
+                if proc.poll() is not None:
+                    raise harness.HarnessError(f"many_workers.py exited; logs in {root}")
+                masterid = env.masterid(index)
+                try:
+                    doc = env.masters[1].api_get("workers", field=["name", "connected_to"])
+                except (harness.HarnessError, OSError, http.client.HTTPException):
+                    return None
+                on = sum(1 for w in doc["workers"]
+                         if masterid in {c["masterid"] for c in w["connected_to"]})
+                return time.monotonic() if on >= n else None
+
+            harness.wait_for(lambda: attached_to(0), ATTACH_TIMEOUT,
+                             f"{n} workers on master A", 0.5, env.e2e_diagnostics)
+            killed = time.monotonic()
+            a.kill()
+            done = harness.wait_for(lambda: attached_to(1), ATTACH_TIMEOUT,
+                                    f"{n} workers on master B", 0.2, env.e2e_diagnostics)
+            self.add(f"failover: {n} workers on master B after A was killed", done - killed)
+        finally:
+            if proc is not None:
+                harness.terminate(proc, 30)
+            env.close()
+
     def report(self) -> None:
         print(f"\nmedians over {self.args.repeat} repetition(s), protocol "
               f"{self.protocol.name}, {os.cpu_count()} CPUs:")
@@ -192,9 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--workers", type=int, default=200)
     p.add_argument("--protocol", choices=sorted(harness.PROTOCOLS), default="pb")
+    p.add_argument("--attach-masters", default="1,2",
+                   help="cluster sizes the workers attach to (e.g. 1,2,3)")
+    p.add_argument("--failover", type=int, default=0, metavar="N",
+                   help="msg only: N workers knowing two masters; the time until all are on "
+                        "the second after the first is killed (issue 10 asks for 500)")
     p.add_argument("--pb-backlog", type=int, default=4096,
                    help="listen backlog of the pb port (0: Twisted's default, 50)")
     args = p.parse_args(argv)
+    args.attach_masters = [int(x) for x in args.attach_masters.split(",") if x]
+    if args.failover and args.protocol != "msg":
+        p.error("--failover needs --protocol msg")
     for service in (Server, Router):
         why = service.missing()
         if why:

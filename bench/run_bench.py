@@ -100,6 +100,9 @@ PROTOS: dict[str, Proto] = {
         worker_tac_patch=bench_cfg.MSGPACK_WORKER_QUIET_PY,
     ),
     "msg": Proto("msg", HARNESS_PROTOCOLS["msg"], "msg"),
+    # msg with session resume off: what acks and replay buffers cost (bench/resume.py)
+    "msg-noresume": Proto("msg-noresume", HARNESS_PROTOCOLS["msg"], "msg",
+                          master_extra_py="c['protocols']['msg']['resume_window'] = 0\n"),
 }
 ALIASES = {"msgpack_experimental_v7": "msgpack"}
 # --per-transport: one column per msg transport, named msg/<transport>

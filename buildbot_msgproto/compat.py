@@ -70,3 +70,14 @@ def update_worker_info(master: Any, workerid: int, fields: dict[str, Any]) -> An
     worker = yield master.data.get(("workers", workerid))
     if worker is not None:
         master.data.rtypes.worker.produceEvent(worker, "state_updated")
+
+
+def unclaim_build_requests_of(master: Any, brids: list[int], masterid: int) -> Any:
+    """Unclaim build requests claimed by *another* (stopped) master.
+
+    Buildbot's public ``unclaimBuildRequests`` deletes only the claims of the calling
+    master (``WHERE masterid = <own id>``), so after a master died its requests stayed
+    claimed forever; ``BuildRequestsConnectorComponent._unclaim_buildrequests_for_master``
+    takes the masterid.
+    """
+    return master.db.buildrequests._unclaim_buildrequests_for_master(brids, masterid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from buildbot_msgproto.liveness import DEFAULT_MASTER_TIMEOUT
 from buildbot_msgproto.ownership import DEFAULT_LEASE_SECONDS
 from buildbot_msgproto.throttle import DEFAULT_FAILURES_BEFORE_THROTTLE
 from buildbot_msgproto.throttle import DEFAULT_THROTTLE_SECONDS
@@ -24,6 +25,8 @@ THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")
 
 #: Worker leases across masters (docs/multimaster.rst); on with c['multiMaster'] only.
 LEASE_KEY = "lease_seconds"
+#: Seconds after which a master that renews nothing is declared dead (several masters).
+MASTER_TIMEOUT_KEY = "master_timeout"
 
 #: Seconds between the ``keepalive`` requests that measure a worker's round-trip time for
 #: the web UI (``rtt_probe_interval``; 0: no measuring).
@@ -63,6 +66,8 @@ class ListenerOptions:
     client_certificates: str = "off"
     #: Seconds of a worker's lease in the shared database with several masters (0: off).
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: Seconds without renewal after which a master is declared dead (0: Buildbot's own).
+    master_timeout: float = DEFAULT_MASTER_TIMEOUT
     #: Seconds between round-trip measurements of each worker (0: none).
     rtt_probe_interval: float = DEFAULT_RTT_PROBE_INTERVAL
     #: A connection check of a worker name this master does not know is told so
@@ -78,8 +83,8 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     where = "c['protocols']['msg']"
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
-    known = {"port", "backlog", "pb", "transports", LEASE_KEY, *LIMIT_KEYS, *THROTTLE_KEYS,
-             *TLS_KEYS, *STATUS_KEYS}
+    known = {"port", "backlog", "pb", "transports", LEASE_KEY, MASTER_TIMEOUT_KEY,
+             *LIMIT_KEYS, *THROTTLE_KEYS, *TLS_KEYS, *STATUS_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -103,11 +108,18 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     if not isinstance(failures, int) or isinstance(failures, bool) or failures < 1:
         raise MsgProtocolConfigError(
             f"{where}['login_failures_before_throttle'] must be a positive int")
-    throttle_seconds = _seconds(options, "login_throttle_seconds", DEFAULT_THROTTLE_SECONDS,
-                                where, "disables it")
-    lease_seconds = _seconds(options, LEASE_KEY, DEFAULT_LEASE_SECONDS, where, "turns it off")
-    rtt_interval = _seconds(options, "rtt_probe_interval", DEFAULT_RTT_PROBE_INTERVAL, where,
-                            "turns it off")
+    throttle_seconds = options.get("login_throttle_seconds", DEFAULT_THROTTLE_SECONDS)
+    if (not isinstance(throttle_seconds, (int, float)) or isinstance(throttle_seconds, bool)
+            or not 0 <= throttle_seconds < float("inf")):
+        raise MsgProtocolConfigError(
+            f"{where}['login_throttle_seconds'] must be a number >= 0 (0 disables it)")
+    lease_seconds = _seconds(options, LEASE_KEY, DEFAULT_LEASE_SECONDS, where)
+    master_timeout = _seconds(options, MASTER_TIMEOUT_KEY, DEFAULT_MASTER_TIMEOUT, where)
+    if 0 < master_timeout < 2 * lease_seconds:
+        raise MsgProtocolConfigError(
+            f"{where}[{MASTER_TIMEOUT_KEY!r}] must be at least twice {LEASE_KEY!r}: a master "
+            "must not be declared dead before its workers could move")
+    rtt_interval = _seconds(options, "rtt_probe_interval", DEFAULT_RTT_PROBE_INTERVAL, where)
     reveal = options.get("check_reveals_unknown_workers", False)
     if not isinstance(reveal, bool):
         raise MsgProtocolConfigError(
@@ -131,19 +143,18 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits,
                            transports=tuple(frozen),
                            login_failures_before_throttle=failures,
-                           login_throttle_seconds=throttle_seconds,
-                           lease_seconds=lease_seconds, rtt_probe_interval=rtt_interval,
+                           login_throttle_seconds=float(throttle_seconds),
+                           lease_seconds=lease_seconds, master_timeout=master_timeout,
+                           rtt_probe_interval=rtt_interval,
                            check_reveals_unknown_workers=reveal, **tls)
 
 
-def _seconds(options: dict[str, Any], key: str, default: float, where: str,
-             zero: str) -> float:
-    """``options[key]`` (or ``default``): a finite number of seconds >= 0, where 0 ``zero``."""
+def _seconds(options: dict[str, Any], key: str, default: float, where: str) -> float:
     value = options.get(key, default)
     if (not isinstance(value, (int, float)) or isinstance(value, bool)
             or not 0 <= value < float("inf")):
         raise MsgProtocolConfigError(
-            f"{where}[{key!r}] must be a number of seconds >= 0 (0 {zero})")
+            f"{where}[{key!r}] must be a number of seconds >= 0 (0 turns it off)")
     return float(value)
 
 

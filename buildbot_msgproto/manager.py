@@ -29,6 +29,7 @@ from buildbot_msgproto import compat
 from buildbot_msgproto.config import ListenerOptions
 from buildbot_msgproto.config import normalize_portstr
 from buildbot_msgproto.connection import MsgConnection
+from buildbot_msgproto.liveness import MasterLiveness
 from buildbot_msgproto.negotiation import NegotiatingServerFactory
 from buildbot_msgproto.ownership import WorkerOwnership
 from buildbot_msgproto.ownership import refusal_reason
@@ -400,6 +401,8 @@ class MsgManager(BaseManager):
         self.sessions = SessionRegistry()
         #: Worker leases across masters (None: a single master, or lease_seconds 0).
         self.ownership: WorkerOwnership | None = None
+        #: Finds dead masters (several masters only).
+        self.liveness: MasterLiveness | None = None
 
     @defer.inlineCallbacks
     def configure_ownership(self, options: ListenerOptions) -> Any:
@@ -416,10 +419,28 @@ class MsgManager(BaseManager):
             yield self.ownership.setServiceParent(self)
             log.msg(f"msgproto: one master per worker: worker leases of {seconds:g} s in the "
                     "shared database")
+        yield self._configure_liveness(options.master_timeout if wanted else None)
+
+    @defer.inlineCallbacks
+    def _configure_liveness(self, timeout: float | None) -> Any:
+        """Dead masters found in ``master_timeout`` seconds (several masters only)."""
+        current = self.liveness
+        if current is not None and (timeout is None or current.timeout != timeout):
+            self.liveness = None
+            yield defer.maybeDeferred(current.disownServiceParent)
+        if timeout is not None and self.liveness is None:
+            self.liveness = MasterLiveness(self.master, timeout, self._fence)
+            yield self.liveness.setServiceParent(self)
 
     def _lease_lost(self, worker: str) -> None:
         for driver in self.sessions.of_worker(worker):
             driver.close(CloseCode.NOT_OWNER, "another master took this worker over")
+
+    def _fence(self) -> None:
+        """This master was declared dead: drop every msg worker (see liveness.py)."""
+        for driver in self.sessions.all():
+            driver.close(CloseCode.NOT_OWNER, "this master was declared dead by the others; "
+                         "another master takes this worker")
 
     def dispatcher_class(self, config_portstr: Any, portstr: str) -> MsgDispatcher:
         return MsgDispatcher(config_portstr, portstr, self.options[portstr], self.sessions)

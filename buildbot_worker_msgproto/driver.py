@@ -247,6 +247,7 @@ class SessionDriver:
             self.session.new_link(now)
         self._use_port(port)
         self.peer = port.transport.peer()
+        self.session.carried_by(port.transport.guarantees.max_frame_size)
         self.session.encryption = _encryption(port.transport)
         self.session.start(now)
         self._after()

@@ -131,7 +131,8 @@ class Worker(worker_pb.Worker):
         if masters and (buildmaster_host, port) == (None, None):
             buildmaster_host, port = masters[0]
         master_list = (MasterList([f"{host}:{master_port}" for host, master_port in masters],
-                                  master_order) if len(masters) > 1 else None)
+                                  master_order, clock=reactor.seconds)
+                       if len(masters) > 1 else None)
         ssh_settings = None
         if ssh_tunnel or ssh_key or ssh_known_hosts:
             from buildbot_worker_msgproto.reach.ssh import SSHSettings

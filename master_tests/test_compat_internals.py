@@ -68,3 +68,14 @@ def test_buildbot_worker_info_storage_and_event():
         "buildbot's Worker resource type has no produceEvent"
     assert callable(getattr(DBThreadPool, "do_with_transaction", None)), \
         "buildbot's DBThreadPool.do_with_transaction is gone"
+
+
+def test_buildbot_unclaim_for_a_given_master_signature():
+    from buildbot.db.buildrequests import BuildRequestsConnectorComponent
+
+    method = getattr(BuildRequestsConnectorComponent, "_unclaim_buildrequests_for_master",
+                     None)
+    assert method is not None, \
+        "buildbot's BuildRequestsConnectorComponent._unclaim_buildrequests_for_master is gone"
+    assert list(inspect.signature(method).parameters) == ["self", "brids", "masterid"], \
+        "buildbot's _unclaim_buildrequests_for_master changed its arguments"

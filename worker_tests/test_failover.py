@@ -108,3 +108,15 @@ def test_when_every_master_refuses_the_attempt_fails():
     clock.advance(1)
     assert len(results) == 1 and results[0].check(error.ConnectionRefusedError)
     assert [e.attempts for e in endpoints] == [1, 1, 1]
+
+
+def test_a_master_that_could_not_be_reached_is_tried_last_for_a_while():
+    clock = task.Clock()
+    masters = MasterList(MASTERS, clock=clock.seconds)
+    masters.unreachable(0)
+    assert masters.candidates() == [1, 2, 0]
+    clock.advance(16)
+    assert masters.candidates() == [0, 1, 2]
+    masters.unreachable(0)
+    masters.connected(0)  # it answered again after all
+    assert masters.candidates() == [0, 1, 2]

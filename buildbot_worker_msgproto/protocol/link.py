@@ -100,8 +100,8 @@ class Link:
         self._send_seq = 0
         self._recv_seq = 0
         self._started_at = self._last_sent_at = self._last_received_at = now
-        # (length, message or None to skip it) while a binary side frame is due
-        self._blob_wait: tuple[int, dict[str, Any] | None] | None = None
+        #: (length, message or None if skipped, size of its frame) of an awaited side frame
+        self._blob_wait: tuple[int, dict[str, Any] | None, int] | None = None
         # handshake scratch
         self._client_nonce: str | None = None
         self._nonce: str | None = None
@@ -191,13 +191,17 @@ class Link:
         """Decode one frame and act on it; ProtocolError for anything the peer got wrong."""
         self._last_received_at = now
         if self._blob_wait is not None:
-            length, message = self._blob_wait
+            length, message, header_size = self._blob_wait
             self._blob_wait = None
             if len(frame) != length:
                 raise ProtocolError(f"binary side frame has {len(frame)} bytes, {length} "
                                     "were announced", code=CloseCode.BAD_BLOB)
             if message is None:
                 return []  # belonged to a message we skipped
+            # only now is the message received (a resume's last_seq names it)
+            if not self.session.accept(message["seq"], message["ack"], message["type"],
+                                       header_size + length, now):
+                return []  # a duplicate of a message received before a resume
             message["blob"] = bytes(frame)
             return self.session.stream_message(message, now)
         try:
@@ -212,15 +216,17 @@ class Link:
         if spec.phase is Phase.HANDSHAKE:
             raise ProtocolError(f"handshake message {message['type']!r} after the handshake",
                                 code=CloseCode.UNEXPECTED_MESSAGE)
-        size = len(frame) + (message.get("blob") or 0)
-        fresh = self.session.accept(message["seq"], message["ack"], message["type"], size, now)
         if "blob" in message:
             if message["blob"] > self.max_incoming_frame_size:
                 raise ProtocolError(f"announced binary side frame of {message['blob']} bytes "
                                     f"exceeds the {self.max_incoming_frame_size}-byte limit",
                                     code=CloseCode.FRAME_TOO_LARGE)
-            self._blob_wait = (message["blob"], message if fresh else None)
+            # Accepted with its side frame, not before: if the link dies in between, the
+            # message was not received, and a resume must send it again (section 11.3).
+            self._blob_wait = (message["blob"], message, len(frame))
             return []
+        fresh = self.session.accept(message["seq"], message["ack"], message["type"],
+                                    len(frame), now)
         if not fresh:
             return []  # a duplicate of a frame received before a resume
         return self.session.stream_message(message, now)
@@ -229,7 +235,7 @@ class Link:
         """Once open: account the frame, answer ``error unknown_type``, skip its blob."""
         fresh = self.session.accept(e.seq, None, e.message_type, size, now)
         if e.blob is not None:
-            self._blob_wait = (e.blob, None)
+            self._blob_wait = (e.blob, None, 0)
         if not fresh:
             return []
         text = shorten(f"unknown message type {e.message_type!r}")
@@ -273,7 +279,7 @@ class Link:
         self._client_nonce = auth.new_nonce()
         hello: dict[str, Any] = {"versions": list(session.versions),
                                  "worker": session.worker_name, "nonce": self._client_nonce,
-                                 "max_frame_size": self.limits.max_frame_size}
+                                 "max_frame_size": session.frame_limit}
         if session.software:
             hello["software"] = session.software
         if session.supported_features:

@@ -39,6 +39,7 @@ from buildbot_worker_msgproto.protocol.events import RequestReceived
 from buildbot_worker_msgproto.protocol.events import ResponseReceived
 from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
+from buildbot_worker_msgproto.protocol.limits import MIN_FRAME_SIZE
 from buildbot_worker_msgproto.protocol.limits import SUPPORTED_FEATURES
 from buildbot_worker_msgproto.protocol.limits import SUPPORTED_VERSIONS
 from buildbot_worker_msgproto.protocol.limits import Limits
@@ -309,6 +310,13 @@ class Session:
         if self.link.state is not State.IDLE:
             raise LocalProtocolError("session already started")
         self.link.start(now)
+
+    def carried_by(self, max_frame_size: int | None) -> None:
+        """The transport of the next link carries frames of at most ``max_frame_size``
+        bytes (None: no limit of its own): never negotiate larger frames than that.
+        Called before ``start``; the negotiated size cannot grow once the session opened."""
+        if max_frame_size is not None and self.stream is None:
+            self.frame_limit = max(MIN_FRAME_SIZE, min(self.frame_limit, max_frame_size))
 
     def new_link(self, now: float) -> None:
         """Worker: a new connection for the suspended session (``start`` sends hello)."""

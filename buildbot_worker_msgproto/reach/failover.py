@@ -32,13 +32,16 @@ DEFAULT_SPREAD = 3.0
 #: Seconds a connection attempt to one master of a list may take before the next is tried
 #: (a dead host answers nothing; TCP alone would wait 30 s or more).
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: Seconds a master that could not be reached is tried after the others.
+DOWN_FOR = 15.0
 
 
 class MasterList:
     """Which master a worker tries next, by ``order`` (one of :data:`ORDERS`)."""
 
     def __init__(self, masters: Sequence[str], order: str = "preferred",
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         if not masters:
             raise ValueError("a worker needs at least one master")
         if order not in ORDERS:
@@ -50,16 +53,31 @@ class MasterList:
         self.current = rng.randrange(len(self.masters)) if order == "shuffle" else 0
         #: Stay with ``current`` first (a session there may resume).
         self.pinned = False
+        self.clock = clock
+        #: Until when each master that could not be reached is tried last.
+        self._down_until: dict[int, float] = {}
 
     def candidates(self) -> list[int]:
-        """The masters to try, in order, for the next connection attempt."""
+        """The masters to try, in order, for the next connection attempt: a master that
+        could not be reached a moment ago comes last (a dead master is not tried, and
+        waited for, on every attempt)."""
         n = len(self.masters)
         start = self.current if (self.pinned or self.order == "shuffle") else 0
-        return [(start + i) % n for i in range(n)]
+        order = [(start + i) % n for i in range(n)]
+        now = self.clock() if self.clock is not None else None
+        if now is None:
+            return order
+        return sorted(order, key=lambda index: self._down_until.get(index, 0.0) > now)
+
+    def unreachable(self, index: int) -> None:
+        """Master ``index`` refused the connection or did not answer."""
+        if self.clock is not None:
+            self._down_until[index] = self.clock() + DOWN_FOR
 
     def connected(self, index: int) -> None:
         """A connection to master ``index`` was made."""
         self.current = index
+        self._down_until.pop(index, None)
 
     def refused(self) -> None:
         """The current master refused the worker after connecting (``not_owner``,
@@ -107,6 +125,7 @@ class FailoverEndpoint:
                 protocol = yield connecting
             except Exception as e:
                 error = e
+                self.masters.unreachable(index)
                 log.msg(f"msgproto: master {self.masters.masters[index]} refused the "
                         f"connection: {e}")
                 continue

@@ -128,6 +128,10 @@ def _seconds(options: dict[str, Any], key: str, default: float) -> float:
     return seconds
 
 
+#: Seconds a closing WebSocket waits for the peer's close frame before dropping TCP.
+CLOSE_HANDSHAKE_TIMEOUT = 10.0
+
+
 def _protocol_options(settings: Settings) -> dict[str, Any]:
     """autobahn options common to both sides."""
     limit = DEFAULT_LIMITS.max_handshake_frame_size  # refreshed per message, see module doc
@@ -136,9 +140,11 @@ def _protocol_options(settings: Settings) -> dict[str, Any]:
             "maxMessagePayloadSize": limit, "maxFramePayloadSize": limit,
             "autoFragmentSize": 0,  # one frame per message, never split
             # Close with a close frame (after the session's last frames), not by a TCP
-            # reset that would discard them; the close handshake is bounded by autobahn's
-            # closeHandshakeTimeout (1 s).
+            # reset that would discard them; the close handshake is bounded, but long
+            # enough for those frames to get out over a slow or busy link (autobahn's
+            # default of 1 s dropped the last megabytes of a busy connection).
             "failByDrop": False,
+            "closeHandshakeTimeout": CLOSE_HANDSHAKE_TIMEOUT,
             "tcpNoDelay": True}
 
 

@@ -196,15 +196,21 @@ class MultiMasterEnv:
 
     # -- workers ---------------------------------------------------------------------------
     def add_worker(self, name: str, index: int, *, basedir_name: str | None = None,
-                   attach: bool = True) -> harness.Worker:
+                   attach: bool = True, masters: Sequence[int] = (),
+                   create_args: Sequence[str] = ()) -> harness.Worker:
         """Create and start a worker process called ``name`` (one of ``worker_names``) for
         master ``index``; returns once that master lists it as connected (``attach=False``:
         once the process runs).  ``basedir_name`` (default ``name``) lets two processes use
-        the same worker name."""
+        the same worker name.  ``masters``: the indexes of the masters the worker knows
+        (a list, ``HOST:PORT,HOST:PORT``; default: master ``index`` only)."""
         master = self.masters[index]
         worker = harness.Worker.for_protocol(
             self.protocol, os.path.join(self.root, "workers", basedir_name or name),
-            master.master_port, name, self.passwd(name))
+            master.master_port, name, self.passwd(name), extra_create_args=create_args)
+        if masters:
+            master_arg = f"127.0.0.1:{int(master.master_port)}"
+            worker.create_cmd[worker.create_cmd.index(master_arg)] = ",".join(
+                f"127.0.0.1:{self.masters[i].master_port}" for i in masters)
         self.workers.append(worker.create())
         worker.start()
         if not attach:

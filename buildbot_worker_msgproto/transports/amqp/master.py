@@ -32,6 +32,8 @@ from buildbot_worker_msgproto.transports.messaging import MessageListening
 
 #: How the master retries its broker connection (seconds; the worker uses its own policy).
 MASTER_RETRY = backoffPolicy(initialDelay=0.5, maxDelay=10.0)
+#: The master queue's arguments: several masters consume it, one at a time.
+MASTER_QUEUE_ARGUMENTS = {"x-single-active-consumer": True}
 #: Sessions refused by a ``close`` (remembered so that each is told once).
 REFUSED_REMEMBERED = 1000
 
@@ -95,12 +97,15 @@ class AmqpListening(MessageListening):
         channel = link.channel
         await channel.exchange_declare(exchange=self.names.exchange,
                                        exchange_type="direct", durable=True)
-        await channel.queue_declare(queue=self.names.master_queue, exclusive=True,
-                                    auto_delete=True)
+        # Shared by every master on the broker, one of them consuming at a time (RabbitMQ's
+        # single active consumer): when it stops or dies, the next master gets the
+        # workers' messages at once.  Auto-deleted: it exists while a master listens.
+        await channel.queue_declare(queue=self.names.master_queue, exclusive=False,
+                                    auto_delete=True, arguments=MASTER_QUEUE_ARGUMENTS)
         await channel.queue_bind(queue=self.names.master_queue, exchange=self.names.exchange,
                                  routing_key=self.names.master_queue)
         link.on_returned = self._returned
-        await link.consume(self.names.master_queue, self._message)
+        await link.consume(self.names.master_queue, self._message, exclusive=False)
         proto = factory.buildProtocol(None)
         proto.makeConnection(link)
         link.when_lost().addCallback(
