@@ -29,6 +29,13 @@ LEASE_KEY = "lease_seconds"
 #: Seconds after which a master that renews nothing is declared dead (several masters).
 MASTER_TIMEOUT_KEY = "master_timeout"
 
+#: Seconds between the ``keepalive`` requests that measure a worker's round-trip time for
+#: the web UI (``rtt_probe_interval``; 0: no measuring).
+DEFAULT_RTT_PROBE_INTERVAL = 60.0
+
+#: Keys of c['protocols']['msg'] for the connection status and connection checks.
+STATUS_KEYS = ("rtt_probe_interval", "check_reveals_unknown_workers")
+
 #: Keys of c['protocols']['msg'] for TLS built in code and mutual TLS (docs/security/mtls.rst).
 TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "client_certificates")
 
@@ -63,6 +70,11 @@ class ListenerOptions:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     #: Seconds without renewal after which a master is declared dead (0: Buildbot's own).
     master_timeout: float = DEFAULT_MASTER_TIMEOUT
+    #: Seconds between round-trip measurements of each worker (0: none).
+    rtt_probe_interval: float = DEFAULT_RTT_PROBE_INTERVAL
+    #: A connection check of a worker name this master does not know is told so
+    #: (``unknown_worker``) instead of getting the decoy challenge of a login.
+    check_reveals_unknown_workers: bool = False
 
     def transport_options(self) -> dict[str, TransportOptions]:
         return dict(self.transports)
@@ -74,7 +86,7 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
     known = {"port", "backlog", "pb", "transports", LEASE_KEY, MASTER_TIMEOUT_KEY,
-             *LIMIT_KEYS, *THROTTLE_KEYS, *TLS_KEYS}
+             *LIMIT_KEYS, *THROTTLE_KEYS, *TLS_KEYS, *STATUS_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -109,6 +121,11 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
         raise MsgProtocolConfigError(
             f"{where}[{MASTER_TIMEOUT_KEY!r}] must be at least twice {LEASE_KEY!r}: a master "
             "must not be declared dead before its workers could move")
+    rtt_interval = _seconds(options, "rtt_probe_interval", DEFAULT_RTT_PROBE_INTERVAL, where)
+    reveal = options.get("check_reveals_unknown_workers", False)
+    if not isinstance(reveal, bool):
+        raise MsgProtocolConfigError(
+            f"{where}['check_reveals_unknown_workers'] must be True or False")
     transports = options.get("transports", {})
     if not isinstance(transports, dict):
         raise MsgProtocolConfigError(f"{where}['transports'] must be a dict of name -> options")
@@ -129,7 +146,8 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
                            login_failures_before_throttle=failures,
                            login_throttle_seconds=float(throttle_seconds),
                            lease_seconds=lease_seconds, master_timeout=master_timeout,
-                           **tls)
+                           rtt_probe_interval=rtt_interval,
+                           check_reveals_unknown_workers=reveal, **tls)
 
 
 def _seconds(options: dict[str, Any], key: str, default: float, where: str) -> float:

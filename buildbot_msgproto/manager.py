@@ -242,6 +242,12 @@ class MasterHandshake(MessageHandler):
             driver.close(CloseCode.LOGIN_THROTTLED,
                          f"too many failed logins; retry in {wait:.0f} s")
             return
+        if event.check and self.dispatcher.options.check_reveals_unknown_workers \
+                and self.dispatcher.certificate_only(event.worker) is None:
+            self._refuse(driver, event.worker, CloseCode.UNKNOWN_WORKER,
+                         f"connection check: worker {event.worker!r} is not configured on "
+                         "this master")
+            return
         if auth.SCRAM not in event.mechanisms:  # the worker offers certificate login only
             self._certificate_login(driver, event)
             return
@@ -316,6 +322,14 @@ class MasterHandshake(MessageHandler):
 
     def authenticated(self, driver: SessionDriver, event: Authenticated) -> None:
         self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
+        if driver.session.check:
+            # a connection check: authenticated, and nothing else happens (no lease, no
+            # attach, the worker's other sessions untouched)
+            log.msg(f"msgproto: connection check of worker {event.worker!r} from "
+                    f"{driver.peer} passed; not attaching it")
+            driver.close(CloseCode.NORMAL, "connection check passed; a check is never "
+                         "attached")
+            return
         # a new login, not a resume: the worker process restarted, so a session it left
         # suspended has nobody to resume it; end it now instead of after its window
         for old in self.dispatcher.sessions.suspended(event.worker):
@@ -355,7 +369,7 @@ class MasterHandshake(MessageHandler):
         if driver.session.is_closed:
             conn.detached(driver)
             return
-        yield conn.attached(driver)
+        yield conn.attached(driver, self.dispatcher.options.rtt_probe_interval)
 
     def session_ended(self, driver: SessionDriver, code: str, reason: str,
                       by_peer: bool) -> None:

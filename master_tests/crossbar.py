@@ -6,7 +6,8 @@ Buildbot's masters exchange their messages through it (``c['mq']`` type ``wamp``
 free 127.0.0.1 port, with one realm open to the anonymous role; it is stopped at the end
 of the session.  Tests that stop or restart a router take one of their own
 (``Router.start_private()`` / ``router.stop_private()``).  Without crossbar the tests skip
-with a clear message, or fail when ``CI`` is set::
+with a clear message, or fail when ``CI`` or ``MSGPROTO_REQUIRE_SYSTEM_DEPS`` is set
+(scripts/run-tests sets the latter; master_tests/system_deps.py)::
 
     from master_tests.crossbar import wamp_router  # noqa: F401  (the fixture)
 

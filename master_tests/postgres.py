@@ -8,7 +8,7 @@ workers, each with its own server) never see each other's data.
 
 Needs Debian's PostgreSQL server (scripts/install-system-deps) and psycopg 3 (the
 ``test`` extra).  Without the server the tests skip with a clear message, or fail when
-``CI`` is set::
+``CI`` or ``MSGPROTO_REQUIRE_SYSTEM_DEPS`` is set (scripts/run-tests sets the latter)::
 
     from master_tests.postgres import postgres_server  # noqa: F401  (the fixture)
 

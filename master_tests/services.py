@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 
+from master_tests import system_deps
 from master_tests.e2e.harness import free_port
 
 SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -27,10 +28,8 @@ STOP_TIMEOUT = 60
 
 def unavailable(message: str) -> None:
     """A service the tests need is not installed: skip the test on a developer's machine,
-    fail it in CI (``CI`` set), where scripts/run-tests installs every service."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI must provide it: see scripts/run-tests)", pytrace=False)
-    pytest.skip(message)
+    fail it under scripts/run-tests or in CI (:func:`master_tests.system_deps.required`)."""
+    system_deps.unavailable(message)
 
 
 class ScriptService:

@@ -81,3 +81,20 @@ def test_equal_configurations_compare_equal_for_reconfig():
 def test_transport_errors_name_the_transport_and_the_option(transports, message):
     with pytest.raises(MsgProtocolConfigError, match=message):
         parse_options({"port": 9989, "transports": transports})
+
+
+def test_status_options():
+    options = parse_options({"port": 9989})
+    assert (options.rtt_probe_interval, options.check_reveals_unknown_workers) == (60.0, False)
+    options = parse_options({"port": 9989, "rtt_probe_interval": 0,
+                             "check_reveals_unknown_workers": True})
+    assert (options.rtt_probe_interval, options.check_reveals_unknown_workers) == (0.0, True)
+    for key, bad in (("rtt_probe_interval", -1), ("rtt_probe_interval", "5"),
+                     ("check_reveals_unknown_workers", 1)):
+        with pytest.raises(MsgProtocolConfigError, match=key):
+            parse_options({"port": 9989, key: bad})
+
+
+@pytest.mark.parametrize("key", ["rtt_probe_interval", "check_reveals_unknown_workers"])
+def test_every_other_key_is_documented_in_configuration_rst(key):
+    assert f"``{key}``" in CONFIGURATION_RST.read_text(encoding="utf-8")

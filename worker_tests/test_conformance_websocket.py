@@ -324,5 +324,7 @@ class WebSocketTLSConformance(ConformanceMixin, unittest.TestCase):
         client, server = yield self.connect()
         self.assertEqual(client.transport.guarantees, websocket.ENCRYPTED)
         self.assertEqual(server.transport.guarantees, websocket.ENCRYPTED)
+        for receiver in (client, server):
+            self.assertRegex(receiver.transport.encryption(), r"^TLS \(TLSv1\.[23], \S+\)$")
         self.assertTrue(self.listening.address().startswith("wss://127.0.0.1:"))
         self.assertTrue(client.transport.protocol.factory.url.startswith("wss://localhost:"))

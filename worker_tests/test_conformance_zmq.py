@@ -282,6 +282,8 @@ class ZmqCurveConformance(ZmqConformance):
         self.assertTrue(self.listening.guarantees.encrypted)
         self.assertTrue(server.transport.guarantees.encrypted)
         self.assertTrue(client.transport.guarantees.encrypted)
+        self.assertEqual((server.transport.encryption(), client.transport.encryption()),
+                         ("CURVE", "CURVE"))
         # the ZAP handler's verdict names the worker's key file
         self.assertEqual(server.transport.curve_key_name, "w1")
         self.assertIn("CURVE key w1", server.transport.describe())

@@ -63,7 +63,7 @@ def command_schema(spec: CommandSpec) -> dict[str, Any]:
         "x-msgproto": {
             "version": COMMAND_VERSION,
             "paths": [{"name": r.name, "parts": list(r.parts), "expand_user": r.expand_user,
-                       "each": r.each} for r in spec.paths],
+                       "each": r.each, "as_list": r.as_list} for r in spec.paths],
             "transfer": spec.transfer.value if spec.transfer else None,
             "updates": {key: _typed(UPDATE_REGISTRY[key].types,
                                     UPDATE_REGISTRY[key].description)
@@ -152,6 +152,8 @@ def _path_text(spec: CommandSpec) -> str:
             extra.append("``~`` expanded in the last")
         if rule.each:
             extra.append("each item of a list")
+        if rule.as_list:
+            extra.append("always a list")
         suffix = f" ({'; '.join(extra)})" if extra else ""
         parts.append(f"builder directory / {joined}{suffix}")
     return "; ".join(parts)

@@ -64,13 +64,15 @@ TRANSITIONS: dict[tuple[Role, State, str], State] = {
     (Role.WORKER, State.IDLE, "start_certificate"): State.AWAIT_WELCOME,
     (Role.WORKER, State.AWAIT_CHALLENGE, "challenge"): State.AWAIT_WELCOME,
     (Role.WORKER, State.AWAIT_WELCOME, "welcome"): State.OPEN,
+    (Role.MASTER, State.AWAIT_HELLO, "check"): State.AWAIT_CREDENTIALS,
     (Role.MASTER, State.AWAIT_HELLO, "hello"): State.AWAIT_CREDENTIALS,
     (Role.MASTER, State.AWAIT_CREDENTIALS, "answer_hello"): State.AWAIT_AUTHENTICATE,
     (Role.MASTER, State.AWAIT_CREDENTIALS, "accept_certificate"): State.OPEN,
     (Role.MASTER, State.AWAIT_AUTHENTICATE, "authenticate"): State.OPEN,
 }
 
-#: The handshake message each (role, state) waits for, derived from the table.
+#: The handshake message each (role, state) waits for, derived from the table (where
+#: two fit, the later row: ``hello`` rather than ``check``).
 EXPECTED: dict[tuple[Role, State], str] = {
     (role, state): trigger for (role, state, trigger) in TRANSITIONS
     if spec_for(trigger) is not None
@@ -269,7 +271,8 @@ class Link:
 
     # ------------------------------------------------------------------ worker handshake
     def start(self, now: float) -> None:
-        """Worker: send ``hello`` (asking to resume if the session is suspended)."""
+        """Worker: send ``hello`` (asking to resume if the session is suspended), or
+        ``check`` for a connection check."""
         session = self.session
         self.step("start_certificate" if session.certificate_login else "start")
         self.restart_clock(now)
@@ -283,6 +286,11 @@ class Link:
             hello["features"] = sorted(session.supported_features)
         if session.certificate_login:
             hello["auth"] = [auth.CLIENT_CERTIFICATE]
+        if session.encryption:
+            hello["encryption"] = shorten(session.encryption, 256)
+        if session.check:
+            self.send_handshake("check", hello, now)
+            return
         if session.may_resume:
             self.resuming = True
             resume: dict[str, Any] = {"session": session.session_id,
@@ -381,6 +389,11 @@ class Link:
             resume_key=resume_key)
 
     # ------------------------------------------------------------------ master handshake
+    def _on_check(self, message: dict[str, Any], now: float) -> list[Event]:
+        """A connection check: a hello that must never lead to an attached worker."""
+        self.session.check = True
+        return self._on_hello({k: v for k, v in message.items() if k != "resume"}, now)
+
     def _on_hello(self, message: dict[str, Any], now: float) -> list[Event]:
         versions = message["versions"]
         if not versions or not all(isinstance(v, int) and not isinstance(v, bool)
@@ -411,9 +424,12 @@ class Link:
         resume = message.get("resume")
         if resume is not None:  # answered in _welcome, after authentication
             self._resume_request = _resume_request(resume)
+        encryption = message.get("encryption")
+        session.peer_encryption = shorten(encryption, 256) if encryption else None
         return [HelloReceived(session.worker_name, self._hello_versions,
                               message.get("software") or {}, self._hello_mechanisms,
-                              self._resume_request[0] if self._resume_request else None)]
+                              self._resume_request[0] if self._resume_request else None,
+                              check=session.check)]
 
     def answer_hello(self, credentials: auth.ScramCredentials | None, now: float,
                      resume: Session | None) -> list[Event]:

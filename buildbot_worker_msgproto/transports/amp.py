@@ -56,6 +56,7 @@ class AmpFrameProtocol(amp.AMP, StreamFrameTransport):
     """An AMP connection carrying frames for one :class:`FrameReceiver`."""
 
     guarantees = stream_guarantees(None)
+    transport_name = NAME
 
     def __init__(self, receiver: FrameReceiver) -> None:
         super().__init__()

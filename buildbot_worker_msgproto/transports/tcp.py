@@ -46,6 +46,7 @@ class FramedProtocol(Int32StringReceiver, StreamFrameTransport):
     """A Twisted protocol carrying length-prefixed frames for one :class:`FrameReceiver`."""
 
     guarantees = stream_guarantees(TCP_MAX_FRAME)
+    transport_name = NAME
 
     def __init__(self, receiver: FrameReceiver) -> None:
         self.receiver = receiver

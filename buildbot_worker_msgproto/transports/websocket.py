@@ -141,6 +141,8 @@ class WebSocketFrameTransport(FrameTransport):
     A separate object, not a mixin: autobahn protocols own a ``peer`` attribute.
     """
 
+    transport_name = NAME
+
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
         self.guarantees = ENCRYPTED if ISSLTransport.providedBy(protocol.transport) else PLAIN
