@@ -52,6 +52,9 @@ def build_services(args: argparse.Namespace):
     from twisted.application import service
 
     options = parse_options(args.transport_option)
+    masters = [(host, int(port)) for host, _, port in
+               (item.rpartition(":") for item in args.masters.split(","))] \
+        if args.masters else None
     if args.protocol == "msg":
         from buildbot_worker_msgproto import Worker
 
@@ -60,6 +63,7 @@ def build_services(args: argparse.Namespace):
                 "protocol": "msg",
                 "transport": args.transport,
                 "transport_options": {k: v.replace("{name}", name) for k, v in options.items()},
+                "masters": masters,
             }
     else:
         if args.transport != "tcp" or options:
@@ -101,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="transport option, repeatable; '{name}' in VALUE is the worker name")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--masters", default=None, metavar="HOST:PORT,HOST:PORT",
+                   help="msg: every worker knows these masters (failover), first preferred")
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--first", type=int, default=1, help="index of the first worker (1)")
     p.add_argument("--root", required=True)

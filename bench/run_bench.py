@@ -62,6 +62,7 @@ from master_tests.e2e.harness import free_port  # noqa: E402
 from master_tests.e2e.harness import make_master_cfg  # noqa: E402
 from master_tests.e2e.harness import sha256_file  # noqa: E402
 from master_tests.e2e.harness import tail  # noqa: E402
+from master_tests.e2e.harness import terminate  # noqa: E402
 
 MiB = 1 << 20
 PASSWD = "pw"
@@ -99,6 +100,9 @@ PROTOS: dict[str, Proto] = {
         worker_tac_patch=bench_cfg.MSGPACK_WORKER_QUIET_PY,
     ),
     "msg": Proto("msg", HARNESS_PROTOCOLS["msg"], "msg"),
+    # msg with session resume off: what acks and replay buffers cost (bench/resume.py)
+    "msg-noresume": Proto("msg-noresume", HARNESS_PROTOCOLS["msg"], "msg",
+                          master_extra_py="c['protocols']['msg']['resume_window'] = 0\n"),
 }
 ALIASES = {"msgpack_experimental_v7": "msgpack"}
 # --per-transport: one column per msg transport, named msg/<transport>
@@ -933,15 +937,7 @@ class Bench:
 
     @staticmethod
     def _stop_many(proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
+        terminate(proc, 30)
 
     def _connected_count(self, master: Master) -> int:
         doc = master.api_get("workers", field=["name", "connected_to"])

@@ -22,11 +22,11 @@ from cryptography import x509
 from twisted.internet import protocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.internet.interfaces import ISSLTransport
 from twisted.python import log
 from zope.interface import implementer
 
 from buildbot_worker_msgproto.protocol.codes import CloseCode
+from buildbot_worker_msgproto.security import tls_info
 from buildbot_worker_msgproto.security.certificates import worker_names_from_certificate
 from buildbot_worker_msgproto.security.files import read_file
 from buildbot_worker_msgproto.transports.base import peer_address
@@ -172,17 +172,14 @@ def _reason(reason: Any) -> str:
 def peer_certificate(transport: Any) -> x509.Certificate | None:
     """The client certificate of the TLS connection under ``transport`` (a frame transport,
     a Twisted protocol or transport: their ``.transport`` chain is followed), or None."""
-    seen = 0
-    while transport is not None and seen < 8:
-        if ISSLTransport.providedBy(transport):
-            try:
-                cert = transport.getPeerCertificate()
-            except Exception:
-                return None
-            return None if cert is None else cert.to_cryptography()
-        transport = getattr(transport, "transport", None)
-        seen += 1
-    return None
+    tls = tls_info.find_tls(transport)
+    if tls is None:
+        return None
+    try:
+        cert = tls.getPeerCertificate()
+    except Exception:
+        return None
+    return None if cert is None else cert.to_cryptography()
 
 
 def describe(cert: x509.Certificate) -> str:

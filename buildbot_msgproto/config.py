@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from buildbot_msgproto.liveness import DEFAULT_MASTER_TIMEOUT
 from buildbot_msgproto.ownership import DEFAULT_LEASE_SECONDS
 from buildbot_msgproto.throttle import DEFAULT_FAILURES_BEFORE_THROTTLE
 from buildbot_msgproto.throttle import DEFAULT_THROTTLE_SECONDS
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.transports import registry
+from buildbot_worker_msgproto.transports.options import TransportOptions
 
 #: Listen backlog: Twisted's default of 50 left 25-50 % of 200 PB workers hanging in a
 #: measured connection burst.  The kernel caps it at net.core.somaxconn.
@@ -22,8 +24,17 @@ LIMIT_KEYS = tuple(field.name for field in dataclasses.fields(Limits))
 #: Keys of c['protocols']['msg'] for the failed-login throttle (ListenerOptions fields).
 THROTTLE_KEYS = ("login_failures_before_throttle", "login_throttle_seconds")
 
-#: Worker leases across masters (docs/multi-master.rst); on with c['multiMaster'] only.
+#: Worker leases across masters (docs/multimaster.rst); on with c['multiMaster'] only.
 LEASE_KEY = "lease_seconds"
+#: Seconds after which a master that renews nothing is declared dead (several masters).
+MASTER_TIMEOUT_KEY = "master_timeout"
+
+#: Seconds between the ``keepalive`` requests that measure a worker's round-trip time for
+#: the web UI (``rtt_probe_interval``; 0: no measuring).
+DEFAULT_RTT_PROBE_INTERVAL = 60.0
+
+#: Keys of c['protocols']['msg'] for the connection status and connection checks.
+STATUS_KEYS = ("rtt_probe_interval", "check_reveals_unknown_workers")
 
 #: Keys of c['protocols']['msg'] for TLS built in code and mutual TLS (docs/security/mtls.rst).
 TLS_KEYS = ("tls_cert", "tls_key", "tls_client_ca", "client_certificates")
@@ -41,8 +52,9 @@ class ListenerOptions:
     backlog: int = DEFAULT_BACKLOG
     serve_pb: bool = True
     limits: Limits = DEFAULT_LIMITS
-    #: Further transports: backend name -> its options (the negotiated TCP port is ``port``).
-    transports: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+    #: Further transports: (backend name, its parsed master options), sorted by name (the
+    #: negotiated TCP port is ``port``).
+    transports: tuple[tuple[str, TransportOptions], ...] = ()
     #: Failed logins of one worker name from one host before that host is refused for
     #: that name (see :mod:`buildbot_msgproto.throttle` for the policy).
     login_failures_before_throttle: int = DEFAULT_FAILURES_BEFORE_THROTTLE
@@ -56,9 +68,16 @@ class ListenerOptions:
     client_certificates: str = "off"
     #: Seconds of a worker's lease in the shared database with several masters (0: off).
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: Seconds without renewal after which a master is declared dead (0: Buildbot's own).
+    master_timeout: float = DEFAULT_MASTER_TIMEOUT
+    #: Seconds between round-trip measurements of each worker (0: none).
+    rtt_probe_interval: float = DEFAULT_RTT_PROBE_INTERVAL
+    #: A connection check of a worker name this master does not know is told so
+    #: (``unknown_worker``) instead of getting the decoy challenge of a login.
+    check_reveals_unknown_workers: bool = False
 
-    def transport_options(self) -> dict[str, dict[str, Any]]:
-        return {name: dict(options) for name, options in self.transports}
+    def transport_options(self) -> dict[str, TransportOptions]:
+        return dict(self.transports)
 
 
 #: The last ``c['protocols']['msg']`` parsed, a copy of it, and the result.
@@ -83,8 +102,8 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
     where = "c['protocols']['msg']"
     if not isinstance(options, dict):
         raise MsgProtocolConfigError(f"{where} must be a dict")
-    known = {"port", "backlog", "pb", "transports", LEASE_KEY, *LIMIT_KEYS, *THROTTLE_KEYS,
-             *TLS_KEYS}
+    known = {"port", "backlog", "pb", "transports", LEASE_KEY, MASTER_TIMEOUT_KEY,
+             *LIMIT_KEYS, *THROTTLE_KEYS, *TLS_KEYS, *STATUS_KEYS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise MsgProtocolConfigError(
@@ -113,15 +132,21 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
             or not 0 <= throttle_seconds < float("inf")):
         raise MsgProtocolConfigError(
             f"{where}['login_throttle_seconds'] must be a number >= 0 (0 disables it)")
-    lease_seconds = options.get(LEASE_KEY, DEFAULT_LEASE_SECONDS)
-    if (not isinstance(lease_seconds, (int, float)) or isinstance(lease_seconds, bool)
-            or not 0 <= lease_seconds < float("inf")):
+    lease_seconds = _seconds(options, LEASE_KEY, DEFAULT_LEASE_SECONDS, where)
+    master_timeout = _seconds(options, MASTER_TIMEOUT_KEY, DEFAULT_MASTER_TIMEOUT, where)
+    if 0 < master_timeout < 2 * lease_seconds:
         raise MsgProtocolConfigError(
-            f"{where}[{LEASE_KEY!r}] must be a number of seconds >= 0 (0 turns it off)")
+            f"{where}[{MASTER_TIMEOUT_KEY!r}] must be at least twice {LEASE_KEY!r}: a master "
+            "must not be declared dead before its workers could move")
+    rtt_interval = _seconds(options, "rtt_probe_interval", DEFAULT_RTT_PROBE_INTERVAL, where)
+    reveal = options.get("check_reveals_unknown_workers", False)
+    if not isinstance(reveal, bool):
+        raise MsgProtocolConfigError(
+            f"{where}['check_reveals_unknown_workers'] must be True or False")
     transports = options.get("transports", {})
     if not isinstance(transports, dict):
         raise MsgProtocolConfigError(f"{where}['transports'] must be a dict of name -> options")
-    frozen = []
+    parsed: list[tuple[str, TransportOptions]] = []
     for name, transport_options in sorted(transports.items()):
         if name == "tcp":
             raise MsgProtocolConfigError(f"{where}['transports']: tcp is configured by "
@@ -129,20 +154,30 @@ def parse_options(options: dict[str, Any]) -> ListenerOptions:
         if not isinstance(transport_options, dict):
             raise MsgProtocolConfigError(f"{where}['transports'][{name!r}] must be a dict")
         try:
-            registry.load(name).validate_options(transport_options)
+            parsed.append((name, registry.load(name).MasterOptions.parse(transport_options)))
         except (ValueError, ImportError) as e:
             raise MsgProtocolConfigError(f"{where}['transports'][{name!r}]: {e}") from e
-        frozen.append((name, tuple(sorted(transport_options.items()))))
-    tls = _parse_tls(options, port, frozen, where)
+    tls = _parse_tls(options, port, parsed, where)
     return ListenerOptions(port=port, backlog=backlog, serve_pb=serve_pb, limits=limits,
-                           transports=tuple(frozen),
+                           transports=tuple(parsed),
                            login_failures_before_throttle=failures,
                            login_throttle_seconds=float(throttle_seconds),
-                           lease_seconds=float(lease_seconds), **tls)
+                           lease_seconds=lease_seconds, master_timeout=master_timeout,
+                           rtt_probe_interval=rtt_interval,
+                           check_reveals_unknown_workers=reveal, **tls)
 
 
-def _parse_tls(options: dict[str, Any], port: str | int, transports: list,
-               where: str) -> dict[str, Any]:
+def _seconds(options: dict[str, Any], key: str, default: float, where: str) -> float:
+    value = options.get(key, default)
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not 0 <= value < float("inf")):
+        raise MsgProtocolConfigError(
+            f"{where}[{key!r}] must be a number of seconds >= 0 (0 turns it off)")
+    return float(value)
+
+
+def _parse_tls(options: dict[str, Any], port: str | int,
+               transports: list[tuple[str, TransportOptions]], where: str) -> dict[str, Any]:
     """The TLS keys of ListenerOptions; the files are loaded here to report problems early."""
     from buildbot_msgproto import client_certs
 
@@ -156,7 +191,7 @@ def _parse_tls(options: dict[str, Any], port: str | int, transports: list,
         if value is not None and (not isinstance(value, str) or not value):
             raise MsgProtocolConfigError(f"{where}[{key!r}] must be the path of a PEM file")
         paths[key] = value
-    tls_transports = [name for name, items in transports if dict(items).get("tls")]
+    tls_transports = [name for name, transport in transports if transport.tls]
     if paths["tls_cert"] is None:
         if tls_transports:
             raise MsgProtocolConfigError(

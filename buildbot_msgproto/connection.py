@@ -9,6 +9,9 @@ from buildbot.worker.protocols import base
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_msgproto import compat
+from buildbot_msgproto.config import DEFAULT_RTT_PROBE_INTERVAL
+from buildbot_msgproto.status import ConnectionStatus
 from buildbot_msgproto.suspension import SuspensionNotice
 from buildbot_worker_msgproto.driver import Binary
 from buildbot_worker_msgproto.driver import MessageHandler
@@ -55,6 +58,8 @@ class MsgConnection(base.Connection, MessageHandler):
     """
 
     info: Any = None
+    #: Keeps the web UI's view of this connection current (once attached).
+    status: ConnectionStatus | None = None
 
     def __init__(self, master: Any, worker: Any, driver: SessionDriver) -> None:
         super().__init__(worker.workername)
@@ -74,8 +79,15 @@ class MsgConnection(base.Connection, MessageHandler):
 
     # ---------------------------------------------------------------- lifecycle
     @defer.inlineCallbacks
-    def attached(self, driver: SessionDriver) -> Any:
+    def attached(self, driver: SessionDriver,
+                 rtt_probe_interval: float = DEFAULT_RTT_PROBE_INTERVAL) -> Any:
         yield self.worker.attached(self)
+        if self._detached or self.worker.conn is not self:  # Buildbot refused it
+            return
+        self.status = ConnectionStatus(
+            self.master.reactor, self.master.name, driver, rtt_probe_interval,
+            lambda fields: compat.update_worker_info(self.master, self.worker.workerid, fields))
+        self.status.start()
 
     @property
     def suspended(self) -> bool:
@@ -92,6 +104,8 @@ class MsgConnection(base.Connection, MessageHandler):
         log.msg(f"msgproto: worker {self.worker.workername!r} resumed from {driver.peer} "
                 f"after {event.suspended_for:.1f} s")
         self.suspension.stop(event.suspended_for)
+        if self.status is not None:
+            self.status.refresh()  # a resume count, maybe another transport
         self.worker.messageReceivedFromWorker()
         self.master.botmaster.maybeStartBuildsForWorker(self.worker.workername)
 
@@ -99,6 +113,8 @@ class MsgConnection(base.Connection, MessageHandler):
         if self._detached:
             return
         self._detached = True
+        if self.status is not None:
+            self.status.stop()
         self.suspension.stop(None)
         self._commands.clear()
         self._writers.clear()

@@ -56,6 +56,36 @@ class Owner:
     expires_at: float
 
 
+def ensure_tables(conn: Any) -> None:
+    """Create the plugin's tables in Buildbot's database if they are missing.  Several
+    masters start at once: when another one created a table first (PostgreSQL reports a
+    unique violation of its catalog), that is fine."""
+    try:
+        METADATA.create_all(bind=conn, checkfirst=True)
+        conn.commit()
+    except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):
+        conn.rollback()
+        missing = set(METADATA.tables) - set(sa.inspect(conn).get_table_names())
+        if missing:
+            raise
+
+
+def _insert_or_nothing(conn: Any) -> Any:
+    """An INSERT that does nothing if the worker's row exists (rowcount 0), where the
+    database can say so without an error (PostgreSQL and SQLite would otherwise log every
+    refused claim as an error); elsewhere a plain INSERT and its IntegrityError."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(LEASES).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(LEASES).on_conflict_do_nothing()
+    return LEASES.insert()
+
+
 class WorkerLeases:
     """The leases of one master (``masterid``, ``master_name``) in the shared database."""
 
@@ -69,8 +99,7 @@ class WorkerLeases:
 
     def _ensure_table(self, conn: Any) -> None:
         if not self._created:
-            LEASES.create(bind=conn, checkfirst=True)
-            conn.commit()
+            ensure_tables(conn)
             self._created = True
 
     # ------------------------------------------------------------------ claims
@@ -84,9 +113,10 @@ class WorkerLeases:
         row = {"worker": worker, "masterid": self.masterid, "master_name": self.master_name,
                "expires_at": now + self.duration}
         try:
-            conn.execute(LEASES.insert(), [row])
+            inserted = conn.execute(_insert_or_nothing(conn), [row]).rowcount
             conn.commit()
-            return None
+            if inserted == 1:
+                return None
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
             conn.rollback()
         taken = conn.execute(

@@ -29,6 +29,7 @@ from buildbot_msgproto import compat
 from buildbot_msgproto.config import ListenerOptions
 from buildbot_msgproto.config import normalize_portstr
 from buildbot_msgproto.connection import MsgConnection
+from buildbot_msgproto.liveness import MasterLiveness
 from buildbot_msgproto.negotiation import NegotiatingServerFactory
 from buildbot_msgproto.ownership import WorkerOwnership
 from buildbot_msgproto.ownership import refusal_reason
@@ -205,7 +206,7 @@ class MsgDispatcher(PBDispatcher):
             backend = registry.load(name)
             extra: dict[str, Any] = {}
             tls = ""
-            if options.get("tls"):  # the port's TLS layer, with client certificates
+            if options.tls:  # the port's TLS layer, with client certificates
                 creator = self.tls_creator
                 extra["wrap_factory"] = lambda f, c=creator: client_certs.tls_server_factory(c, f)
                 tls = f" (TLS, client certificates {self.options.client_certificates})"
@@ -240,6 +241,12 @@ class MasterHandshake(MessageHandler):
                         f"for another {wait:.0f} s (too many failed logins)")
             driver.close(CloseCode.LOGIN_THROTTLED,
                          f"too many failed logins; retry in {wait:.0f} s")
+            return
+        if event.check and self.dispatcher.options.check_reveals_unknown_workers \
+                and self.dispatcher.certificate_only(event.worker) is None:
+            self._refuse(driver, event.worker, CloseCode.UNKNOWN_WORKER,
+                         f"connection check: worker {event.worker!r} is not configured on "
+                         "this master")
             return
         if auth.SCRAM not in event.mechanisms:  # the worker offers certificate login only
             self._certificate_login(driver, event)
@@ -315,6 +322,14 @@ class MasterHandshake(MessageHandler):
 
     def authenticated(self, driver: SessionDriver, event: Authenticated) -> None:
         self.dispatcher.login_throttle.succeeded(self._throttle_key(driver))
+        if driver.session.check:
+            # a connection check: authenticated, and nothing else happens (no lease, no
+            # attach, the worker's other sessions untouched)
+            log.msg(f"msgproto: connection check of worker {event.worker!r} from "
+                    f"{driver.peer} passed; not attaching it")
+            driver.close(CloseCode.NORMAL, "connection check passed; a check is never "
+                         "attached")
+            return
         # a new login, not a resume: the worker process restarted, so a session it left
         # suspended has nobody to resume it; end it now instead of after its window
         for old in self.dispatcher.sessions.suspended(event.worker):
@@ -354,7 +369,7 @@ class MasterHandshake(MessageHandler):
         if driver.session.is_closed:
             conn.detached(driver)
             return
-        yield conn.attached(driver)
+        yield conn.attached(driver, self.dispatcher.options.rtt_probe_interval)
 
     def session_ended(self, driver: SessionDriver, code: str, reason: str,
                       by_peer: bool) -> None:
@@ -386,6 +401,8 @@ class MsgManager(BaseManager):
         self.sessions = SessionRegistry()
         #: Worker leases across masters (None: a single master, or lease_seconds 0).
         self.ownership: WorkerOwnership | None = None
+        #: Finds dead masters (several masters only).
+        self.liveness: MasterLiveness | None = None
 
     @defer.inlineCallbacks
     def configure_ownership(self, options: ListenerOptions) -> Any:
@@ -402,10 +419,28 @@ class MsgManager(BaseManager):
             yield self.ownership.setServiceParent(self)
             log.msg(f"msgproto: one master per worker: worker leases of {seconds:g} s in the "
                     "shared database")
+        yield self._configure_liveness(options.master_timeout if wanted else None)
+
+    @defer.inlineCallbacks
+    def _configure_liveness(self, timeout: float | None) -> Any:
+        """Dead masters found in ``master_timeout`` seconds (several masters only)."""
+        current = self.liveness
+        if current is not None and (timeout is None or current.timeout != timeout):
+            self.liveness = None
+            yield defer.maybeDeferred(current.disownServiceParent)
+        if timeout is not None and self.liveness is None:
+            self.liveness = MasterLiveness(self.master, timeout, self._fence)
+            yield self.liveness.setServiceParent(self)
 
     def _lease_lost(self, worker: str) -> None:
         for driver in self.sessions.of_worker(worker):
             driver.close(CloseCode.NOT_OWNER, "another master took this worker over")
+
+    def _fence(self) -> None:
+        """This master was declared dead: drop every msg worker (see liveness.py)."""
+        for driver in self.sessions.all():
+            driver.close(CloseCode.NOT_OWNER, "this master was declared dead by the others; "
+                         "another master takes this worker")
 
     def dispatcher_class(self, config_portstr: Any, portstr: str) -> MsgDispatcher:
         return MsgDispatcher(config_portstr, portstr, self.options[portstr], self.sessions)

@@ -19,8 +19,10 @@ from twisted.python import log
 from buildbot_msgproto.lease import Owner
 from buildbot_msgproto.lease import WorkerLeases
 
-#: Seconds a lease lasts without renewal: how long a dead master keeps its workers.
-DEFAULT_LEASE_SECONDS = 6.0
+#: Seconds a lease lasts without renewal: how long a dead master keeps its workers.  A
+#: master that merely stalls keeps its leases (they are renewed whatever their expiry)
+#: unless a worker actually moved to another master meanwhile.
+DEFAULT_LEASE_SECONDS = 4.0
 #: Renewals per lease period (a lease survives this many minus one missed renewals).
 RENEWALS_PER_LEASE = 3
 

@@ -19,6 +19,7 @@ from twisted.internet import defer
 from twisted.python import log
 
 from buildbot_worker_msgproto import compat
+from buildbot_worker_msgproto import list_arguments
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.driver import responder
@@ -221,13 +222,19 @@ class CommandChannel:
 class ProtocolCommandMsg(ProtocolCommandPb):
     """A running command whose updates and file transfers travel as msg messages.
 
-    ``command_ref`` is the :class:`CommandChannel`; the argument translation is PB's.
+    ``command_ref`` is the :class:`CommandChannel`; the argument translation is PB's,
+    plus the lists of paths of Buildbot's msgpack protocol (:mod:`.list_arguments`).
     """
 
     command_ref: CommandChannel
 
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.command = list_arguments.command_for(self.command)
+
     def protocol_args_setup(self, command: str, args: dict[str, Any]) -> None:
-        super().protocol_args_setup(command, args)
+        if not list_arguments.translate(command, args, self.basedir):
+            super().protocol_args_setup(command, args)
         if command in ("uploadFile", "uploadDirectory", "upload_file", "upload_directory"):
             args["writer"] = self.command_ref
         if command in ("downloadFile", "download_file"):

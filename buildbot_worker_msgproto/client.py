@@ -20,6 +20,7 @@ from buildbot_worker_msgproto.protocol.limits import MSG_DIALECT
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.protocol.session import Role
 from buildbot_worker_msgproto.protocol.session import Session
+from buildbot_worker_msgproto.reach.failover import MasterList
 from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.tcp import FramedProtocol
 
@@ -70,14 +71,20 @@ class NegotiatingClientProtocol(NegotiatingProtocol):
         return self.factory.pb_factory.buildProtocol(self.addr), buffer
 
 
+#: Close codes from a master meaning "not here, not now": try the next master.
+MOVE_ON = frozenset({CloseCode.NOT_OWNER, CloseCode.SHUTDOWN, CloseCode.LOGIN_THROTTLED})
+
+
 class WorkerSessions:
     """Makes the worker's sessions (one per connection) and remembers the current one."""
 
     def __init__(self, bot: MessageHandler, name: str, password: str | None, reactor: Any,
                  limits: Limits = DEFAULT_LIMITS, software: dict[str, Any] | None = None,
-                 retry_policy: Any = None) -> None:
+                 retry_policy: Any = None, masters: MasterList | None = None) -> None:
         self.bot = bot
         self.retry_policy = retry_policy
+        #: With several masters: which one to try next (None: a single master).
+        self.masters = masters
         self.failed_logins = 0
         self.name = name
         self.password = password
@@ -101,18 +108,33 @@ class WorkerSessions:
         return self.driver
 
     def _link_event(self, event: LinkLost | Resumed) -> None:
-        """Retry quickly while the session may resume; back to normal once it did."""
+        """Retry quickly, and the same master first, while the session may resume; back
+        to normal once it did."""
         if isinstance(event, LinkLost):
+            if self.masters is not None:
+                self.masters.pin()
             if self.retry_policy is not None:
                 self.retry_policy.resume_until(self.reactor.seconds() + event.window)
-        elif self.retry_policy is not None:
+            return
+        if self.masters is not None:
+            self.masters.unpin()
+        if self.retry_policy is not None:
             self.retry_policy.logged_in()
 
     def _session_ended(self, code: str, reason: str, by_peer: bool) -> None:
         """Count failed logins and apply the retry policy to them, as PB does
-        (the policy stops the worker after ``maxRetries``)."""
+        (the policy stops the worker after ``maxRetries``); pass over a master that
+        refused this worker."""
         if self.retry_policy is not None:
             self.retry_policy.resume_over()
+        if self.masters is not None:
+            self.masters.unpin()
+            if by_peer and code in MOVE_ON or code == CloseCode.HANDSHAKE_TIMEOUT:
+                log.msg(f"msgproto: master {self.masters.masters[self.masters.current]} "
+                        f"cannot serve this worker now ({code}): trying the next master")
+                self.masters.refused()
+                if self.retry_policy is not None:
+                    self.retry_policy.failover()
         if self.driver is not None and self.driver.session.auth_mechanism is not None:
             logged_in = getattr(self.retry_policy, "logged_in", None)
             if logged_in is not None:  # the session had opened: retry soon

@@ -33,6 +33,16 @@ from buildbot_worker_msgproto.transports.base import FrameTransport
 _HANDSHAKE_EVENTS = (ev.HelloReceived, ev.Authenticated)
 
 
+def _encryption(transport: FrameTransport) -> str | None:
+    """The transport's own account of its protection (a worker tells the master in
+    ``hello``); None if it cannot say."""
+    try:
+        return transport.encryption()
+    except Exception as e:  # informational only: never fail a connection for it
+        log.msg(f"msgproto: cannot describe the connection's encryption: {e!r}")
+        return None
+
+
 class RemoteError(Exception):
     """The peer answered a request with an ``error`` message."""
 
@@ -237,6 +247,8 @@ class SessionDriver:
             self.session.new_link(now)
         self._use_port(port)
         self.peer = port.transport.peer()
+        self.session.carried_by(port.transport.guarantees.max_frame_size)
+        self.session.encryption = _encryption(port.transport)
         self.session.start(now)
         self._after()
 

@@ -87,6 +87,12 @@ class RetryPolicy:
         self._resume_until = deadline
         self._resume_attempts = 0
 
+    def failover(self) -> None:
+        """A master refused the worker after connecting (another master owns it, it is
+        shutting down): try the next master soon, not after a growing backoff (the
+        failover endpoint spreads the workers)."""
+        self.retries_since_login = 0
+
     def resume_over(self) -> None:
         """The suspended session ended (expired or refused): back to the normal backoff."""
         self._resume_until = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 from typing import Any
@@ -23,6 +24,8 @@ from buildbot_worker_msgproto.protocol.codes import CloseCode
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
 from buildbot_worker_msgproto.reach.endpoints import client_endpoint
+from buildbot_worker_msgproto.reach.failover import FailoverEndpoint
+from buildbot_worker_msgproto.reach.failover import MasterList
 from buildbot_worker_msgproto.reach.tls import TLSSettings
 from buildbot_worker_msgproto.retry import RetryPolicy
 from buildbot_worker_msgproto.transports import registry
@@ -73,6 +76,10 @@ class Worker(worker_pb.Worker):
     its host key against ``ssh_known_hosts`` (default ``~/.ssh/known_hosts``);
     ``buildmaster_host`` and ``port`` are then the master as seen from the SSH server
     (docs/security/ssh.rst).
+    ``masters=[(host, port), ...]`` lists several masters of one multi-master
+    installation (``buildmaster_host``/``port`` is then the first): the worker tries them
+    in ``master_order`` ('preferred': the first when it can; 'shuffle': a random one, then
+    where it got in) and moves to the next when one refuses it (docs/multimaster.rst).
     Every other argument keeps its buildbot-worker meaning.  ``keepalive`` applies
     to PB; msg sessions use the heartbeat interval the master announces.
     """
@@ -91,7 +98,9 @@ class Worker(worker_pb.Worker):
                  tls_fingerprint: str | None = None, tls_client_cert: str | None = None,
                  tls_client_key: str | None = None, ssh_tunnel: str | None = None,
                  ssh_key: str | list[str] | None = None,
-                 ssh_known_hosts: str | None = None) -> None:
+                 ssh_known_hosts: str | None = None,
+                 masters: list[tuple[str, int]] | None = None,
+                 master_order: str = "preferred") -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
         if transport not in TRANSPORTS:
@@ -116,6 +125,14 @@ class Worker(worker_pb.Worker):
                 raise ValueError("a worker needs a password, or a TLS client certificate "
                                  "(tls_client_cert) to log in with instead")
             check_certificate_login(protocol, transport)
+        masters = [(str(host), int(master_port)) for host, master_port in masters or ()]
+        if masters and connection_string:
+            raise ValueError("masters needs host and port pairs, not a connection string")
+        if masters and (buildmaster_host, port) == (None, None):
+            buildmaster_host, port = masters[0]
+        master_list = (MasterList([f"{host}:{master_port}" for host, master_port in masters],
+                                  master_order, clock=reactor.seconds)
+                       if len(masters) > 1 else None)
         ssh_settings = None
         if ssh_tunnel or ssh_key or ssh_known_hosts:
             from buildbot_worker_msgproto.reach.ssh import SSHSettings
@@ -158,7 +175,7 @@ class Worker(worker_pb.Worker):
         self.sessions = WorkerSessions(
             self.bot, name, None if certificate_login else passwd, reactor, self.limits,
             software={"buildbot_worker_msgproto": buildbot_worker_msgproto.__version__},
-            retry_policy=policy)
+            retry_policy=policy, masters=master_list)
         target = ClientTarget(host=buildmaster_host, port=port,
                               connection_string=connection_string,
                               use_tls=bool(useTls) or tls_settings is not None,
@@ -167,18 +184,24 @@ class Worker(worker_pb.Worker):
                               options=dict(transport_options or {}, **({"path": path}
                                                                       if path else {})))
         # One reconnecting service for every way of connecting: Twisted's ClientService
-        # over a client endpoint, waiting retry_policy(attempt) s between attempts.
+        # over a client endpoint (one per master, failing over), waiting
+        # retry_policy(attempt) s between attempts.
         if protocol == "pb":
-            client = ClientService(client_endpoint(reactor, target), self.bf,
-                                   retryPolicy=policy, clock=reactor)
+            endpoint_for, factory = client_endpoint, self.bf
         elif transport == "tcp":  # negotiated on the PB port, with automatic PB fallback
-            client = ClientService(client_endpoint(reactor, target),
-                                   MsgClientFactory(self.sessions, self.bf), retryPolicy=policy,
-                                   clock=reactor)
+            endpoint_for = client_endpoint
+            factory = MsgClientFactory(self.sessions, self.bf)
         else:
-            client = registry.client_service(transport, reactor, target,
-                                             self.sessions.new_driver, policy)
-        self.addService(client)
+            backend = registry.load(transport)
+            endpoint_for = backend.client_endpoint
+            factory = backend.client_factory(reactor, target, self.sessions.new_driver)
+        if master_list is None:
+            endpoint = endpoint_for(reactor, target)
+        else:
+            endpoint = FailoverEndpoint(reactor, [
+                endpoint_for(reactor, dataclasses.replace(target, host=host, port=master_port))
+                for host, master_port in masters], master_list)
+        self.addService(ClientService(endpoint, factory, retryPolicy=policy, clock=reactor))
 
     def gracefulShutdown(self) -> Any:
         """Ask the master to shut this worker down once its builds are finished."""

@@ -12,7 +12,8 @@ Two ways to get one:
   permissions docs/transports/amqp.rst prescribes), and stopped at the end of the session.
 
 Tests skip with a clear message only when rabbitmq-server is not installed (and no URL is
-given).  Use it from pytest tests or trial TestCases alike::
+given); with ``MSGPROTO_REQUIRE_SYSTEM_DEPS=1`` (scripts/run-tests, CI) they fail instead
+(:mod:`master_tests.system_deps`).  Use it from pytest tests or trial TestCases alike::
 
     from master_tests.rabbitmq import amqp_broker  # noqa: F401  (the fixture)
 
@@ -38,6 +39,7 @@ import subprocess
 import tempfile
 import unittest
 from typing import Any
+from typing import NoReturn
 from urllib.parse import quote
 from urllib.parse import unquote
 from urllib.parse import urlsplit
@@ -47,6 +49,7 @@ import pytest
 from buildbot_worker_msgproto.transports.amqp import Names
 from buildbot_worker_msgproto.transports.amqp import master_permissions
 from buildbot_worker_msgproto.transports.amqp import worker_permissions
+from master_tests import system_deps
 
 URL_ENV = "MSGPROTO_AMQP_URL"
 RABBITMQ_BIN = os.environ.get("MSGPROTO_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin")
@@ -62,6 +65,11 @@ WORKER_USERS = ("w1", "w2", "tw")
 
 def installed() -> bool:
     return os.access(os.path.join(RABBITMQ_BIN, "rabbitmq-server"), os.X_OK)
+
+
+def _missing(alternative: str = "") -> NoReturn:
+    system_deps.missing("rabbitmq-server", f"{RABBITMQ_BIN}/rabbitmq-server is missing; "
+                        f"Debian: apt-get install rabbitmq-server{alternative}")
 
 
 def _free_port() -> int:
@@ -243,9 +251,7 @@ def start_private(tls: TLSFiles | None = None) -> Broker:
     on ``broker.tls_port``; stop it with :func:`stop_private`.  SkipTest if rabbitmq-server
     is not installed."""
     if not installed():
-        raise unittest.SkipTest(
-            f"rabbitmq-server is not installed ({RABBITMQ_BIN}/rabbitmq-server missing): "
-            "run scripts/install-system-deps as root")
+        _missing()
     return _private(tls)
 
 
@@ -271,9 +277,7 @@ def current() -> Broker:
         if url:
             _broker = _external(url)
         elif not installed():
-            raise unittest.SkipTest(
-                f"rabbitmq-server is not installed ({RABBITMQ_BIN}/rabbitmq-server missing): "
-                f"run scripts/install-system-deps as root, or set {URL_ENV} to a broker")
+            _missing(f", or set {URL_ENV} to a broker")
         else:
             _broker = _private()
             atexit.register(_stop)

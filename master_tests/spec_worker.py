@@ -458,11 +458,12 @@ class SpecWorker:
         builder_dir = self.builders[message["builder"]]
         for rule in schema["x-msgproto"]["paths"]:
             values = [args.get(part) or "" for part in rule["parts"]]
-            items = values[-1] if rule["each"] and isinstance(values[-1], list) else [values[-1]]
+            listed = rule["each"] and isinstance(values[-1], list)
+            items = values[-1] if listed else [values[-1]]
             paths = [os.path.join(builder_dir, *values[:-1],
                                   os.path.expanduser(i) if rule["expand_user"] else i)
                      for i in items]
-            args[f"_{rule['name']}"] = paths if rule["each"] else paths[0]
+            args[f"_{rule['name']}"] = paths if listed or rule["as_list"] else paths[0]
         command = {"id": message["command_id"], "name": message["command"], "args": args,
                    "schema": schema, "interrupted": False, "lines": {}}
         self.commands[message["command_id"]] = command
@@ -665,7 +666,11 @@ class SpecWorker:
         return 0
 
     def command_rmfile(self, command: dict[str, Any]) -> int:
-        return self._errno_command(command, lambda: os.remove(command["args"]["_path"]))
+        paths = command["args"]["_path"]
+        rc = 0  # a list: every file is tried, rc is the last failure's errno
+        for path in paths if isinstance(paths, list) else [paths]:
+            rc = self._errno_command(command, lambda p=path: os.remove(p)) or rc
+        return rc
 
     def command_cpdir(self, command: dict[str, Any]) -> int:
         args = command["args"]

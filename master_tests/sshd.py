@@ -10,7 +10,9 @@ OpenSSH format):
 - ``restricted_key``: authorized with ``restrict`` (no port forwarding);
 - ``stranger_key``: not authorized.
 
-Without ``/usr/sbin/sshd`` the tests *fail* and say how to install it.  The pytest fixture
+Without ``/usr/sbin/sshd`` the tests skip and say how to install it; with
+``MSGPROTO_REQUIRE_SYSTEM_DEPS=1`` (scripts/run-tests, CI) they fail
+(:mod:`master_tests.system_deps`).  The pytest fixture
 ``ssh_server`` shares one server per session; use it from trial TestCases too::
 
     from master_tests.sshd import ssh_server  # noqa: F401 (the fixture)
@@ -36,7 +38,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-SSHD = "/usr/sbin/sshd"
+from master_tests import system_deps
+
+#: The OpenSSH server binary (MSGPROTO_SSHD overrides it).
+SSHD = os.environ.get("MSGPROTO_SSHD", "/usr/sbin/sshd")
 START_TIMEOUT = 15.0
 
 
@@ -94,9 +99,8 @@ class Sshd:
 
     def start(self) -> Sshd:
         if not os.path.exists(SSHD):
-            pytest.fail(f"{SSHD} is not installed: the SSH tunnel tests need the OpenSSH "
-                        "server; run scripts/install-system-deps (Debian: apt-get install "
-                        "openssh-server)", pytrace=False)
+            system_deps.missing(f"the OpenSSH server ({SSHD})", "the SSH tunnel tests run a "
+                                "private sshd; Debian: apt-get install openssh-server")
         os.makedirs(self.root, exist_ok=True)
         host_public = write_key_pair(self.host_key, "host")
         other_public = write_key_pair(self.other_host_key, "impostor")

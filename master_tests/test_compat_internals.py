@@ -54,3 +54,28 @@ def test_buildbot_pb_listener_create_connection_signature():
         "buildbot's UpdateRegistrationListener._create_connection is gone"
     assert list(inspect.signature(method).parameters) == ["self", "mind", "workerName"], \
         "buildbot's UpdateRegistrationListener._create_connection changed its arguments"
+
+
+def test_buildbot_worker_info_storage_and_event():
+    """What compat.update_worker_info writes and announces."""
+    from buildbot.data.workers import Worker
+    from buildbot.db import model
+    from buildbot.db.pool import DBThreadPool
+
+    assert "info" in model.Model.workers.c, "buildbot's workers table has no 'info' column"
+    assert Worker.name == "worker", "the data API's worker resource type is renamed"
+    assert callable(getattr(Worker, "produceEvent", None)), \
+        "buildbot's Worker resource type has no produceEvent"
+    assert callable(getattr(DBThreadPool, "do_with_transaction", None)), \
+        "buildbot's DBThreadPool.do_with_transaction is gone"
+
+
+def test_buildbot_unclaim_for_a_given_master_signature():
+    from buildbot.db.buildrequests import BuildRequestsConnectorComponent
+
+    method = getattr(BuildRequestsConnectorComponent, "_unclaim_buildrequests_for_master",
+                     None)
+    assert method is not None, \
+        "buildbot's BuildRequestsConnectorComponent._unclaim_buildrequests_for_master is gone"
+    assert list(inspect.signature(method).parameters) == ["self", "brids", "masterid"], \
+        "buildbot's _unclaim_buildrequests_for_master changed its arguments"

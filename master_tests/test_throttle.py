@@ -176,6 +176,7 @@ class FakeSession:
     session_id = "s1"
     is_suspended = False
     is_closed = False
+    check = False  # a login, not a connection check
 
     def __init__(self, worker: str) -> None:
         self.worker_name = worker

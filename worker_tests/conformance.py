@@ -166,6 +166,14 @@ class ConformanceMixin:
             self.assertEqual(guarantees.detects_disconnect, self.detects_disconnect)
             if guarantees.max_frame_size is not None:  # the suite sends frames this large
                 self.assertGreaterEqual(guarantees.max_frame_size, LARGE_FRAME)
+            self.assertEqual(transport.transport_name, self.backend)
+            # what status displays and the connection check show of the protection
+            encryption = transport.encryption()
+            self.assertIsInstance(encryption, str)
+            if guarantees.encrypted:
+                self.assertNotIn("none", encryption)
+            else:  # in the clear, but maybe through the worker's SSH tunnel
+                self.assertRegex(encryption, r"^(SSH tunnel \(.*\)|none)( to the broker)?$")
 
     @defer.inlineCallbacks
     def test_many_small_frames_in_order_both_ways(self) -> Any:

@@ -1,4 +1,5 @@
-"""A minimal in-process HTTP CONNECT proxy on 127.0.0.1, for the proxy tests.
+"""A minimal HTTP CONNECT proxy on 127.0.0.1, for the proxy tests (in-process, or as a
+process of its own: ``python -m worker_tests.http_proxy_server``).
 
 It tunnels to 127.0.0.1 only, counts tunnels and relayed bytes, and can be told to
 misbehave the ways real proxies do (``answer``: a fixed answer instead of the tunnel, e.g.
@@ -96,3 +97,26 @@ class ConnectProxyFactory(protocol.Factory):
         self.relayed = 0
         self.answer = answer
         self.silent = silent
+
+
+def main() -> None:
+    """Run the proxy on a free 127.0.0.1 port until killed (for tests that run it as a
+    process of its own): prints ``port N`` once it listens."""
+    import sys
+
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    def listening(port: Any) -> None:
+        print(f"port {port.getHost().port}", flush=True)
+
+    def failed(reason: Any) -> None:
+        print(f"cannot listen: {reason.getErrorMessage()}", file=sys.stderr, flush=True)
+        reactor.stop()
+
+    TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        ConnectProxyFactory()).addCallbacks(listening, failed)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ from buildbot_worker.commands import registry as worker_registry
 from buildbot_worker.pb import ProtocolCommandPb
 
 from buildbot_worker_msgproto.bot import BotMsg
+from buildbot_worker_msgproto.bot import ProtocolCommandMsg
 from buildbot_worker_msgproto.protocol import command_schema
 from buildbot_worker_msgproto.protocol.commands import COMMAND_VERSION
 from buildbot_worker_msgproto.protocol.commands import COMMANDS
@@ -44,9 +45,11 @@ MASTER_ARGS = {
     "stat": [{"file": "build/x"}, {"file": "x", "workdir": "build", "logEnviron": False}],
     "glob": [{"path": "build/*.txt", "logEnviron": True}],
     "listdir": [{"dir": "build"}],
-    "mkdir": [{"dir": "build/a/b", "logEnviron": True}],
+    "mkdir": [{"dir": "build/a/b", "logEnviron": True},
+              {"dir": ["build/a", "/abs/b"], "logEnviron": False}],
     "rmdir": [{"dir": "build/a"}, {"dir": ["build/a", "build/b"], "timeout": 60}],
-    "rmfile": [{"path": "build/a.txt", "logEnviron": True}],
+    "rmfile": [{"path": "build/a.txt", "logEnviron": True},
+               {"path": ["build/a.txt", "~/b.txt", "/abs/c.txt"]}],
     "cpdir": [{"fromdir": "build/a", "todir": "build/b", "timeout": 120}],
 }
 
@@ -59,17 +62,38 @@ def test_every_command_of_buildbot_worker_is_declared():
 
 
 @pytest.mark.parametrize("spec", COMMANDS, ids=lambda s: s.name)
-def test_declared_paths_are_the_ones_buildbot_worker_computes(spec):
-    """The path rules give exactly what ProtocolCommandPb.protocol_args_setup makes."""
+def test_declared_paths_are_the_ones_our_worker_computes(spec):
+    """The path rules give exactly what ProtocolCommandMsg.protocol_args_setup makes
+    (PB's translation, plus the lists Buildbot's msgpack protocol takes)."""
     for args in MASTER_ARGS[spec.name]:
-        command = ProtocolCommandPb.__new__(ProtocolCommandPb)
+        command = ProtocolCommandMsg.__new__(ProtocolCommandMsg)
         command.basedir = "/worker/builder"
+        command.command_ref = None
         translated = copy.deepcopy(args)
         command.protocol_args_setup(spec.name, translated)
         resolved = resolve_paths(spec, args, "/worker/builder")
         assert resolved, spec.name
         for name, value in resolved.items():
             assert translated[name] == value, (spec.name, args, name)
+
+
+@pytest.mark.parametrize("spec", COMMANDS, ids=lambda s: s.name)
+def test_pb_translation_is_ours_for_single_paths(spec):
+    """Where PB's own translation works (no lists but rmdir's), ours is the same."""
+    for args in MASTER_ARGS[spec.name]:
+        if spec.name in ("mkdir", "rmfile") and any(isinstance(v, list) for v in args.values()):
+            continue
+        ours = ProtocolCommandMsg.__new__(ProtocolCommandMsg)
+        pb = ProtocolCommandPb.__new__(ProtocolCommandPb)
+        ours.basedir = pb.basedir = "/worker/builder"
+        ours.command_ref = None
+        translated_ours, translated_pb = copy.deepcopy(args), copy.deepcopy(args)
+        ours.protocol_args_setup(spec.name, translated_ours)
+        pb.protocol_args_setup(spec.name, translated_pb)
+        for key in ("writer", "reader"):  # PB's are the master's references, ours a channel
+            translated_ours.pop(key, None)
+            translated_pb.pop(key, None)
+        assert translated_ours == translated_pb, (spec.name, args)
 
 
 @pytest.mark.parametrize("spec", COMMANDS, ids=lambda s: s.name)

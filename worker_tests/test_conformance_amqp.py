@@ -252,14 +252,14 @@ class AmqpOptions(unittest.SynchronousTestCase):
     """Option checking and the permission helpers (no broker needed)."""
 
     def test_master_options(self) -> None:
-        amqp.validate_options({})
-        amqp.validate_options({"url": "amqps://u:p@broker.example.org/vh", "prefetch": 5,
-                               "heartbeat": 0, "queue": "q", "exchange": "x",
-                               "worker_queue_prefix": "w."})
+        amqp.MasterOptions.parse({})
+        amqp.MasterOptions.parse({"url": "amqps://u:p@broker.example.org/vh", "prefetch": 5,
+                                  "heartbeat": 0, "queue": "q", "exchange": "x",
+                                  "worker_queue_prefix": "w."})
         for bad in ({"port": 5672}, {"url": "http://x"}, {"prefetch": 0},
                     {"heartbeat": "often"}, {"exchange": ""}, {"queue": "q" * 300}):
             with self.assertRaises(ValueError, msg=repr(bad)):
-                amqp.validate_options(bad)
+                amqp.MasterOptions.parse(bad)
 
     def test_worker_options(self) -> None:
         target = ClientTarget(host="127.0.0.1", port=5672, options={"prefetch": "7"})

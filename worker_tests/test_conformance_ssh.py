@@ -5,6 +5,7 @@ with TLS inside the tunnel, AMP, WebSocket (autobahn) and AMQP (pika, to RabbitM
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -112,6 +113,12 @@ class SshTlsConformance(ConformanceMixin, unittest.TestCase):
         client, _ = yield self.connect()
         self.assertTrue(client.transport.guarantees.encrypted)
         self.assertEqual(sshd.current().tunnels_to(self.listening.port_number), 1)
+        # the worker sees the tunnel and the TLS inside it; the master only the TLS
+        self.assertRegex(client.transport.encryption(),
+                         rf"^SSH tunnel \({re.escape(sshd.current().tunnel)}\) \+ "
+                         r"TLS \(TLSv1\.[23], \S+\)$")
+        self.assertRegex(self.server_receivers[0].transport.encryption(),
+                         r"^TLS \(TLSv1\.[23], \S+\)$")
 
 
 @pytest.mark.usefixtures("ssh_server", "amqp_broker")

@@ -268,11 +268,10 @@ class WebSocketProxyConformance(ConformanceMixin, unittest.TestCase):
 # ---------------------------------------------------------------------- options
 class WebSocketOptions(unittest.TestCase):
     def test_master_defaults(self) -> None:
-        websocket.validate_options({"port": 9990})
-        settings = websocket.parse_settings({"port": 9990}, websocket.SERVER_OPTIONS)
-        self.assertEqual(settings, websocket.Settings(path="/msg", compression=False,
-                                                      auto_ping_interval=20.0,
-                                                      auto_ping_timeout=20.0))
+        options = websocket.MasterOptions.parse({"port": 9990})
+        self.assertEqual(options, websocket.WebSocketMasterOptions(
+            port=9990, backlog=4096, tls=False, path="/msg", compression=False,
+            auto_ping_interval=20.0, auto_ping_timeout=20.0))
 
     def test_bad_master_options(self) -> None:
         for options in ({}, {"port": True}, {"port": 1, "pth": "/x"},
@@ -280,13 +279,13 @@ class WebSocketOptions(unittest.TestCase):
                         {"port": 1, "auto_ping_interval": -1},
                         {"port": 1, "auto_ping_timeout": "soon"}, {"port": 1, "backlog": 0}):
             with self.assertRaises(ValueError, msg=repr(options)):
-                websocket.validate_options(options)
+                websocket.MasterOptions.parse(options)
 
     def test_worker_options_are_strings(self) -> None:
-        settings = websocket.parse_settings(
+        settings = websocket.WorkerOptions.parse(
             {"path": "/ws/msg", "compression": "on", "auto_ping_interval": "5",
-             "auto_ping_timeout": "0"}, websocket.CLIENT_OPTIONS)
-        self.assertEqual(settings, websocket.Settings("/ws/msg", True, 5.0, 0.0))
+             "auto_ping_timeout": "0"})
+        self.assertEqual(settings, websocket.WebSocketSettings("/ws/msg", True, 5.0, 0.0))
         with self.assertRaises(ValueError):
             registry.client_service("websocket", reactor,
                                     ClientTarget("h", 1, options={"port": "1"}),
@@ -325,5 +324,7 @@ class WebSocketTLSConformance(ConformanceMixin, unittest.TestCase):
         client, server = yield self.connect()
         self.assertEqual(client.transport.guarantees, websocket.ENCRYPTED)
         self.assertEqual(server.transport.guarantees, websocket.ENCRYPTED)
+        for receiver in (client, server):
+            self.assertRegex(receiver.transport.encryption(), r"^TLS \(TLSv1\.[23], \S+\)$")
         self.assertTrue(self.listening.address().startswith("wss://127.0.0.1:"))
         self.assertTrue(client.transport.protocol.factory.url.startswith("wss://localhost:"))

@@ -116,14 +116,14 @@ class ZmqSpecifics(unittest.TestCase):
                 {"endpoint": "ipc:///tmp/x", "rcvhwm": 5, "max_message_size": -1,
                  "linger": 0, "backlog": 10}]
         for options in good:
-            self.module.validate_options(options)
+            self.module.MasterOptions.parse(options)
         bad = [{}, {"port": "9990"}, {"port": 1, "endpoint": "tcp://*:1"},
                {"endpoint": "localhost:1"}, {"endpoint": "tcp://*:1", "interface": "lo"},
                {"port": 1, "sndhwm": -1}, {"port": 1, "max_message_size": 0},
                {"port": 1, "hwm": 5}, {"port": True}]
         for options in bad:
             with self.assertRaises(ValueError, msg=repr(options)):
-                self.module.validate_options(options)
+                self.module.MasterOptions.parse(options)
         target = ClientTarget(host="h", port=1, options={"sndhwm": "x"})
         with self.assertRaises(ValueError):
             registry.client_service("zmq", reactor, target, RecordingReceiver)
@@ -282,6 +282,8 @@ class ZmqCurveConformance(ZmqConformance):
         self.assertTrue(self.listening.guarantees.encrypted)
         self.assertTrue(server.transport.guarantees.encrypted)
         self.assertTrue(client.transport.guarantees.encrypted)
+        self.assertEqual((server.transport.encryption(), client.transport.encryption()),
+                         ("CURVE", "CURVE"))
         # the ZAP handler's verdict names the worker's key file
         self.assertEqual(server.transport.curve_key_name, "w1")
         self.assertIn("CURVE key w1", server.transport.describe())
@@ -431,7 +433,7 @@ class ZmqCurveSpecifics(ZmqSpecifics):
         master = curve_master_options(self.keys)
         for key in master:
             with self.assertRaisesRegex(ValueError, "needs .* as well"):
-                self.module.validate_options({"port": 1, key: master[key]})
+                self.module.MasterOptions.parse({"port": 1, key: master[key]})
         worker = curve_worker_options(self.keys)
         for key in worker:
             with self.assertRaisesRegex(ValueError, "needs .* as well"):
@@ -446,7 +448,7 @@ class ZmqCurveSpecifics(ZmqSpecifics):
         ]
         for change in bad_master:
             with self.assertRaises(ValueError, msg=repr(change)):
-                self.module.validate_options({"port": 1, **master, **change})
+                self.module.MasterOptions.parse({"port": 1, **master, **change})
         bad_worker = [
             {"curve_secret_key": self.keys.curve_worker_public("w1")},
             {"curve_server_key": self.keys.path("nope.key")},
@@ -457,13 +459,13 @@ class ZmqCurveSpecifics(ZmqSpecifics):
                 registry.client_service("zmq", reactor, ClientTarget("h", 1, options={
                     **worker, **change}), RecordingReceiver)
         with self.assertRaisesRegex(ValueError, "public key"):
-            self.module.validate_options({"port": 1, **master})  # fine so far
+            self.module.MasterOptions.parse({"port": 1, **master})  # fine so far
             with open(self.keys.curve_worker_public("broken"), "w") as f:
                 f.write("curve\n    public-key = \"short\"\n")
-            self.module.validate_options({"port": 1, **master})
+            self.module.MasterOptions.parse({"port": 1, **master})
         # the good ones pass
         os.unlink(self.keys.curve_worker_public("broken"))
-        self.module.validate_options({"port": 1, **master})
+        self.module.MasterOptions.parse({"port": 1, **master})
         registry.client_service("zmq", reactor, ClientTarget("h", 1, options=worker),
                                    RecordingReceiver)
 

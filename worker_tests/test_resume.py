@@ -202,6 +202,35 @@ def test_binary_side_frames_are_replayed_with_their_message():
     assert session.is_open
 
 
+def test_a_message_whose_side_frame_was_lost_is_replayed():
+    """The link dies after a message that announces a side frame but before the side
+    frame (a cut in the middle of a file block): the message does not count as received,
+    so the resume sends it again, and it is delivered once, with its bytes.  (Found by
+    the fault tests: an upload over amqp stalled for good after such a cut.)"""
+    master, worker, wire = open_wire()
+    session = master.current
+    block = b"\x00\x01" * 1000
+    request_id = worker.send_request("write_file", {"command_id": "c1"}, 1.0, blob=block)
+    message, side_frame = worker.frames_to_send()
+    assert master.current.receive_frame(message, 1.0) == []  # waits for its side frame
+    assert session.recv_seq == 0  # not received yet: a resume must send it again
+    wire.cut(1.5)
+    wire2 = Wire(master, worker, 2.0)
+    wire2.pump(2.0)
+    [request] = [e for e in wire2.master_events if isinstance(e, RequestReceived)]
+    assert request.request_id == request_id and request.message["blob"] == block
+    # the same for an answer with a side frame (as of a download), master to worker
+    session.send_response(request_id, None, 3.0, blob=block)
+    message, side_frame = session.frames_to_send()
+    assert worker.receive_frame(message, 3.0) == []
+    wire2.cut(3.5)
+    wire3 = Wire(master, worker, 4.0)
+    wire3.pump(4.0)
+    assert [e for e in wire3.worker_events if isinstance(e, ResponseReceived)] == [
+        ResponseReceived(request_id, None, block)]
+    assert worker.is_open and session.is_open
+
+
 def test_acks_free_the_replay_buffer():
     master, worker, wire = open_wire()
     for body in updates(3):

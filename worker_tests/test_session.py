@@ -1351,3 +1351,15 @@ def test_fuzz_every_field_of_every_type_when_open(data):
         assert isinstance(events[-1], Closed)
         if not events[-1].by_peer:
             assert types(master.frames_to_send()) == ["close"]
+
+
+def test_a_transport_with_smaller_frames_lowers_the_negotiated_frame_size():
+    small = 64 * 1024
+    worker = make_worker()
+    worker.carried_by(small)  # e.g. a broker that takes smaller messages
+    master, worker = open_pair(worker=worker)
+    assert worker.frame_limit == master.frame_limit == small
+    assert worker.max_outgoing_frame_size == small
+    master2 = make_master()
+    master2.carried_by(MIN_FRAME_SIZE // 2)  # never below the protocol minimum
+    assert master2.frame_limit == MIN_FRAME_SIZE

@@ -31,6 +31,7 @@ from buildbot_worker_msgproto.protocol.commands import CommandSpec
 from buildbot_worker_msgproto.protocol.schema import DRAFT
 from buildbot_worker_msgproto.protocol.schema import ID_PREFIX
 from buildbot_worker_msgproto.protocol.schema import block
+from buildbot_worker_msgproto.protocol.schema import docs_main
 from buildbot_worker_msgproto.protocol.schema import render
 from buildbot_worker_msgproto.protocol.schema import replace_block
 
@@ -62,7 +63,7 @@ def command_schema(spec: CommandSpec) -> dict[str, Any]:
         "x-msgproto": {
             "version": COMMAND_VERSION,
             "paths": [{"name": r.name, "parts": list(r.parts), "expand_user": r.expand_user,
-                       "each": r.each} for r in spec.paths],
+                       "each": r.each, "as_list": r.as_list} for r in spec.paths],
             "transfer": spec.transfer.value if spec.transfer else None,
             "updates": {key: _typed(UPDATE_REGISTRY[key].types,
                                     UPDATE_REGISTRY[key].description)
@@ -151,6 +152,8 @@ def _path_text(spec: CommandSpec) -> str:
             extra.append("``~`` expanded in the last")
         if rule.each:
             extra.append("each item of a list")
+        if rule.as_list:
+            extra.append("always a list")
         suffix = f" ({'; '.join(extra)})" if extra else ""
         parts.append(f"builder directory / {joined}{suffix}")
     return "; ".join(parts)
@@ -219,13 +222,7 @@ USAGE = "usage: python -m buildbot_worker_msgproto.protocol.command_schema DOCS_
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or args[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
-        return 2
-    for path in write_all(args[0]):
-        print(path)
-    return 0
+    return docs_main(write_all, USAGE, argv)
 
 
 if __name__ == "__main__":

@@ -57,13 +57,15 @@ class PathRule:
     ``set_builder_list``) with the worker platform's path join: a component that is an
     absolute path replaces everything before it.  ``expand_user`` expands a leading
     ``~`` of the last part first.  ``each``: the last part may also be a list of paths,
-    each resolved on its own.
+    each resolved on its own, giving a list of paths.  ``as_list``: the result is a list
+    even for a single path (the worker command takes a list).
     """
 
     name: str
     parts: tuple[str, ...]
     expand_user: bool = False
     each: bool = False
+    as_list: bool = False
 
 
 class Transfer(enum.Enum):
@@ -351,16 +353,18 @@ COMMANDS: tuple[CommandSpec, ...] = (
         behaviour="Sends ``files`` (names, in no particular order) and rc 0, or "
                   "``header`` and rc = errno; then ``elapsed``."),
     CommandSpec(
-        "mkdir", "Create a directory and its missing parents.",
+        "mkdir", "Create directories and their missing parents.",
         (
-            _a("dir", "string", "The directory, relative to the builder directory.",
+            _a("dir", "string|array", "The directory, or a list of directories (as "
+               "Buildbot's msgpack protocol takes), relative to the builder directory.",
                required=True),
             _LOG_ENVIRON,
         ),
         ("rc", "header", "elapsed"),
-        paths=(PathRule("paths", ("dir",), each=True),),
-        behaviour="Succeeds (rc 0) if the directory exists already; otherwise ``header`` "
-                  "and rc = errno.  Then ``elapsed``."),
+        paths=(PathRule("paths", ("dir",), each=True, as_list=True),),
+        behaviour="Creates each directory in order; one that exists already is no error.  "
+                  "rc 0, or at the first failure ``header`` and rc = errno (the rest is "
+                  "not tried).  Then ``elapsed``."),
     CommandSpec(
         "rmdir", "Remove directories or files, recursively (``rm -rf``).",
         (
@@ -371,22 +375,23 @@ COMMANDS: tuple[CommandSpec, ...] = (
             _MAX_TIME,
         ),
         ("rc", "header", "stdout", "stderr", "elapsed"),
-        paths=(PathRule("paths", ("dir",), each=True),),
+        paths=(PathRule("paths", ("dir",), each=True, as_list=True),),
         behaviour="Removes each path (a missing one is not an error), sending the helper "
                   "process's output; rc 0, or the last non-zero result.  Then "
                   "``elapsed``."),
     CommandSpec(
-        "rmfile", "Remove one file.",
+        "rmfile", "Remove files.",
         (
-            _a("path", "string", "The file, relative to the builder directory (``~`` "
-               "expanded).", required=True),
+            _a("path", "string|array", "The file, or a list of files, relative to the "
+               "builder directory (``~`` expanded).", required=True),
             _LOG_ENVIRON,
             _a("timeout", "number", "Accepted and ignored.", default=NO_DEFAULT),
         ),
         ("rc", "header", "elapsed"),
-        paths=(PathRule("path", ("path",), expand_user=True),),
-        behaviour="rc 0, or ``header`` and rc = errno (2 for a missing file).  Then "
-                  "``elapsed``."),
+        paths=(PathRule("path", ("path",), expand_user=True, each=True),),
+        behaviour="rc 0, or ``header`` and rc = errno (2 for a missing file).  With a "
+                  "list, every file is tried: each failure sends a ``header`` line and rc "
+                  "is the errno of the last one.  Then ``elapsed``."),
     CommandSpec(
         "cpdir", "Copy a directory tree (``cp -R -P -p``).",
         (
@@ -455,8 +460,9 @@ def resolve_paths(spec: CommandSpec, args: dict[str, Any], builder_dir: str,
     for rule in spec.paths:
         values = [args.get(part) or "" for part in rule.parts]
         last = values[-1]
-        lasts = last if rule.each and isinstance(last, list) else [last]
+        listed = rule.each and isinstance(last, list)
+        lasts = last if listed else [last]
         paths = [join(builder_dir, *values[:-1],
                       expand_user(item) if rule.expand_user else item) for item in lasts]
-        resolved[rule.name] = paths if rule.each else paths[0]
+        resolved[rule.name] = paths if listed or rule.as_list else paths[0]
     return resolved

@@ -26,6 +26,9 @@ class HelloReceived(Event):
     #: session (if it exists, is this worker's and may resume) to ``answer_hello`` /
     #: ``accept_certificate``; the proof is checked there.
     resume: str | None = None
+    #: A connection check (``check`` instead of ``hello``): authenticate the worker as
+    #: usual; the session then closes right after ``welcome``, never attached.
+    check: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

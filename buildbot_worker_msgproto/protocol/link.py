@@ -64,13 +64,15 @@ TRANSITIONS: dict[tuple[Role, State, str], State] = {
     (Role.WORKER, State.IDLE, "start_certificate"): State.AWAIT_WELCOME,
     (Role.WORKER, State.AWAIT_CHALLENGE, "challenge"): State.AWAIT_WELCOME,
     (Role.WORKER, State.AWAIT_WELCOME, "welcome"): State.OPEN,
+    (Role.MASTER, State.AWAIT_HELLO, "check"): State.AWAIT_CREDENTIALS,
     (Role.MASTER, State.AWAIT_HELLO, "hello"): State.AWAIT_CREDENTIALS,
     (Role.MASTER, State.AWAIT_CREDENTIALS, "answer_hello"): State.AWAIT_AUTHENTICATE,
     (Role.MASTER, State.AWAIT_CREDENTIALS, "accept_certificate"): State.OPEN,
     (Role.MASTER, State.AWAIT_AUTHENTICATE, "authenticate"): State.OPEN,
 }
 
-#: The handshake message each (role, state) waits for, derived from the table.
+#: The handshake message each (role, state) waits for, derived from the table (where
+#: two fit, the later row: ``hello`` rather than ``check``).
 EXPECTED: dict[tuple[Role, State], str] = {
     (role, state): trigger for (role, state, trigger) in TRANSITIONS
     if spec_for(trigger) is not None
@@ -98,8 +100,8 @@ class Link:
         self._send_seq = 0
         self._recv_seq = 0
         self._started_at = self._last_sent_at = self._last_received_at = now
-        # (length, message or None to skip it) while a binary side frame is due
-        self._blob_wait: tuple[int, dict[str, Any] | None] | None = None
+        #: (length, message or None if skipped, size of its frame) of an awaited side frame
+        self._blob_wait: tuple[int, dict[str, Any] | None, int] | None = None
         # handshake scratch
         self._client_nonce: str | None = None
         self._nonce: str | None = None
@@ -189,13 +191,17 @@ class Link:
         """Decode one frame and act on it; ProtocolError for anything the peer got wrong."""
         self._last_received_at = now
         if self._blob_wait is not None:
-            length, message = self._blob_wait
+            length, message, header_size = self._blob_wait
             self._blob_wait = None
             if len(frame) != length:
                 raise ProtocolError(f"binary side frame has {len(frame)} bytes, {length} "
                                     "were announced", code=CloseCode.BAD_BLOB)
             if message is None:
                 return []  # belonged to a message we skipped
+            # only now is the message received (a resume's last_seq names it)
+            if not self.session.accept(message["seq"], message["ack"], message["type"],
+                                       header_size + length, now):
+                return []  # a duplicate of a message received before a resume
             message["blob"] = bytes(frame)
             return self.session.stream_message(message, now)
         try:
@@ -210,15 +216,17 @@ class Link:
         if spec.phase is Phase.HANDSHAKE:
             raise ProtocolError(f"handshake message {message['type']!r} after the handshake",
                                 code=CloseCode.UNEXPECTED_MESSAGE)
-        size = len(frame) + (message.get("blob") or 0)
-        fresh = self.session.accept(message["seq"], message["ack"], message["type"], size, now)
         if "blob" in message:
             if message["blob"] > self.max_incoming_frame_size:
                 raise ProtocolError(f"announced binary side frame of {message['blob']} bytes "
                                     f"exceeds the {self.max_incoming_frame_size}-byte limit",
                                     code=CloseCode.FRAME_TOO_LARGE)
-            self._blob_wait = (message["blob"], message if fresh else None)
+            # Accepted with its side frame, not before: if the link dies in between, the
+            # message was not received, and a resume must send it again (section 11.3).
+            self._blob_wait = (message["blob"], message, len(frame))
             return []
+        fresh = self.session.accept(message["seq"], message["ack"], message["type"],
+                                    len(frame), now)
         if not fresh:
             return []  # a duplicate of a frame received before a resume
         return self.session.stream_message(message, now)
@@ -227,7 +235,7 @@ class Link:
         """Once open: account the frame, answer ``error unknown_type``, skip its blob."""
         fresh = self.session.accept(e.seq, None, e.message_type, size, now)
         if e.blob is not None:
-            self._blob_wait = (e.blob, None)
+            self._blob_wait = (e.blob, None, 0)
         if not fresh:
             return []
         text = shorten(f"unknown message type {e.message_type!r}")
@@ -263,20 +271,26 @@ class Link:
 
     # ------------------------------------------------------------------ worker handshake
     def start(self, now: float) -> None:
-        """Worker: send ``hello`` (asking to resume if the session is suspended)."""
+        """Worker: send ``hello`` (asking to resume if the session is suspended), or
+        ``check`` for a connection check."""
         session = self.session
         self.step("start_certificate" if session.certificate_login else "start")
         self.restart_clock(now)
         self._client_nonce = auth.new_nonce()
         hello: dict[str, Any] = {"versions": list(session.versions),
                                  "worker": session.worker_name, "nonce": self._client_nonce,
-                                 "max_frame_size": self.limits.max_frame_size}
+                                 "max_frame_size": session.frame_limit}
         if session.software:
             hello["software"] = session.software
         if session.supported_features:
             hello["features"] = sorted(session.supported_features)
         if session.certificate_login:
             hello["auth"] = [auth.CLIENT_CERTIFICATE]
+        if session.encryption:
+            hello["encryption"] = shorten(session.encryption, 256)
+        if session.check:
+            self.send_handshake("check", hello, now)
+            return
         if session.may_resume:
             self.resuming = True
             resume: dict[str, Any] = {"session": session.session_id,
@@ -375,6 +389,11 @@ class Link:
             resume_key=resume_key)
 
     # ------------------------------------------------------------------ master handshake
+    def _on_check(self, message: dict[str, Any], now: float) -> list[Event]:
+        """A connection check: a hello that must never lead to an attached worker."""
+        self.session.check = True
+        return self._on_hello({k: v for k, v in message.items() if k != "resume"}, now)
+
     def _on_hello(self, message: dict[str, Any], now: float) -> list[Event]:
         versions = message["versions"]
         if not versions or not all(isinstance(v, int) and not isinstance(v, bool)
@@ -405,9 +424,12 @@ class Link:
         resume = message.get("resume")
         if resume is not None:  # answered in _welcome, after authentication
             self._resume_request = _resume_request(resume)
+        encryption = message.get("encryption")
+        session.peer_encryption = shorten(encryption, 256) if encryption else None
         return [HelloReceived(session.worker_name, self._hello_versions,
                               message.get("software") or {}, self._hello_mechanisms,
-                              self._resume_request[0] if self._resume_request else None)]
+                              self._resume_request[0] if self._resume_request else None,
+                              check=session.check)]
 
     def answer_hello(self, credentials: auth.ScramCredentials | None, now: float,
                      resume: Session | None) -> list[Event]:

@@ -117,29 +117,46 @@ BLOB = _f("blob", "integer", "Length of the binary side frame that immediately f
 _COMMAND_ID = _f("command_id", "string|integer", "Id of the remote command, chosen by the master.")
 _BLOB = "Base64 (RFC 4648, with padding) of the bytes."
 
+#: What a worker offers in its first message, ``hello`` or ``check``.
+_WORKER_OFFER: tuple[Field, ...] = (
+    _f("versions", "array", "Protocol versions the worker speaks (integers)."),
+    _f("worker", "string", "The worker name, as configured on the master."),
+    _f("nonce", "string", "Client nonce: base64 of at least 18 random bytes, "
+       "24 to 256 characters (this code: 24 bytes, 32 characters)."),
+    _f("software", "object", "Informational: package versions.", False),
+    _f("max_frame_size", "integer", "Largest frame the worker accepts; the "
+       "session uses the smaller of both sides' values.", False,
+       minimum=MIN_FRAME_SIZE),
+    _f("features", "array", "Optional features the worker supports "
+       "(strings, e.g. 'blob').", False),
+    _f("auth", "array", "Authentication mechanisms the worker offers "
+       "(strings): 'scram-sha-256' (password proof, the default when absent) "
+       "or 'tls-client-cert' (its verified TLS client certificate names it; "
+       "no password).", False),
+    _f("encryption", "string", "Informational: how the worker's connection "
+       "is protected, as the worker sees it (e.g. 'TLS (TLSv1.3, "
+       "TLS_AES_256_GCM_SHA384)', 'SSH tunnel (bb@host:22)', 'CURVE', 'none'); "
+       "the master shows it next to its own view, which cannot see an SSH "
+       "tunnel or the worker's side of a broker.", False),
+)
+
 MESSAGES: tuple[MessageSpec, ...] = (
     # --- handshake -------------------------------------------------------------------------
     MessageSpec("hello", Kind.CONTROL, Sender.WORKER, Phase.HANDSHAKE,
                 "First message of a session: the worker names itself and offers versions.", (
-                    _f("versions", "array", "Protocol versions the worker speaks (integers)."),
-                    _f("worker", "string", "The worker name, as configured on the master."),
-                    _f("nonce", "string", "Client nonce: base64 of at least 18 random bytes, "
-                       "24 to 256 characters (this code: 24 bytes, 32 characters)."),
-                    _f("software", "object", "Informational: package versions.", False),
-                    _f("max_frame_size", "integer", "Largest frame the worker accepts; the "
-                       "session uses the smaller of both sides' values.", False,
-                       minimum=MIN_FRAME_SIZE),
-                    _f("features", "array", "Optional features the worker supports "
-                       "(strings, e.g. 'blob').", False),
-                    _f("auth", "array", "Authentication mechanisms the worker offers "
-                       "(strings): 'scram-sha-256' (password proof, the default when absent) "
-                       "or 'tls-client-cert' (its verified TLS client certificate names it; "
-                       "no password).", False),
+                    *_WORKER_OFFER,
                     _f("resume", "object", "Resume a suspended session over this new "
                        "connection (only with the 'resume' feature): {session: the session "
                        "id from welcome, last_seq: the last stream seq the worker received, "
                        "proof: base64 resume proof (certificate login only)}.", False),
                 )),
+    MessageSpec("check", Kind.CONTROL, Sender.WORKER, Phase.HANDSHAKE,
+                "Instead of hello, a connection check (check-connection): the handshake "
+                "runs as for hello, then the master closes with 'normal' right after "
+                "welcome.  It never attaches the worker and leaves the worker's other "
+                "sessions alone; a master that does not know 'check' closes with "
+                "'unknown_type' before authenticating, so no master attaches a check.",
+                _WORKER_OFFER),
     MessageSpec("challenge", Kind.CONTROL, Sender.MASTER, Phase.HANDSHAKE,
                 "The master picks a version and sends the SCRAM salt and combined nonce.", (
                     _f("version", "integer", "The chosen protocol version.", minimum=1),

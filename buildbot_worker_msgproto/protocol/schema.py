@@ -21,6 +21,7 @@ import json
 import pathlib
 import sys
 from typing import Any
+from typing import Callable
 
 from buildbot_worker_msgproto.protocol.messages import BLOB
 from buildbot_worker_msgproto.protocol.messages import ENVELOPE_FIELDS
@@ -180,6 +181,19 @@ def block(text: str, begin: str, end: str) -> str:
     return text[start:text.index(end)].strip("\n") + "\n"
 
 
+def docs_main(write_all: Callable[[str], list[pathlib.Path]], usage: str,
+              argv: list[str] | None = None) -> int:
+    """The command line of a docs generator: ``DOCS_DIRECTORY``; prints the files that
+    ``write_all(DOCS_DIRECTORY)`` rewrote."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0].startswith("-"):
+        print(usage, file=sys.stderr)
+        return 2
+    for path in write_all(args[0]):
+        print(path)
+    return 0
+
+
 USAGE = ("usage: python -m buildbot_worker_msgproto.protocol.schema OUTPUT_DIRECTORY\n"
          "       python -m buildbot_worker_msgproto.protocol.schema --rst docs/protocol.rst")
 
@@ -189,12 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) == 2 and args[0] == "--rst":
         print(f"{args[1]}: {'updated' if update_rst(args[1]) else 'up to date'}")
         return 0
-    if len(args) != 1 or args[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
-        return 2
-    for path in write_schemas(args[0]):
-        print(path)
-    return 0
+    return docs_main(write_schemas, USAGE, args)
 
 
 if __name__ == "__main__":

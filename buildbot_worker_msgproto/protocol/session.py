@@ -39,6 +39,7 @@ from buildbot_worker_msgproto.protocol.events import RequestReceived
 from buildbot_worker_msgproto.protocol.events import ResponseReceived
 from buildbot_worker_msgproto.protocol.events import Resumed
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
+from buildbot_worker_msgproto.protocol.limits import MIN_FRAME_SIZE
 from buildbot_worker_msgproto.protocol.limits import SUPPORTED_FEATURES
 from buildbot_worker_msgproto.protocol.limits import SUPPORTED_VERSIONS
 from buildbot_worker_msgproto.protocol.limits import Limits
@@ -79,6 +80,8 @@ class Session:
     Worker side: ``Session(Role.WORKER, worker_name=..., password=...)`` then ``start(now)``;
     ``password=None, certificate_login=True`` logs in with the TLS client certificate.
     After ``LinkLost``, ``new_link(now)`` and ``start(now)`` on the next connection resume.
+    ``check=True`` sends ``check`` instead of ``hello``: a connection check, which the
+    master authenticates and then closes without attaching.
     Master side: ``Session(Role.MASTER)`` per connection, then on ``HelloReceived`` call
     ``answer_hello`` (password) or ``accept_certificate`` (certificate login, once the
     owner checked it), naming the suspended session the worker asks to resume, if any.
@@ -89,7 +92,7 @@ class Session:
                  versions: tuple[int, ...] = SUPPORTED_VERSIONS,
                  features: tuple[str, ...] = SUPPORTED_FEATURES,
                  software: dict[str, Any] | None = None,
-                 certificate_login: bool = False) -> None:
+                 certificate_login: bool = False, check: bool = False) -> None:
         if role is Role.WORKER and (worker_name is None
                                     or (password is None) != certificate_login):
             raise LocalProtocolError("a worker session needs worker_name and either a "
@@ -113,6 +116,13 @@ class Session:
         self.certificate_login = certificate_login
         #: The mechanism that authenticated the session (set when it opens).
         self.auth_mechanism: str | None = None
+        #: A connection check: the worker sends ``check`` instead of ``hello`` and the
+        #: master closes the session right after ``welcome`` (master: set by ``check``).
+        self.check = check
+        #: Informational: how this side's connection is protected (the worker sends it in
+        #: ``hello``), and what the worker said of its own (master).
+        self.encryption: str | None = None
+        self.peer_encryption: str | None = None
         self.software = software or {}
         #: Negotiated values (the handshake sets them).
         self.frame_limit = limits.max_frame_size
@@ -300,6 +310,13 @@ class Session:
         if self.link.state is not State.IDLE:
             raise LocalProtocolError("session already started")
         self.link.start(now)
+
+    def carried_by(self, max_frame_size: int | None) -> None:
+        """The transport of the next link carries frames of at most ``max_frame_size``
+        bytes (None: no limit of its own): never negotiate larger frames than that.
+        Called before ``start``; the negotiated size cannot grow once the session opened."""
+        if max_frame_size is not None and self.stream is None:
+            self.frame_limit = max(MIN_FRAME_SIZE, min(self.frame_limit, max_frame_size))
 
     def new_link(self, now: float) -> None:
         """Worker: a new connection for the suspended session (``start`` sends hello)."""
@@ -574,6 +591,7 @@ class Session:
         self.link = None
         self._state = SessionState.CLOSED
         self.close_code, self.close_reason = "resumed", "the connection resumed a session"
+        target.peer_encryption = self.peer_encryption or target.peer_encryption
         suspended_for, replayed = target.adopt(link, peer_last_seq, now)
         return [Resumed(target.session_id, replayed, suspended_for, session=target)]
 

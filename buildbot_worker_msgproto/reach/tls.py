@@ -155,6 +155,9 @@ class MasterConnectionCreator:
                   if settings.client_cert else None)
         self._options = optionsForClientTLS(hostname, trustRoot=trust_root,
                                             clientCertificate=client)
+        #: The master certificate of the last handshake, verified or not (for the
+        #: connection check, which shows its fingerprint also when it is rejected).
+        self.last_certificate: x509.Certificate | None = None
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:  # noqa: N802, N803
         from OpenSSL.SSL import VERIFY_FAIL_IF_NO_PEER_CERT
@@ -170,7 +173,9 @@ class MasterConnectionCreator:
 
         def verify(conn: Any, cert: Any, err: int, depth: int, ok: int) -> bool:
             try:
-                problem = self.problem(cert.to_cryptography(), err, depth, ok)
+                certificate = cert.to_cryptography()
+                self._note_master_certificate(conn, certificate, depth)
+                problem = self.problem(certificate, err, depth, ok)
             except Exception as e:  # never let an exception escape into OpenSSL
                 problem = f"cannot check the certificate: {e!r}"
             if problem is None:
@@ -179,6 +184,16 @@ class MasterConnectionCreator:
             return False
 
         return verify
+
+    def _note_master_certificate(self, conn: Any, cert: x509.Certificate, depth: int) -> None:
+        """Remember the master's (leaf) certificate: OpenSSL checks the chain from its
+        root down, so a rejected chain may never reach depth 0; the peer's chain has it."""
+        if depth == 0:
+            self.last_certificate = cert
+            return
+        chain = conn.get_peer_cert_chain() or []
+        if chain:
+            self.last_certificate = chain[0].to_cryptography()
 
     def problem(self, cert: x509.Certificate, err: int, depth: int, ok: int) -> str | None:
         """Why ``cert`` (at ``depth`` of the chain, OpenSSL's verdict ``ok``/``err``) is

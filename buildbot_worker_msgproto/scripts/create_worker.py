@@ -13,7 +13,8 @@ OUR_CALL = ("protocol=protocol, transport=transport,\n"
             "           transport_options=transport_options, useTls=use_tls,\n"
             "           tls_ca_file=tls_ca_file, tls_fingerprint=tls_fingerprint,\n"
             "           tls_client_cert=tls_client_cert, tls_client_key=tls_client_key,\n"
-            "           ssh_tunnel=ssh_tunnel, ssh_key=ssh_key, ssh_known_hosts=ssh_known_hosts,")
+            "           ssh_tunnel=ssh_tunnel, ssh_key=ssh_key, ssh_known_hosts=ssh_known_hosts,\n"
+            "           masters=masters, master_order=master_order,")
 #: create-worker options written to buildbot.tac as ``tls_...`` settings (None: unset).
 TLS_OPTIONS = ("tls-ca-file", "tls-fingerprint", "tls-client-cert", "tls-client-key")
 #: create-worker options written to buildbot.tac as ``ssh_...`` settings (None: unset).
@@ -32,6 +33,8 @@ def make_tac(config: Any) -> str:
                 f"transport_options = {dict(config.get('transport-options') or {})!r}\n")
     settings += "".join(f"{name.replace('-', '_')} = {config.get(name)!r}\n"
                         for name in TLS_OPTIONS + SSH_OPTIONS)
+    settings += (f"masters = {list(config.get('masters') or [])!r}\n"
+                 f"master_order = {config.get('master-order') or 'preferred'!r}\n")
     return tac.replace("protocol = ", settings + "protocol = ", 1)
 
 

@@ -10,9 +10,11 @@ from buildbot_worker.scripts import runner as upstream
 from twisted.python import reflect
 from twisted.python import usage
 
+from buildbot_worker_msgproto.reach.failover import ORDERS
 from buildbot_worker_msgproto.reach.tls import normalize_fingerprint
 from buildbot_worker_msgproto.scripts.create_worker import SSH_OPTIONS
 from buildbot_worker_msgproto.scripts.create_worker import TLS_OPTIONS
+from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.worker import PROTOCOLS
 from buildbot_worker_msgproto.worker import TRANSPORTS
 from buildbot_worker_msgproto.worker import check_certificate_login
@@ -46,6 +48,10 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
          "master as seen from the SSH server (docs/security/ssh.rst)"],
         ["ssh-known-hosts", None, None,
          "known_hosts file with the SSH server's host key (default: ~/.ssh/known_hosts)"],
+        ["master-order", None, "preferred",
+         f"With several masters (<master> as HOST:PORT,HOST:PORT...): {' or '.join(ORDERS)} "
+         "(the first master whenever it can, or a random one per worker; "
+         "docs/multimaster.rst)"],
     ]
 
     def __init__(self) -> None:
@@ -64,6 +70,14 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
         if not sep or not key:
             raise usage.UsageError(f"--transport-option needs KEY=VALUE, got {value!r}")
         self["transport-options"][key] = option
+
+    def validateMasterArgument(self, master_arg: str) -> tuple[str, int]:  # noqa: N802
+        """``HOST[:PORT]``, or several masters as ``HOST:PORT,HOST:PORT...`` (the first is
+        written as buildmaster_host and port, all of them as ``masters``)."""
+        masters = [super(CreateWorkerOptions, self).validateMasterArgument(item.strip())
+                   for item in master_arg.split(",")]
+        self["masters"] = masters if len(masters) > 1 else []
+        return masters[0]
 
     def getSynopsis(self) -> str:  # noqa: N802
         return ("Usage:    buildbot-worker-msgproto create-worker [options] "
@@ -90,6 +104,14 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
             raise usage.UsageError(f"--transport must be one of {TRANSPORTS}")
         if self["protocol"] == "pb" and self["transport"] != "tcp":
             raise usage.UsageError("--protocol pb only runs over --transport tcp")
+        missing = registry.missing_extra(self["transport"])
+        if missing is not None:
+            raise usage.UsageError(missing)
+        if self["master-order"] not in ORDERS:
+            raise usage.UsageError(f"--master-order must be one of {ORDERS}")
+        if self.get("masters") and self["connection-string"]:
+            raise usage.UsageError("several masters need <master> as HOST:PORT,HOST:PORT, "
+                                   "not --connection-string")
         self._check_tls_options()
         if self["passwd"] is None:
             try:
@@ -110,7 +132,12 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
             raise usage.UsageError("--ssh-tunnel needs the master as HOST:PORT (as seen from "
                                    "the SSH server), not --connection-string or "
                                    "--proxy-connection-string")
-        from buildbot_worker_msgproto.reach.ssh import SSHSettings
+        try:
+            from buildbot_worker_msgproto.reach.ssh import SSHSettings
+        except ImportError as e:
+            raise usage.UsageError(f"--ssh-tunnel needs the 'ssh' extra, which is not "
+                                   f"installed ({e}): pip install 'buildbot-msgproto[ssh]'"
+                                   ) from None
 
         try:
             settings = SSHSettings.create(self["ssh-tunnel"], self["ssh-key"],
@@ -144,6 +171,75 @@ class CreateWorkerOptions(upstream.CreateWorkerOptions):
         self["use-tls"] = True
 
 
+#: create-worker's options that say how to connect: the ones check-connection takes too.
+CONNECTION_PARAMETERS = ("protocol", "transport", "connection-string", "proxy-connection-string",
+                         *TLS_OPTIONS, "ssh-tunnel", "ssh-known-hosts", "master-order")
+
+
+class CheckConnectionOptions(usage.Options):
+    """``check-connection``: BASEDIR, or create-worker's MASTER NAME [PASSWD] and its
+    connection options, checked by create-worker's own parser (:attr:`worker`)."""
+
+    subcommandFunction = "buildbot_worker_msgproto.scripts.check_connection.checkConnection"
+    optFlags = [
+        ["use-tls", None, "Use TLS to connect to the master"],
+        ["verbose", "v", "Show the Twisted log on stderr"],
+    ]
+    optParameters = [
+        p for p in CreateWorkerOptions.optParameters if p[0] in CONNECTION_PARAMETERS
+    ] + [
+        ["timeout", None, 30.0, "Seconds the check of one master may take", float],
+    ]
+    opt_ssh_key = CreateWorkerOptions.opt_ssh_key
+    opt_transport_option = CreateWorkerOptions.opt_transport_option
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["transport-options"] = {}
+        self["ssh-key"] = None
+        #: create-worker's parse of the same connection options (not with BASEDIR).
+        self.worker: CreateWorkerOptions | None = None
+
+    def getSynopsis(self) -> str:  # noqa: N802
+        return ("Usage:    buildbot-worker-msgproto check-connection [--timeout S] <basedir>\n"
+                "          buildbot-worker-msgproto check-connection [options] <master> "
+                "<name> [<passwd>]")
+
+    def parseArgs(self, *args: str) -> None:  # noqa: N802
+        """A worker's BASEDIR alone, or create-worker's arguments without BASEDIR."""
+        if len(args) not in (1, 2, 3):
+            raise usage.UsageError("give a worker's <basedir>, or <master> <name> [<passwd>]")
+        self["basedir"] = args[0] if len(args) == 1 else None
+        self["arguments"] = args
+
+    def _given(self) -> list[str]:
+        """create-worker's command line for the connection options given here."""
+        argv = ["--use-tls"] if self["use-tls"] else []
+        for name in CONNECTION_PARAMETERS:
+            if self[name] is not None:
+                argv += [f"--{name}", str(self[name])]
+        for key in self["ssh-key"] or ():
+            argv += ["--ssh-key", key]
+        for key, value in self["transport-options"].items():
+            argv += ["--transport-option", f"{key}={value}"]
+        return argv
+
+    def postOptions(self) -> None:  # noqa: N802
+        if self["timeout"] <= 0:
+            raise usage.UsageError("--timeout must be a positive number of seconds")
+        defaults = {"protocol": "msg", "transport": "tcp", "master-order": "preferred"}
+        if self["basedir"] is not None:
+            extra = [name for name in CONNECTION_PARAMETERS
+                     if self[name] not in (None, defaults.get(name))]
+            extra += [n for n in ("use-tls", "ssh-key", "transport-options") if self[n]]
+            if extra:
+                raise usage.UsageError(f"with <basedir> its buildbot.tac says how to "
+                                       f"connect: leave out --{extra[0]}")
+            return
+        self.worker = CreateWorkerOptions()
+        self.worker.parseOptions([*self._given(), os.getcwd(), *self["arguments"]])
+
+
 class Options(upstream.Options):
     synopsis = "Usage:    buildbot-worker-msgproto <command> [command options]"
 
@@ -161,6 +257,9 @@ class Options(upstream.Options):
         ["start", None, upstream.StartOptions, "Start a worker"],
         ["stop", None, upstream.StopOptions, "Stop a worker"],
         ["restart", None, upstream.RestartOptions, "Restart a worker"],
+        ["check-connection", None, CheckConnectionOptions,
+         "Check that a worker can reach and log in to its master(s), without attaching "
+         "(docs/check-connection.rst)"],
         ["gen-keys", None,
          lambda: reflect.namedAny("buildbot_worker_msgproto.scripts.gen_keys.GenKeysOptions")(),
          "Make a private CA, TLS certificates and ZeroMQ CURVE keys (docs/security/gen-keys.rst)"],

@@ -20,10 +20,6 @@ import zmq.auth as pyzmq_auth
 from twisted.python import log
 from zmq.utils import z85
 
-#: The options that turn CURVE on, on each side (both or neither).
-MASTER_OPTIONS = ("curve_secret_key", "curve_authorized_keys")
-WORKER_OPTIONS = ("curve_secret_key", "curve_server_key")
-
 #: Where libzmq sends its ZAP requests (RFC 27), one handler per context.
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 #: The ``ZMQ_ZAP_DOMAIN`` of a CURVE listener: its ZAP handler answers only for it.
@@ -89,9 +85,10 @@ def _need_curve() -> None:
                          f"(libzmq {pyzmq.zmq_version()}); CURVE options cannot be used")
 
 
-def _half(options: dict[str, Any], names: tuple[str, str], side: str) -> bool:
-    """True if CURVE is configured (both names), False if not (neither); else refuse."""
-    given = [name for name in names if options.get(name) not in (None, "")]
+def _half(options: dict[str, Any], side: str) -> bool:
+    """True if CURVE is configured (both options), False if not (neither); else refuse."""
+    names = list(options)
+    given = [name for name in names if options[name] not in (None, "")]
     if len(given) == 1:
         missing = next(name for name in names if name not in given)
         raise ValueError(f"zmq {side} option {given[0]!r} needs {missing!r} as well: CURVE "
@@ -99,13 +96,16 @@ def _half(options: dict[str, Any], names: tuple[str, str], side: str) -> bool:
     return bool(given)
 
 
-def master_curve(options: dict[str, Any]) -> tuple[CurveKeys, str] | None:
-    """The master's key pair and the directory of authorized worker keys, or None."""
-    if not _half(options, MASTER_OPTIONS, "master"):
+def master_curve(secret_key: str | None,
+                 authorized_keys: str | None) -> tuple[CurveKeys, str] | None:
+    """The master's key pair (from the ``curve_secret_key`` file) and the directory of
+    authorized worker keys (``curve_authorized_keys``), or None if neither is given."""
+    if not _half({"curve_secret_key": secret_key,
+                  "curve_authorized_keys": authorized_keys}, "master"):
         return None
     _need_curve()
-    public, secret = load_key_file("curve_secret_key", options["curve_secret_key"], True)
-    directory = options["curve_authorized_keys"]
+    public, secret = load_key_file("curve_secret_key", secret_key, True)
+    directory = authorized_keys
     if not isinstance(directory, (str, os.PathLike)) or not os.path.isdir(directory):
         raise ValueError("zmq option 'curve_authorized_keys' must be a directory of worker "
                          f"public key files (*.key), got {directory!r}")
@@ -113,13 +113,14 @@ def master_curve(options: dict[str, Any]) -> tuple[CurveKeys, str] | None:
     return CurveKeys(public, secret), str(directory)
 
 
-def worker_curve(options: dict[str, Any]) -> CurveKeys | None:
-    """The worker's key pair and the master's public key, or None."""
-    if not _half(options, WORKER_OPTIONS, "worker"):
+def worker_curve(secret_key: str | None, server_key: str | None) -> CurveKeys | None:
+    """The worker's key pair (from the ``curve_secret_key`` file) and the master's public
+    key (``curve_server_key``), or None if neither is given."""
+    if not _half({"curve_secret_key": secret_key, "curve_server_key": server_key}, "worker"):
         return None
     _need_curve()
-    public, secret = load_key_file("curve_secret_key", options["curve_secret_key"], True)
-    server, _ = load_key_file("curve_server_key", options["curve_server_key"], False)
+    public, secret = load_key_file("curve_secret_key", secret_key, True)
+    server, _ = load_key_file("curve_server_key", server_key, False)
     return CurveKeys(public, secret, server)
 
 

@@ -18,11 +18,10 @@ from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import ReceiverProtocolFactory
-from buildbot_worker_msgproto.transports.stream import TLS_OPTION
 from buildbot_worker_msgproto.transports.stream import FactoryWrapper
 from buildbot_worker_msgproto.transports.stream import PortListening
 from buildbot_worker_msgproto.transports.stream import StreamFrameTransport
-from buildbot_worker_msgproto.transports.stream import check_tls_option
+from buildbot_worker_msgproto.transports.stream import TlsStreamMasterOptions
 from buildbot_worker_msgproto.transports.stream import listen_stream
 from buildbot_worker_msgproto.transports.stream import stream_guarantees
 
@@ -33,6 +32,17 @@ CHUNK = 65_535
 #: (any number of keys) before dispatching it; a legitimate FrameChunk box is about one
 #: CHUNK, so anything far beyond that is a peer trying to make us buffer.
 MAX_UNBOXED_BYTES = 4 * CHUNK
+
+
+class AmpMasterOptions(TlsStreamMasterOptions):
+    """The master's amp port."""
+
+    label = "amp"
+
+
+MasterOptions = AmpMasterOptions
+#: No worker options: whatever is given is ignored.
+WorkerOptions = None
 
 
 class FrameChunk(amp.Command):
@@ -46,6 +56,7 @@ class AmpFrameProtocol(amp.AMP, StreamFrameTransport):
     """An AMP connection carrying frames for one :class:`FrameReceiver`."""
 
     guarantees = stream_guarantees(None)
+    transport_name = NAME
 
     def __init__(self, receiver: FrameReceiver) -> None:
         super().__init__()
@@ -112,21 +123,12 @@ class AmpFrameProtocol(amp.AMP, StreamFrameTransport):
                                 final=index == last)
 
 
-def validate_options(options: dict[str, Any]) -> None:
-    """Master side: ``{'port': int or strport, 'backlog': int}``."""
-    unknown = set(options) - {"port", "backlog", TLS_OPTION}
-    if unknown:
-        raise ValueError(f"unknown amp options {sorted(unknown)}; known: backlog, port, tls")
-    if not isinstance(options.get("port"), (int, str)):
-        raise ValueError("the amp transport needs a 'port' (int or strport)")
-    check_tls_option(NAME, options)
-
-
-async def listen(reactor: Any, options: dict[str, Any], new_receiver: ReceiverFactory,
+async def listen(reactor: Any, options: AmpMasterOptions | dict[str, Any],
+                 new_receiver: ReceiverFactory,
                  wrap_factory: FactoryWrapper | None = None) -> PortListening:
-    """Listen for AMP frame connections on ``options['port']`` (behind ``wrap_factory``,
-    the master's TLS layer, with ``'tls': True``)."""
-    return await listen_stream(reactor, NAME, options,
+    """Listen for AMP frame connections on ``options.port`` (behind ``wrap_factory``,
+    the master's TLS layer, with ``tls``)."""
+    return await listen_stream(reactor, NAME, AmpMasterOptions.parse(options),
                                ReceiverProtocolFactory(AmpFrameProtocol, new_receiver),
                                wrap_factory)
 

@@ -90,6 +90,8 @@ class FrameTransport:
     so that it mixes into Twisted protocols that have metaclasses, such as AMP)."""
 
     guarantees: TransportGuarantees
+    #: The transport's name in the registry (``tcp``, ``amp``...), for status displays.
+    transport_name = "?"
 
     def send_frames(self, frames: list[bytes]) -> None:
         """Queue frames for sending, in order."""
@@ -112,6 +114,14 @@ class FrameTransport:
         """The peer with whatever else the transport knows of it, for logs (a ZeroMQ
         identity, the CURVE key's name, the AMQP user and session...)."""
         return self.peer()
+
+    def encryption(self) -> str:
+        """How the frames are protected on the wire, for people (status displays, the
+        connection check): ``TLS (TLSv1.3, TLS_AES_256_GCM_SHA384)``, ``CURVE``, an SSH
+        tunnel, ``none``...  By default what the layers under it show."""
+        from buildbot_worker_msgproto.security import tls_info
+
+        return tls_info.describe(self, self.guarantees.encrypted)
 
 
 def format_address(address: Any) -> str:

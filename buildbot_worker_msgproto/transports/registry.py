@@ -12,7 +12,8 @@ from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 
 #: Every backend name and the module implementing it.  Each module provides
-#: ``NAME``, ``validate_options(options)`` (master.cfg checks),
+#: ``NAME``, ``MasterOptions`` and ``WorkerOptions`` (its options dataclasses, see
+#: :mod:`.options`; ``WorkerOptions`` is None if the worker's are ignored),
 #: ``listen(reactor, options, new_receiver)`` (awaitable, master side), and on the worker
 #: side ``client_endpoint(reactor, target)`` (an object with Twisted's client endpoint
 #: ``connect(factory)``) and ``client_factory(reactor, target, new_receiver)`` (the
@@ -24,6 +25,11 @@ BACKENDS: dict[str, str] = {
     "zmq": "buildbot_worker_msgproto.transports.zmq",
     "amqp": "buildbot_worker_msgproto.transports.amqp",
 }
+
+
+#: The extra of ``buildbot-msgproto`` that installs the libraries of each backend that
+#: needs any (``pip install 'buildbot-msgproto[EXTRA]'``); the others need none.
+EXTRAS: dict[str, str] = {"websocket": "websocket", "zmq": "zmq", "amqp": "amqp"}
 
 
 def names() -> tuple[str, ...]:
@@ -38,9 +44,23 @@ def load(name: str) -> ModuleType:
     try:
         return importlib.import_module(BACKENDS[name])
     except ImportError as e:
-        raise ImportError(f"transport {name!r} needs a library that is not installed: {e}; "
-                          "install buildbot-msgproto with its extras, e.g. "
-                          f"pip install 'buildbot-msgproto[{name}]'") from e
+        raise ImportError(missing_extra_message(name, e)) from e
+
+
+def missing_extra_message(name: str, error: ImportError) -> str:
+    """What to tell a user whose backend ``name`` failed to import with ``error``."""
+    extra = EXTRAS.get(name, "all")
+    return (f"transport {name!r} needs the {extra!r} extra, which is not installed "
+            f"({error}): pip install 'buildbot-msgproto[{extra}]'")
+
+
+def missing_extra(name: str) -> str | None:
+    """None if backend ``name`` can be used here, else why not and which extra to install."""
+    try:
+        load(name)
+    except ImportError as e:
+        return str(e)
+    return None
 
 
 def client_service(name: str, reactor: Any, target: ClientTarget,

@@ -23,6 +23,8 @@ from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import TransportGuarantees
 from buildbot_worker_msgproto.transports.base import peer_address
+from buildbot_worker_msgproto.transports.options import TransportOptions
+from buildbot_worker_msgproto.transports.options import option
 
 #: Listen backlog for stream transports (see buildbot_msgproto.config.DEFAULT_BACKLOG).
 DEFAULT_BACKLOG = 4096
@@ -30,9 +32,41 @@ DEFAULT_BACKLOG = 4096
 #: Wraps a server factory, e.g. in the master's TLS layer with client certificates.
 FactoryWrapper = Callable[[protocol.Factory], protocol.Factory]
 
-#: The ``tls`` option of stream transports on the master: TLS made by the master from
-#: c['protocols']['msg']['tls_cert'] (with client certificates), passed in as a wrapper.
-TLS_OPTION = "tls"
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamMasterOptions(TransportOptions):
+    """The master options of a stream transport's listening port."""
+
+    port: int | str = option(
+        required=True, what="int or strport",
+        doc="An int or a Twisted server strport, as for ``c['protocols']['msg']['port']``: "
+            "``9991`` (all interfaces), ``'tcp:9991:interface=10.0.0.5'``, ``'tcp6:9991'``, "
+            "or ``'ssl:9991:privateKey=key.pem:certKey=cert.pem'`` for TLS made by Twisted.  "
+            "A string without a colon is taken as ``tcp:PORT``.")
+    backlog: int = option(
+        DEFAULT_BACKLOG, minimum=1,
+        doc="Listen backlog, added to ``tcp:``, ``tcp6:`` and ``ssl:`` strports that do not "
+            "set ``backlog=`` themselves (the kernel caps it at ``net.core.somaxconn``).")
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsStreamMasterOptions(StreamMasterOptions):
+    """A stream transport's listening port that can sit behind the master's TLS layer."""
+
+    tls: bool = option(
+        False, text=False,
+        doc="``True``: TLS made by the master from ``c['protocols']['msg']['tls_cert']``, "
+            "with client certificates and certificate login as on the negotiated port "
+            "(``../security/mtls.rst``); needs an int or ``tcp:`` ``port``.")
+
+    def check(self) -> None:
+        super().check()
+        port = self.port
+        if self.tls and isinstance(port, str) and ":" in port \
+                and port.split(":", 1)[0] not in ("tcp", "tcp6"):
+            raise ValueError(f"{self.transport} with 'tls': True needs an int or tcp: port "
+                             f"(the master adds TLS itself), not {port!r}")
 
 
 def set_nodelay(transport: object) -> None:
@@ -134,26 +168,12 @@ class PortListening:
         return self.port.getHost().port
 
 
-def check_tls_option(kind: str, options: dict[str, Any]) -> None:
-    """``options['tls']``, if given, must be a bool and go with a plain tcp port."""
-    if TLS_OPTION not in options:
-        return
-    if not isinstance(options[TLS_OPTION], bool):
-        raise ValueError(f"{kind} 'tls' must be True or False")
-    port = options.get("port")
-    if options[TLS_OPTION] and isinstance(port, str) and ":" in port \
-            and port.split(":", 1)[0] not in ("tcp", "tcp6"):
-        raise ValueError(f"{kind} with 'tls': True needs an int or tcp: port (the master "
-                         f"adds TLS itself), not {port!r}")
-
-
-async def listen_stream(reactor: Any, kind: str, options: dict[str, Any],
+async def listen_stream(reactor: Any, kind: str, options: StreamMasterOptions,
                         factory: protocol.Factory,
                         wrap_factory: FactoryWrapper | None = None) -> PortListening:
-    """Listen on ``options['port']`` (int or strport) with ``options['backlog']``;
+    """Listen on ``options.port`` (int or strport) with ``options.backlog``;
     ``wrap_factory`` (the master's TLS layer) wraps ``factory`` if given."""
-    endpoint = server_endpoint(reactor, options["port"],
-                               options.get("backlog", DEFAULT_BACKLOG))
+    endpoint = server_endpoint(reactor, options.port, options.backlog)
     if wrap_factory is not None:
         factory = wrap_factory(factory)
     return PortListening(kind, await endpoint.listen(factory))

@@ -19,6 +19,7 @@ from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import ReceiverProtocolFactory
 from buildbot_worker_msgproto.transports.stream import PortListening
 from buildbot_worker_msgproto.transports.stream import StreamFrameTransport
+from buildbot_worker_msgproto.transports.stream import StreamMasterOptions
 from buildbot_worker_msgproto.transports.stream import listen_stream
 from buildbot_worker_msgproto.transports.stream import stream_guarantees
 
@@ -28,6 +29,17 @@ NAME = "tcp"
 TCP_MAX_FRAME = 2**32 - 1
 
 _PREFIX = struct.Struct("!I")
+
+
+class TcpMasterOptions(StreamMasterOptions):
+    """A plain framed TCP listener (the master's own is its negotiated port)."""
+
+    label = "tcp"
+
+
+MasterOptions = TcpMasterOptions
+#: No worker options: whatever is given is ignored.
+WorkerOptions = None
 
 
 class FramedProtocol(Protocol, StreamFrameTransport):
@@ -41,6 +53,7 @@ class FramedProtocol(Protocol, StreamFrameTransport):
     """
 
     guarantees = stream_guarantees(TCP_MAX_FRAME)
+    transport_name = NAME
 
     def __init__(self, receiver: FrameReceiver) -> None:
         self.receiver = receiver
@@ -93,10 +106,10 @@ class FramedProtocol(Protocol, StreamFrameTransport):
         self.transport.writeSequence(chunks)
 
 
-async def listen(reactor: Any, options: dict[str, Any],
+async def listen(reactor: Any, options: TcpMasterOptions | dict[str, Any],
                  new_receiver: ReceiverFactory) -> PortListening:
-    """Listen for plain framed TCP on ``options['port']`` (int or strport)."""
-    return await listen_stream(reactor, NAME, options,
+    """Listen for plain framed TCP on ``options.port`` (int or strport)."""
+    return await listen_stream(reactor, NAME, TcpMasterOptions.parse(options),
                                ReceiverProtocolFactory(FramedProtocol, new_receiver))
 
 
@@ -106,8 +119,3 @@ def client_factory(reactor: Any, target: ClientTarget,
     its PB fallback, is :class:`buildbot_worker_msgproto.client.MsgClientFactory`)."""
     return ReceiverProtocolFactory(FramedProtocol, new_receiver)
 
-
-def validate_options(options: dict[str, Any]) -> None:
-    """Check master-side options of a plain framed TCP listener."""
-    if "port" not in options:
-        raise ValueError("the tcp transport needs a 'port'")

@@ -43,12 +43,12 @@ from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.base import peer_address
-from buildbot_worker_msgproto.transports.stream import DEFAULT_BACKLOG
-from buildbot_worker_msgproto.transports.stream import TLS_OPTION
+from buildbot_worker_msgproto.transports.options import TransportOptions
+from buildbot_worker_msgproto.transports.options import option
 from buildbot_worker_msgproto.transports.stream import FactoryWrapper
 from buildbot_worker_msgproto.transports.stream import PortListening
+from buildbot_worker_msgproto.transports.stream import TlsStreamMasterOptions
 from buildbot_worker_msgproto.transports.stream import WritabilityReporter
-from buildbot_worker_msgproto.transports.stream import check_tls_option
 from buildbot_worker_msgproto.transports.stream import server_endpoint
 from buildbot_worker_msgproto.transports.stream import set_nodelay
 from buildbot_worker_msgproto.transports.stream import stream_guarantees
@@ -64,71 +64,61 @@ DEFAULT_AUTO_PING_TIMEOUT = 20.0
 #: Largest HTTP opening handshake accepted (autobahn itself sets no bound).
 MAX_HANDSHAKE_SIZE = 64 * 1024
 
-SERVER_OPTIONS = ("port", "backlog", "path", "compression", "auto_ping_interval",
-                  "auto_ping_timeout", TLS_OPTION)
-CLIENT_OPTIONS = ("path", "compression", "auto_ping_interval", "auto_ping_timeout")
-
 PLAIN = stream_guarantees(None)
 ENCRYPTED = dataclasses.replace(PLAIN, encrypted=True)
 
 TEXT_REFUSED = "msgproto refuses text WebSocket messages: send each frame as a binary message"
 _CONNECTING = (WebSocketProtocol.STATE_CONNECTING, WebSocketProtocol.STATE_PROXY_CONNECTING)
-_TRUE = ("1", "on", "true", "yes")
-_FALSE = ("0", "off", "false", "no")
 
 
 # ---------------------------------------------------------------------- options
 @dataclasses.dataclass(frozen=True)
-class Settings:
-    """The options both sides share, parsed (worker values arrive as strings)."""
+class WebSocketSettings(TransportOptions):
+    """The WebSocket settings of both sides: the worker's options, and the master's with
+    its port (:class:`WebSocketMasterOptions`)."""
 
-    path: str = DEFAULT_PATH
-    compression: bool = False
-    auto_ping_interval: float = DEFAULT_AUTO_PING_INTERVAL
-    auto_ping_timeout: float = DEFAULT_AUTO_PING_TIMEOUT
+    label = "websocket"
 
+    path: str = option(
+        DEFAULT_PATH,
+        doc="The URL path of the master's WebSocket (an absolute path, no query): the "
+            "master accepts upgrades there only (any other path gets ``404 Not Found``, a "
+            "request without ``Upgrade: websocket`` ``426``); the worker's must match it.")
+    compression: bool = option(
+        False,
+        doc="Offer (worker) or accept (master) permessage-deflate (RFC 7692); used only when "
+            "both sides enable it, see `Compression`_.")
+    auto_ping_interval: float = option(
+        DEFAULT_AUTO_PING_INTERVAL, minimum=0, unit="seconds",
+        doc="Seconds between WebSocket pings to the peer; ``0`` sends none.")
+    auto_ping_timeout: float = option(
+        DEFAULT_AUTO_PING_TIMEOUT, minimum=0, unit="seconds",
+        doc="Seconds to wait for the pong before dropping the connection; ``0`` waits "
+            "forever.")
 
-def parse_settings(options: dict[str, Any], known: tuple[str, ...]) -> Settings:
-    """Check ``options`` (only ``known`` keys) and return the shared settings."""
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown websocket options {unknown}; known: {', '.join(known)}")
-    path = options.get("path", DEFAULT_PATH)
-    if not isinstance(path, str) or not path.startswith("/") or re.search(r"[\s?#]", path):
-        raise ValueError(f"websocket 'path' must be an absolute URL path like '/msg', "
-                         f"got {path!r}")
-    return Settings(path=path,
-                    compression=_boolean(options, "compression", False),
-                    auto_ping_interval=_seconds(options, "auto_ping_interval",
-                                                DEFAULT_AUTO_PING_INTERVAL),
-                    auto_ping_timeout=_seconds(options, "auto_ping_timeout",
-                                               DEFAULT_AUTO_PING_TIMEOUT))
-
-
-def _boolean(options: dict[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"websocket {key!r} must be on or off, got {value!r}")
+    def check(self) -> None:
+        super().check()
+        if not self.path.startswith("/") or re.search(r"[\s?#]", self.path):
+            raise self.error("path", f"must be an absolute URL path like '/msg', "
+                                     f"got {self.path!r}")
 
 
-def _seconds(options: dict[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"websocket {key!r} must be a number of seconds, "
-                         f"got {value!r}") from None
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"websocket {key!r} must be 0 (off) or positive, got {value!r}")
-    return seconds
+@dataclasses.dataclass(frozen=True)
+class WebSocketMasterOptions(WebSocketSettings, TlsStreamMasterOptions):
+    """The master's WebSocket port: a stream port with the WebSocket settings."""
+
+    label = "websocket"
 
 
-def _protocol_options(settings: Settings) -> dict[str, Any]:
+MasterOptions = WebSocketMasterOptions
+WorkerOptions = WebSocketSettings
+
+
+#: Seconds a closing WebSocket waits for the peer's close frame before dropping TCP.
+CLOSE_HANDSHAKE_TIMEOUT = 10.0
+
+
+def _protocol_options(settings: WebSocketSettings) -> dict[str, Any]:
     """autobahn options common to both sides."""
     limit = DEFAULT_LIMITS.max_handshake_frame_size  # refreshed per message, see module doc
     return {"autoPingInterval": settings.auto_ping_interval,
@@ -136,9 +126,11 @@ def _protocol_options(settings: Settings) -> dict[str, Any]:
             "maxMessagePayloadSize": limit, "maxFramePayloadSize": limit,
             "autoFragmentSize": 0,  # one frame per message, never split
             # Close with a close frame (after the session's last frames), not by a TCP
-            # reset that would discard them; the close handshake is bounded by autobahn's
-            # closeHandshakeTimeout (1 s).
+            # reset that would discard them; the close handshake is bounded, but long
+            # enough for those frames to get out over a slow or busy link (autobahn's
+            # default of 1 s dropped the last megabytes of a busy connection).
             "failByDrop": False,
+            "closeHandshakeTimeout": CLOSE_HANDSHAKE_TIMEOUT,
             "tcpNoDelay": True}
 
 
@@ -148,6 +140,8 @@ class WebSocketFrameTransport(FrameTransport):
 
     A separate object, not a mixin: autobahn protocols own a ``peer`` attribute.
     """
+
+    transport_name = NAME
 
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
@@ -307,7 +301,8 @@ class MsgServerFactory(WebSocketServerFactory):
     protocol = MsgServerProtocol
     noisy = False
 
-    def __init__(self, settings: Settings, new_receiver: ReceiverFactory, reactor: Any) -> None:
+    def __init__(self, settings: WebSocketSettings, new_receiver: ReceiverFactory,
+                 reactor: Any) -> None:
         super().__init__(server=None, reactor=reactor)
         self.path = settings.path
         self.new_receiver = new_receiver
@@ -326,7 +321,7 @@ class MsgClientFactory(WebSocketClientFactory):
     protocol = MsgClientProtocol
     noisy = False
 
-    def __init__(self, url: str, settings: Settings, new_receiver: ReceiverFactory,
+    def __init__(self, url: str, settings: WebSocketSettings, new_receiver: ReceiverFactory,
                  reactor: Any) -> None:
         super().__init__(url, useragent="buildbot-msgproto", reactor=reactor)
         self.new_receiver = new_receiver
@@ -353,39 +348,27 @@ class WebSocketListening(PortListening):
         return f"{self.scheme}://{host.host}:{host.port}{self.path}"
 
 
-def validate_options(options: dict[str, Any]) -> None:
-    """Master side: ``port`` (int or strport) and the options in docs/transports."""
-    parse_settings(options, SERVER_OPTIONS)
-    port = options.get("port")
-    if not isinstance(port, (int, str)) or isinstance(port, bool):
-        raise ValueError("the websocket transport needs a 'port' (int or strport)")
-    backlog = options.get("backlog", DEFAULT_BACKLOG)
-    if not isinstance(backlog, int) or isinstance(backlog, bool) or backlog <= 0:
-        raise ValueError("websocket 'backlog' must be a positive int")
-    check_tls_option(NAME, options)
-
-
-async def listen(reactor: Any, options: dict[str, Any], new_receiver: ReceiverFactory,
+async def listen(reactor: Any, options: WebSocketMasterOptions | dict[str, Any],
+                 new_receiver: ReceiverFactory,
                  wrap_factory: FactoryWrapper | None = None) -> WebSocketListening:
-    """Listen for WebSocket upgrades on ``options['port']`` at ``options['path']``
-    (behind ``wrap_factory``, the master's TLS layer, with ``'tls': True``)."""
-    validate_options(options)
-    settings = parse_settings(options, SERVER_OPTIONS)
-    endpoint = server_endpoint(reactor, options["port"], options.get("backlog", DEFAULT_BACKLOG))
-    factory: Any = MsgServerFactory(settings, new_receiver, reactor)
+    """Listen for WebSocket upgrades on ``options.port`` at ``options.path``
+    (behind ``wrap_factory``, the master's TLS layer, with ``tls``)."""
+    options = WebSocketMasterOptions.parse(options)
+    endpoint = server_endpoint(reactor, options.port, options.backlog)
+    factory: Any = MsgServerFactory(options, new_receiver, reactor)
     if wrap_factory is not None:
         factory = wrap_factory(factory)
     port = await endpoint.listen(factory)
-    secure = wrap_factory is not None or (isinstance(options["port"], str)
-                                          and options["port"].startswith(("ssl:", "tls:")))
-    return WebSocketListening(port, settings.path, secure)
+    secure = wrap_factory is not None or (isinstance(options.port, str)
+                                          and options.port.startswith(("ssl:", "tls:")))
+    return WebSocketListening(port, options.path, secure)
 
 
 def client_factory(reactor: Any, target: ClientTarget,
                    new_receiver: ReceiverFactory) -> MsgClientFactory:
     """WebSocket sessions to ``target`` over :func:`client_endpoint` (direct, TLS, through
     an HTTP proxy or an SSH tunnel)."""
-    settings = parse_settings(target.options, CLIENT_OPTIONS)
+    settings = WebSocketSettings.parse(target.options)
     return MsgClientFactory(client_url(target, settings.path), settings, new_receiver,
                             reactor)
 

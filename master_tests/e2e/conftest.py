@@ -21,6 +21,7 @@ import shutil
 import pytest
 
 from . import harness
+from . import list_args_cfg
 from . import parity_cfg
 
 
@@ -53,7 +54,8 @@ class ParityEnv:
             [self.protocol.master_worker_py(n, _passwd(n)) for n in parity_cfg.ALL_WORKERS],
             self.master_port,
             www_port,
-            parity_cfg.parity_builders_py(self.data_dir),
+            parity_cfg.parity_builders_py(self.data_dir)
+            + list_args_cfg.builders_py(repr([parity_cfg.MAIN_WORKER])),
             secrets_dir=self.secrets_dir,
         )
         self.master = harness.Master(

@@ -286,7 +286,7 @@ c['title'] = 'msgproto-e2e'
 c['titleURL'] = 'http://127.0.0.1:{www_port}/'
 c['buildbotURL'] = 'http://127.0.0.1:{www_port}/'
 c['buildbotNetUsageData'] = None
-c['db'] = {{'db_url': 'sqlite:///state.sqlite'}}
+c['db'] = {{'db_url': {db_url!r}}}
 c['www'] = {{'port': 'tcp:{www_port}:interface=127.0.0.1', 'plugins': {{}}}}
 # never merge two forced build requests: each test waits for *its* build request
 c['collapseRequests'] = False
@@ -324,6 +324,7 @@ def make_master_cfg(
     *,
     secrets_dir: str | None = None,
     extra_py: str = "",
+    db_url: str = "sqlite:///state.sqlite",
 ) -> str:
     """Text of a complete master.cfg.
 
@@ -333,6 +334,7 @@ def make_master_cfg(
     sequence of those. ``builders_py``: python source appending BuilderConfigs to
     ``c['builders']``; it may use ``WORKER_NAMES``, ``steps``, ``util``, ``worker``.
     A ForceScheduler named 'force' covering all builders is always added.
+    ``db_url``: c['db']['db_url'] (the default is a sqlite file in the basedir).
     """
     workers = [worker_py] if isinstance(worker_py, str) else list(worker_py)
     workers_py = "\n".join(f"    {w}," for w in workers)
@@ -347,6 +349,7 @@ def make_master_cfg(
         builders_py=builders_py,
         extra_py=extra_py,
         slots=FORCE_PROPERTY_SLOTS,
+        db_url=db_url,
     )
 
 
@@ -376,6 +379,22 @@ def _kill_leftovers() -> None:  # last-resort cleanup if a fixture finalizer nev
     for proc in list(_LIVE):
         with contextlib.suppress(Exception):
             proc._terminate(timeout=5)
+
+
+def terminate(p: subprocess.Popen, timeout: float = DEFAULT_STOP_TIMEOUT) -> int | None:
+    """Stop a process started in its own session, by its PID: SIGTERM (twistd shuts down
+    gracefully on it), SIGKILL of its process group after ``timeout`` seconds or once it
+    exited (stray children such as an interrupted 'sleep'). Returns its exit code."""
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            p.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout=timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(timeout=10)
+    return p.returncode
 
 
 class _Process:
@@ -455,22 +474,10 @@ class _Process:
         return self.popen.pid if self.popen is not None else None
 
     def _terminate(self, timeout: float) -> int | None:
-        p = self.popen
-        if p is None:
+        if self.popen is None:
             return None
         try:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)  # twistd shuts down gracefully on SIGTERM
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(timeout=timeout)
-            # kill whatever is left in the process group (the process itself if it hung,
-            # plus any stray children such as an interrupted 'sleep')
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(p.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
-            return p.returncode
+            return terminate(self.popen, timeout)
         finally:
             _LIVE.discard(self)
 
@@ -523,9 +530,12 @@ class Master(_Process):
         return self.www_url + "api/v2/"
 
     # -- lifecycle ------------------------------------------------------------------------
-    def create(self) -> Master:
+    def create(self, extra_args: Sequence[str] = ()) -> Master:
+        """``buildbot create-master`` (``extra_args``: its options, e.g. ``--db=URL``), then
+        write the cfg text. Note that create-master exits 0 even when it could not create
+        the database."""
         os.makedirs(os.path.dirname(self.basedir) or ".", exist_ok=True)
-        cmd = [venv_exe("buildbot"), "create-master", "--quiet", self.basedir]
+        cmd = [venv_exe("buildbot"), "create-master", "--quiet", *extra_args, self.basedir]
         res = subprocess.run(
             cmd,
             env=self._env(),
@@ -547,7 +557,17 @@ class Master(_Process):
 
     def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> Master:
         """Start and wait (bounded) until 'BuildMaster is running' and the REST API answers."""
+        self.spawn()
+        return self.wait_running(timeout)
+
+    def spawn(self) -> None:
+        """Start the master process without waiting (see :meth:`wait_running`): several
+        masters start side by side."""
         self._spawn([venv_exe("buildbot"), "start", "--nodaemon", self.basedir])
+
+    def wait_running(self, timeout: float = DEFAULT_START_TIMEOUT) -> Master:
+        """Wait (bounded) until the spawned master logs 'BuildMaster is running' and its
+        REST API answers; stop it and raise if it does not."""
 
         def ready() -> bool:
             if not self.is_running:

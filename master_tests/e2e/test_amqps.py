@@ -29,6 +29,7 @@ import pytest
 from master_tests import rabbitmq
 
 from . import harness
+from . import tls_checks
 from .test_tls import Certs
 from .tls_checks import assert_certificate_rejected
 from .transport_suite import PASSWD
@@ -65,7 +66,7 @@ class AmqpsEnv(TransportEnv):
         super().__init__(suite, root)
         certs = self.certs = suite.certs
         self.broker = suite.broker
-        wrong_fp = ("00" + certs.fingerprint[2:]).upper()
+        wrong_fp = tls_checks.wrong_fingerprint(certs.fingerprint)
         args = {"wrong-ca": ("--tls-ca-file", certs.other_ca_file),
                 "pin-bad": ("--tls-fingerprint", wrong_fp)}
         line = f"worker.MsgWorker({WORKER!r}, {PASSWD!r}),"

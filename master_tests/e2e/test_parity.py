@@ -18,6 +18,7 @@ import time
 import pytest
 
 from . import harness
+from . import list_args_cfg
 from . import parity_cfg as P
 from .harness import CANCELLED
 from .harness import EXCEPTION
@@ -252,6 +253,22 @@ def test_file_commands(parity_env):
     assert not os.path.exists(os.path.join(root, "a", "g2.log"))
     assert not os.path.exists(os.path.join(root, "copy"))
     assert not os.path.exists(os.path.join(root, "l1"))
+
+
+def test_list_arguments(parity_env, protocol):
+    """mkdir, rmfile and rmdir of lists (Buildbot's msgpack takes mkdir and rmdir lists):
+    msg takes them all; PB's own translation fails on a mkdir list, as it always did."""
+    b = parity_env.build(list_args_cfg.BUILDER)
+    if protocol.name == "pb":
+        assert b["results"] in (EXCEPTION, FAILURE), parity_env.master.build_summary(b["buildid"])
+        return
+    assert b["results"] == SUCCESS, parity_env.master.build_summary(b["buildid"])
+    props = parity_env.master.build_properties(b["buildid"])
+    assert props["lists_ok"] is True
+    assert re.fullmatch(r"127\.0\.0\.1:[1-9][0-9]*", props["peer"]), props["peer"]
+    root = os.path.join(worker_builddir(parity_env, list_args_cfg.BUILDER), "build",
+                        "listroot")
+    assert sorted(os.listdir(root)) == []  # made, then removed again, on the worker
 
 
 # ------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from . import harness
+from . import tls_checks
 from .multi_worker_env import MultiWorkerEnv
 
 REJECT_WAIT = 15  # seconds a rejected worker must stay unattached
@@ -103,7 +104,7 @@ class TLSEnv(MultiWorkerEnv):
         self.certs = Certs(os.path.join(root, "certs"))
         self.amp_port = harness.free_port()
         fp = self.certs.fingerprint
-        wrong_fp = ":".join(re.findall("..", ("00" + fp[2:]).upper()))  # colon/case variant
+        wrong_fp = ":".join(re.findall("..", tls_checks.wrong_fingerprint(fp)))  # colons
         right_fp = ":".join(re.findall("..", fp.upper()))
         ca, other = self.certs.ca_file, self.certs.other_ca_file
         #: name -> (create spec, extra create args, master host:port)

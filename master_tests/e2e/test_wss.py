@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from . import harness
+from . import tls_checks
 from .test_tls import Certs
 from .tls_checks import assert_certificate_rejected
 from .transport_suite import PASSWD
@@ -37,7 +38,7 @@ class WssEnv(TransportEnv):
     def __init__(self, suite: TestWss, root: str) -> None:
         super().__init__(suite, root)
         certs = self.certs = suite.certs
-        wrong_fp = ("00" + certs.fingerprint[2:]).upper()
+        wrong_fp = tls_checks.wrong_fingerprint(certs.fingerprint)
         #: name -> extra create-worker options; registered on the master with the same
         #: password, so only the TLS check keeps them out
         self.rejected_specs = {

@@ -23,3 +23,10 @@ def assert_certificate_rejected(master: harness.Master, worker: harness.Worker, 
     assert why in rejections[0], rejections[0]
     assert address in rejections[0], rejections[0]
     assert "Connected to buildmaster" not in log
+
+
+def wrong_fingerprint(fingerprint: str) -> str:
+    """A pin that is surely not ``fingerprint`` (its first byte changed), upper case; a
+    fixed first byte would match the real certificate once in 256 runs."""
+    first = "ff" if fingerprint[:2].lower() == "00" else "00"
+    return (first + fingerprint[2:]).upper()

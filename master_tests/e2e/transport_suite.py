@@ -4,19 +4,25 @@ A subclass names the transport and says how the master listens for it
 (``c['protocols']['msg']['transports']``) and how the worker is created; the suite
 then runs real builds through a real master and worker over that transport: a shell
 step, a file download and upload checked byte for byte, an interrupted command, and
-a worker reconnect.
+a worker reconnect; mkdir, rmfile and rmdir of lists, and the master's
+``Connection.get_peer()`` in Buildbot's ``host:port`` form.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import subprocess
 import time
 from typing import Any
 
 import pytest
 
+from buildbot_worker_msgproto.check.diagnosis import Outcome
+
 from . import harness
+from . import list_args_cfg
 
 WORKER = "tw"
 PASSWD = "transport-pw"
@@ -109,6 +115,43 @@ class TransportSuite:
         assert build["results"] in (harness.CANCELLED, harness.EXCEPTION, harness.FAILURE)
         assert time.monotonic() - started < 60
 
+    def test_list_arguments_and_peer(self, env: TransportEnv) -> None:
+        """Lists of paths work as over Buildbot's msgpack; get_peer() is host:port (over
+        AMQP the host is the worker's AMQP user at the broker)."""
+        build = env.master.run_build(list_args_cfg.BUILDER, timeout=60)
+        assert build["results"] == harness.SUCCESS, env.master.build_summary(build["buildid"])
+        props = env.master.build_properties(build["buildid"])
+        assert props["lists_ok"] is True
+        assert re.fullmatch(r"([\w.-]+@)?127\.0\.0\.1:[1-9][0-9]*", props["peer"]), props["peer"]
+
+    def test_check_connection(self, env: TransportEnv) -> None:
+        """check-connection of the running worker's basedir: authenticated over this
+        transport, never attached, the worker undisturbed.  Over amqp the worker's broker
+        user has one exclusive queue: the broker refuses the check while the worker runs
+        (diagnosed, the worker untouched); once the worker stops, it authenticates."""
+        command = [harness.venv_exe("buildbot-worker-msgproto"), "check-connection",
+                   "--timeout", "30", env.worker.basedir]
+        attached = env.master.log_text().count("attaching over msgproto")
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if self.transport == "amqp":
+            assert result.returncode == int(Outcome.QUEUE_IN_USE), \
+                result.stdout + result.stderr
+            assert "its queue is in use, by the running worker" in result.stdout
+            env.worker.stop()
+            env.master.wait_worker_disconnected(WORKER, 60)
+            try:
+                result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            finally:
+                env.worker.start()
+            env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"transport:    {self.transport}" in result.stdout
+        assert "connection check of worker" in env.master.log_text()
+        assert env.master.log_text().count("attaching over msgproto") == attached + (
+            self.transport == "amqp")  # the restarted worker's own attach
+        assert env.master.worker_data(WORKER)["connected_to"]
+        assert env.master.run_build("shell", timeout=60)["results"] == harness.SUCCESS
+
     def test_reconnect(self, env: TransportEnv) -> None:
         env.worker.stop()
         env.master.wait_worker_disconnected(WORKER, 60)
@@ -137,7 +180,8 @@ class TransportEnv:
                         f"'transports': {transports_py}}}}}")
         extra = f"DATA_FILE = {self.data_file!r}\nFILE_SIZE = {FILE_SIZE}\n"
         cfg = harness.make_master_cfg(protocols_py, f"worker.MsgWorker({WORKER!r}, {PASSWD!r})",
-                                      self.port, www_port, extra + BUILDERS_PY)
+                                      self.port, www_port,
+                                      extra + BUILDERS_PY + list_args_cfg.builders_py())
         self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
                                      master_port=self.port)
         basedir = os.path.join(root, "worker")

@@ -20,7 +20,7 @@ is delivered, or its sender's transport reports closed.  The broker connection i
 re-established by itself on both sides (Twisted's ``ClientService``); sessions do not
 survive a broker restart.
 
-The package: :mod:`.options` (options, names, broker permissions), :mod:`.broker` (a
+The package: :mod:`.options` (the declared options, names, broker permissions), :mod:`.broker` (a
 broker connection and the endpoint that opens one), :mod:`.session` (a session's
 transport, either side), :mod:`.master` and :mod:`.worker`.
 """
@@ -31,9 +31,10 @@ from buildbot_worker_msgproto.transports.amqp.master import AmqpListening
 from buildbot_worker_msgproto.transports.amqp.master import listen
 from buildbot_worker_msgproto.transports.amqp.options import BROKER_MAX_MESSAGE
 from buildbot_worker_msgproto.transports.amqp.options import DEFAULT_USER
+from buildbot_worker_msgproto.transports.amqp.options import AmqpMasterOptions
+from buildbot_worker_msgproto.transports.amqp.options import AmqpWorkerOptions
 from buildbot_worker_msgproto.transports.amqp.options import Names
 from buildbot_worker_msgproto.transports.amqp.options import master_permissions
-from buildbot_worker_msgproto.transports.amqp.options import validate_options
 from buildbot_worker_msgproto.transports.amqp.options import worker_permissions
 from buildbot_worker_msgproto.transports.amqp.session import AmqpClientTransport
 from buildbot_worker_msgproto.transports.amqp.session import AmqpPeer
@@ -42,8 +43,10 @@ from buildbot_worker_msgproto.transports.amqp.worker import client_endpoint
 from buildbot_worker_msgproto.transports.amqp.worker import client_factory
 
 NAME = "amqp"
+MasterOptions = AmqpMasterOptions
+WorkerOptions = AmqpWorkerOptions
 
 __all__ = ["BROKER_MAX_MESSAGE", "DEFAULT_USER", "NAME", "AmqpClientEndpoint",
-           "AmqpClientTransport", "AmqpListening", "AmqpPeer", "Names", "client_endpoint",
-           "client_factory", "listen", "master_permissions", "validate_options",
-           "worker_permissions"]
+           "AmqpClientTransport", "AmqpListening", "AmqpMasterOptions", "AmqpPeer",
+           "AmqpWorkerOptions", "MasterOptions", "Names", "WorkerOptions", "client_endpoint",
+           "client_factory", "listen", "master_permissions", "worker_permissions"]

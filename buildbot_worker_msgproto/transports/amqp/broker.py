@@ -102,9 +102,11 @@ class BrokerLink:
         except Exception as e:  # e.g. the channel is closing
             return defer.fail(e)
 
-    async def consume(self, queue: str, on_message: Callable[[Any, bytes], None]) -> None:
+    async def consume(self, queue: str, on_message: Callable[[Any, bytes], None],
+                      exclusive: bool = True) -> None:
+        """Consume ``queue`` (``exclusive``: as its only consumer)."""
         queue_object, _tag = await self.channel.basic_consume(queue=queue, auto_ack=False,
-                                                              exclusive=True)
+                                                              exclusive=exclusive)
         self._drain(queue_object, on_message)
 
     def _drain(self, queue_object: Any, on_message: Callable[[Any, bytes], None]) -> None:

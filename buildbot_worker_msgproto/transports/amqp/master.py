@@ -19,9 +19,8 @@ from twisted.python import log
 from twisted.python.failure import Failure
 
 from buildbot_worker_msgproto.reach.tls import load_trust_root
-from buildbot_worker_msgproto.transports.amqp import options as amqp_options
 from buildbot_worker_msgproto.transports.amqp.broker import LinkEndpoint
-from buildbot_worker_msgproto.transports.amqp.options import Names
+from buildbot_worker_msgproto.transports.amqp.options import AmqpMasterOptions
 from buildbot_worker_msgproto.transports.amqp.options import describe
 from buildbot_worker_msgproto.transports.amqp.session import AmqpPeer
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
@@ -32,6 +31,8 @@ from buildbot_worker_msgproto.transports.messaging import MessageListening
 
 #: How the master retries its broker connection (seconds; the worker uses its own policy).
 MASTER_RETRY = backoffPolicy(initialDelay=0.5, maxDelay=10.0)
+#: The master queue's arguments: several masters consume it, one at a time.
+MASTER_QUEUE_ARGUMENTS = {"x-single-active-consumer": True}
 #: Sessions refused by a ``close`` (remembered so that each is told once).
 REFUSED_REMEMBERED = 1000
 
@@ -53,18 +54,16 @@ class AmqpListening(MessageListening):
     """The master's broker connection: consumes its queue, one session per worker
     session; a ``Listening``."""
 
-    def __init__(self, reactor: Any, options: dict[str, Any],
+    def __init__(self, reactor: Any, options: AmqpMasterOptions,
                  new_receiver: ReceiverFactory) -> None:
         super().__init__(new_receiver)
-        options = amqp_options.checked(options, amqp_options.MASTER_OPTIONS, "master")
         self.reactor = reactor
-        self.names = Names(options["exchange"], options["queue"],
-                           options["worker_queue_prefix"])
-        parameters = pika.URLParameters(options["url"])
-        parameters.heartbeat = options["heartbeat"]
+        self.names = options.names
+        parameters = pika.URLParameters(options.url)
+        parameters.heartbeat = options.heartbeat
         parameters.client_properties = {"connection_name": "msgproto master"}
-        self.encrypted = urlsplit(options["url"]).scheme == "amqps"
-        self.ca_file = options["ca_file"]
+        self.encrypted = urlsplit(options.url).scheme == "amqps"
+        self.ca_file = options.ca_file
         self.host = parameters.host
         self.port = parameters.port
         self.vhost = parameters.virtual_host
@@ -73,7 +72,7 @@ class AmqpListening(MessageListening):
         self._refused: dict[str, None] = {}
         self._stopped: defer.Deferred | None = None
         endpoint = LinkEndpoint(reactor, self._broker_endpoint(), parameters,
-                                options["prefetch"], self._setup, "msgproto: amqp",
+                                options.prefetch, self._setup, "msgproto: amqp",
                                 f"{self.host}:{self.port}")
         self.service = ClientService(endpoint, ReceiverProtocolFactory(_LinkProtocol,
                                                                        lambda: self),
@@ -95,12 +94,15 @@ class AmqpListening(MessageListening):
         channel = link.channel
         await channel.exchange_declare(exchange=self.names.exchange,
                                        exchange_type="direct", durable=True)
-        await channel.queue_declare(queue=self.names.master_queue, exclusive=True,
-                                    auto_delete=True)
+        # Shared by every master on the broker, one of them consuming at a time (RabbitMQ's
+        # single active consumer): when it stops or dies, the next master gets the
+        # workers' messages at once.  Auto-deleted: it exists while a master listens.
+        await channel.queue_declare(queue=self.names.master_queue, exclusive=False,
+                                    auto_delete=True, arguments=MASTER_QUEUE_ARGUMENTS)
         await channel.queue_bind(queue=self.names.master_queue, exchange=self.names.exchange,
                                  routing_key=self.names.master_queue)
         link.on_returned = self._returned
-        await link.consume(self.names.master_queue, self._message)
+        await link.consume(self.names.master_queue, self._message, exclusive=False)
         proto = factory.buildProtocol(None)
         proto.makeConnection(link)
         link.when_lost().addCallback(
@@ -187,8 +189,7 @@ class AmqpListening(MessageListening):
         return f"amqp://{self.host}:{self.port}/{self.vhost} queue {self.names.master_queue}"
 
 
-async def listen(reactor: Any, options: dict[str, Any],
+async def listen(reactor: Any, options: AmqpMasterOptions | dict[str, Any],
                  new_receiver: ReceiverFactory) -> AmqpListening:
     """Connect to the broker and consume the master queue (reconnecting by itself)."""
-    amqp_options.validate_options(options)
-    return await AmqpListening(reactor, options, new_receiver).start()
+    return await AmqpListening(reactor, AmqpMasterOptions.parse(options), new_receiver).start()

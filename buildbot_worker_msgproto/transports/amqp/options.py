@@ -1,5 +1,6 @@
-"""The options of the amqp transport with their defaults, the names both sides agree on,
-the broker permissions they need (docs/transports/amqp.rst), and readable errors."""
+"""The options of the amqp transport, declared with their defaults, the names both sides
+agree on, the broker permissions they need (docs/transports/amqp.rst), and readable
+errors."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from pika import exceptions as pika_exceptions
 from twisted.internet import defer
 
 from buildbot_worker_msgproto.reach.tls import load_trust_root
+from buildbot_worker_msgproto.transports.options import TransportOptions
+from buildbot_worker_msgproto.transports.options import option
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 DEFAULT_PORT = 5672
@@ -33,63 +36,6 @@ BROKER_MAX_MESSAGE = 128 * 1024 * 1024
 CONNECT_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 10.0
 
-MASTER_OPTIONS = {"url": DEFAULT_URL, "exchange": DEFAULT_EXCHANGE,
-                  "queue": DEFAULT_MASTER_QUEUE,
-                  "worker_queue_prefix": DEFAULT_WORKER_QUEUE_PREFIX,
-                  "prefetch": DEFAULT_PREFETCH, "heartbeat": DEFAULT_HEARTBEAT,
-                  # amqps:// only: PEM file of the CAs that verify the broker certificate,
-                  # instead of the system's (None: the system's trusted CAs)
-                  "ca_file": None}
-WORKER_OPTIONS = {"user": DEFAULT_USER, "password": DEFAULT_PASSWORD, "vhost": DEFAULT_VHOST,
-                  "exchange": DEFAULT_EXCHANGE, "master_queue": DEFAULT_MASTER_QUEUE,
-                  "worker_queue_prefix": DEFAULT_WORKER_QUEUE_PREFIX,
-                  "prefetch": DEFAULT_PREFETCH, "heartbeat": DEFAULT_HEARTBEAT}
-
-
-def checked(options: dict[str, Any], defaults: dict[str, Any], side: str) -> dict[str, Any]:
-    """``options`` with ``defaults`` filled in, checked (the worker CLI gives strings)."""
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown amqp {side} options {unknown}; known: {sorted(defaults)}")
-    merged = dict(defaults, **options)
-    for key in ("prefetch", "heartbeat"):
-        value = merged[key]
-        try:
-            merged[key] = int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"amqp option {key!r} must be an integer, not {value!r}")
-        low = 1 if key == "prefetch" else 0
-        if not low <= merged[key] <= 65535:
-            raise ValueError(f"amqp option {key!r} must be between {low} and 65535")
-    for key, value in merged.items():
-        if key in ("prefetch", "heartbeat") or (key == "ca_file" and value is None):
-            continue
-        if not isinstance(value, str) or (not value and key != "password"):
-            raise ValueError(f"amqp option {key!r} must be a non-empty string")
-        if key not in ("url", "password", "vhost", "user", "ca_file") \
-                and len(value.encode()) > 200:
-            raise ValueError(f"amqp option {key!r} is too long for an AMQP name")
-    return merged
-
-
-def validate_options(options: dict[str, Any]) -> None:
-    """Master side: ``url``, ``exchange``, ``queue``, ``worker_queue_prefix``,
-    ``prefetch``, ``heartbeat``, ``ca_file`` (all optional; defaults in
-    :data:`MASTER_OPTIONS`)."""
-    merged = checked(options, MASTER_OPTIONS, "master")
-    scheme = urlsplit(merged["url"]).scheme
-    if scheme not in ("amqp", "amqps"):
-        raise ValueError(f"the amqp 'url' must start with amqp:// or amqps://, "
-                         f"not {merged['url']!r}")
-    try:
-        pika.URLParameters(merged["url"])
-    except Exception as e:
-        raise ValueError(f"invalid amqp 'url': {e}")
-    if merged["ca_file"] is not None:
-        if scheme != "amqps":
-            raise ValueError("the amqp 'ca_file' needs an amqps:// 'url'")
-        load_trust_root(merged["ca_file"])  # a clear error now rather than at connect time
-
 
 @dataclasses.dataclass(frozen=True)
 class Names:
@@ -101,6 +47,99 @@ class Names:
 
     def worker_queue(self, user: str) -> str:
         return self.worker_queue_prefix + user
+
+
+#: Longest exchange or queue name accepted (bytes; AMQP allows 255, a worker's queue
+#: adds its user name to the prefix).
+MAX_NAME = 200
+
+
+def _check_names(options: TransportOptions, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if len(getattr(options, key).encode()) > MAX_NAME:
+            raise options.error(key, f"is too long for an AMQP name (at most {MAX_NAME} "
+                                     "bytes)")
+
+
+@dataclasses.dataclass(frozen=True)
+class AmqpMasterOptions(TransportOptions):
+    """The master's broker connection and its exchange and queue."""
+
+    label = "amqp master"
+
+    url: str = option(
+        DEFAULT_URL,
+        doc="Broker, master's AMQP user and password, virtual host (URL-encoded; ``%2F`` is "
+            "``/``).  ``amqps://`` connects with TLS (port 5671 by default), verifying the "
+            "broker's certificate against the system's trust roots or ``ca_file``.")
+    exchange: str = option(DEFAULT_EXCHANGE, doc="The direct exchange workers publish to.")
+    queue: str = option(
+        DEFAULT_MASTER_QUEUE,
+        doc="The masters' shared queue (bound to the exchange under its own name; one master "
+            "consumes it at a time).")
+    worker_queue_prefix: str = option(
+        DEFAULT_WORKER_QUEUE_PREFIX,
+        doc="A worker's queue is this prefix followed by its AMQP user name.")
+    prefetch: int = option(
+        DEFAULT_PREFETCH, minimum=1, maximum=65535,
+        doc="Unacknowledged deliveries the broker may push to the master at once.")
+    heartbeat: int = option(
+        DEFAULT_HEARTBEAT, minimum=0, maximum=65535,
+        doc="AMQP heartbeat with the broker in seconds (``0`` turns it off).")
+    ca_file: str | None = option(
+        None, default_doc="(none: the system's CAs)",
+        doc="``amqps://`` only: PEM file of the CAs that verify the broker's certificate, "
+            "instead of the system's.")
+
+    def check(self) -> None:
+        super().check()
+        _check_names(self, ("exchange", "queue", "worker_queue_prefix"))
+        scheme = urlsplit(self.url).scheme
+        if scheme not in ("amqp", "amqps"):
+            raise ValueError(f"the amqp 'url' must start with amqp:// or amqps://, "
+                             f"not {self.url!r}")
+        try:
+            pika.URLParameters(self.url)
+        except Exception as e:
+            raise ValueError(f"invalid amqp 'url': {e}")
+        if self.ca_file is not None:
+            if scheme != "amqps":
+                raise ValueError("the amqp 'ca_file' needs an amqps:// 'url'")
+            load_trust_root(self.ca_file)  # a clear error now rather than at connect time
+
+    @property
+    def names(self) -> Names:
+        return Names(self.exchange, self.queue, self.worker_queue_prefix)
+
+
+@dataclasses.dataclass(frozen=True)
+class AmqpWorkerOptions(TransportOptions):
+    """The worker's broker account and the names the master uses."""
+
+    label = "amqp worker"
+
+    user: str = option(DEFAULT_USER, doc="The worker's AMQP user (see above).")
+    password: str = option(DEFAULT_PASSWORD, empty=True,
+                           doc="The worker's AMQP password (see above).")
+    vhost: str = option(DEFAULT_VHOST, doc="The virtual host, as the master's URL names it.")
+    exchange: str = option(DEFAULT_EXCHANGE, doc="Must equal the master's ``exchange``.")
+    master_queue: str = option(
+        DEFAULT_MASTER_QUEUE,
+        doc="Must equal the master's ``queue``; it is the routing key of the worker's frames.")
+    worker_queue_prefix: str = option(DEFAULT_WORKER_QUEUE_PREFIX,
+                                      doc="Must equal the master's.")
+    prefetch: int = option(DEFAULT_PREFETCH, minimum=1, maximum=65535,
+                           doc="As on the master, for the worker's queue.")
+    heartbeat: int = option(DEFAULT_HEARTBEAT, minimum=0, maximum=65535,
+                            doc="As on the master.")
+
+    def check(self) -> None:
+        super().check()
+        _check_names(self, ("exchange", "master_queue", "worker_queue_prefix"))
+
+    @property
+    def names(self) -> Names:
+        return Names(self.exchange, self.master_queue, self.worker_queue_prefix)
 
 
 def worker_permissions(user: str, names: Names = Names()) -> tuple[str, str, str]:

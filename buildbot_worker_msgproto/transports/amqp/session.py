@@ -11,6 +11,7 @@ from pika import exceptions as pika_exceptions
 from twisted.internet import defer
 from twisted.python import log
 
+from buildbot_worker_msgproto.security import tls_info
 from buildbot_worker_msgproto.transports.amqp.broker import PublishFlow
 from buildbot_worker_msgproto.transports.amqp.options import BROKER_MAX_MESSAGE
 from buildbot_worker_msgproto.transports.messaging import Marker
@@ -26,6 +27,8 @@ class AmqpSession(MessageTransport):
     """What both ends of an amqp session do; a subclass says where messages go
     (:meth:`_send`) and how the session lets go of the broker (:meth:`_finished`)."""
 
+    transport_name = "amqp"
+
     def __init__(self, reactor: Any, sid: str, encrypted: bool,
                  user_id: str | None = None) -> None:
         super().__init__(reactor, plain_guarantees(BROKER_MAX_MESSAGE, encrypted))
@@ -38,6 +41,17 @@ class AmqpSession(MessageTransport):
     def _send(self, body: bytes, properties: Any) -> defer.Deferred:
         """Publish one message of this session (fires once the broker confirmed it)."""
         raise NotImplementedError
+
+    def encryption(self) -> str:
+        """This side's connection to the broker: the broker, not the other side, is the
+        end of this side's TLS."""
+        link = self._broker_link()
+        proto = getattr(link, "proto", None)
+        return f"{tls_info.describe(proto, self.guarantees.encrypted)} to the broker"
+
+    def _broker_link(self) -> Any:
+        """The :class:`BrokerLink` this side talks to the broker through (or None)."""
+        return None
 
     def publish(self, marker: Marker, body: bytes = b"") -> defer.Deferred:
         """Publish a marker or a frame, counted in the flow until confirmed."""
@@ -129,6 +143,9 @@ class AmqpClientTransport(AmqpSession):
         return self.link.publish(self.names.exchange, self.names.master_queue, body,
                                  properties)
 
+    def _broker_link(self) -> Any:
+        return self.link
+
     def _release(self) -> defer.Deferred:
         return self.link.close()  # fires once the connection is gone
 
@@ -155,6 +172,9 @@ class AmqpPeer(AmqpSession):
 
     def _send(self, body: bytes, properties: Any) -> defer.Deferred:
         return self.listening.publish(self.queue, body, properties)
+
+    def _broker_link(self) -> Any:
+        return self.listening.link
 
     def _release(self) -> None:
         self.listening.forget(self)

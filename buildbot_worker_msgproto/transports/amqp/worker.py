@@ -13,7 +13,7 @@ from twisted.internet import protocol
 from buildbot_worker_msgproto.reach.endpoints import client_endpoint as stream_endpoint
 from buildbot_worker_msgproto.transports.amqp import options as amqp_options
 from buildbot_worker_msgproto.transports.amqp.broker import LinkEndpoint
-from buildbot_worker_msgproto.transports.amqp.options import Names
+from buildbot_worker_msgproto.transports.amqp.options import AmqpWorkerOptions
 from buildbot_worker_msgproto.transports.amqp.session import AmqpClientTransport
 from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
@@ -27,11 +27,10 @@ class AmqpClientEndpoint(LinkEndpoint):
     broker's; the connection goes directly, with TLS, or through an SSH tunnel."""
 
     def __init__(self, reactor: Any, target: ClientTarget) -> None:
-        options = amqp_options.checked(target.options, amqp_options.WORKER_OPTIONS, "worker")
-        self.names = Names(options["exchange"], options["master_queue"],
-                           options["worker_queue_prefix"])
-        self.user = options["user"]
-        self.vhost = options["vhost"]
+        options = AmqpWorkerOptions.parse(target.options)
+        self.names = options.names
+        self.user = options.user
+        self.vhost = options.vhost
         # ``target.tls`` (CA file, pin, client certificate) implies TLS, as in client_endpoint
         self.encrypted = target.use_tls or target.tls is not None
         port = target.port or (amqp_options.DEFAULT_TLS_PORT if self.encrypted
@@ -40,11 +39,11 @@ class AmqpClientEndpoint(LinkEndpoint):
         broker = target.connection_string or f"{target.host or 'localhost'}:{port}"
         parameters = pika.ConnectionParameters(
             virtual_host=self.vhost,
-            credentials=pika.PlainCredentials(self.user, options["password"]),
-            heartbeat=options["heartbeat"],
+            credentials=pika.PlainCredentials(self.user, options.password),
+            heartbeat=options.heartbeat,
             client_properties={"connection_name": f"msgproto worker {self.user}"})
         super().__init__(reactor, stream_endpoint(reactor, target), parameters,
-                         options["prefetch"], self._setup, "msgproto-worker: amqp",
+                         options.prefetch, self._setup, "msgproto-worker: amqp",
                          f"{broker} vhost {self.vhost}")
         self.broker = broker
 
@@ -61,9 +60,8 @@ class AmqpClientEndpoint(LinkEndpoint):
 def client_endpoint(reactor: Any, target: ClientTarget) -> AmqpClientEndpoint:
     """The worker's endpoint to the broker at ``target`` host:port.
 
-    ``target.options``: ``user``, ``password``, ``vhost``, ``exchange``, ``master_queue``,
-    ``worker_queue_prefix``, ``prefetch``, ``heartbeat`` (defaults:
-    :data:`~buildbot_worker_msgproto.transports.amqp.options.WORKER_OPTIONS`).
+    ``target.options``: those of
+    :class:`~buildbot_worker_msgproto.transports.amqp.options.AmqpWorkerOptions`.
     """
     return AmqpClientEndpoint(reactor, target)
 

@@ -22,7 +22,7 @@ mark (``EAGAIN``) drops nothing: frames wait, in order, in a per-peer queue here
 receiver gets ``writable_changed(False)`` until it drains.  See ``docs/transports/zmq.rst``;
 CURVE encryption is :mod:`buildbot_worker_msgproto.security.curve`.
 
-The package: :mod:`.options` (checked options and defaults), :mod:`.sockets` (sockets in
+The package: :mod:`.options` (the declared options and defaults), :mod:`.sockets` (sockets in
 the reactor and the context that owns them), :mod:`.session` (a session's transport),
 :mod:`.router` (master) and :mod:`.dealer` (worker).
 """
@@ -33,12 +33,16 @@ from buildbot_worker_msgproto.transports.zmq.dealer import DealerTransport
 from buildbot_worker_msgproto.transports.zmq.dealer import ZmqClientEndpoint
 from buildbot_worker_msgproto.transports.zmq.dealer import client_endpoint
 from buildbot_worker_msgproto.transports.zmq.dealer import client_factory
-from buildbot_worker_msgproto.transports.zmq.options import validate_options
+from buildbot_worker_msgproto.transports.zmq.options import ZmqMasterOptions
+from buildbot_worker_msgproto.transports.zmq.options import ZmqWorkerOptions
 from buildbot_worker_msgproto.transports.zmq.router import PeerTransport
 from buildbot_worker_msgproto.transports.zmq.router import RouterListening
 from buildbot_worker_msgproto.transports.zmq.router import listen
 
 NAME = "zmq"
+MasterOptions = ZmqMasterOptions
+WorkerOptions = ZmqWorkerOptions
 
-__all__ = ["NAME", "DealerTransport", "PeerTransport", "RouterListening", "ZmqClientEndpoint",
-           "client_endpoint", "client_factory", "listen", "validate_options"]
+__all__ = ["NAME", "DealerTransport", "MasterOptions", "PeerTransport", "RouterListening",
+           "WorkerOptions", "ZmqClientEndpoint", "ZmqMasterOptions", "ZmqWorkerOptions",
+           "client_endpoint", "client_factory", "listen"]

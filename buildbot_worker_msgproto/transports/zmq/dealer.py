@@ -15,7 +15,8 @@ from buildbot_worker_msgproto.transports.base import ClientTarget
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.messaging import LinkEnded
 from buildbot_worker_msgproto.transports.messaging import session_factory
-from buildbot_worker_msgproto.transports.zmq import options as zmq_options
+from buildbot_worker_msgproto.transports.zmq.options import ZmqWorkerOptions
+from buildbot_worker_msgproto.transports.zmq.options import host_port
 from buildbot_worker_msgproto.transports.zmq.session import OPEN
 from buildbot_worker_msgproto.transports.zmq.session import ZmqTransport
 from buildbot_worker_msgproto.transports.zmq.sockets import ZmqContext
@@ -28,7 +29,7 @@ class DealerTransport(ZmqTransport):
     peer_role = "master"
 
     def __init__(self, endpoint: ZmqClientEndpoint, address: str) -> None:
-        super().__init__(endpoint.reactor, endpoint.values["linger"], endpoint.guarantees)
+        super().__init__(endpoint.reactor, endpoint.options.linger, endpoint.guarantees)
         self.endpoint = endpoint
         self.address = address
         #: Fires with the protocol once the master was heard from (see ZmqClientEndpoint).
@@ -37,7 +38,7 @@ class DealerTransport(ZmqTransport):
         self.identity = secrets.token_hex(16).encode("ascii")
         self.context = ZmqContext(endpoint.reactor)
         try:
-            self.conn = self.context.socket(pyzmq.DEALER, self, endpoint.values,
+            self.conn = self.context.socket(pyzmq.DEALER, self, endpoint.options,
                                             identity=self.identity)
             if endpoint.curve is not None:
                 endpoint.curve.apply(self.conn.socket)
@@ -97,14 +98,14 @@ class ZmqClientEndpoint:
     by ``ClientService`` as for a refused TCP connect; cancelling the attempt aborts it."""
 
     def __init__(self, reactor: Any, address: str | None, master: str,
-                 values: dict[str, int], curve_keys: curve.CurveKeys | None = None,
+                 options: ZmqWorkerOptions, curve_keys: curve.CurveKeys | None = None,
                  forward: Any = None) -> None:
         self.reactor = reactor
         self.address = address
         self.master = master
-        self.values = values
+        self.options = options
         self.curve = curve_keys
-        self.guarantees = zmq_options.guarantees(values, encrypted=curve_keys is not None)
+        self.guarantees = options.guarantees(encrypted=curve_keys is not None)
         #: An SSH tunnel's local forward (``acquire``/``release``), used while a session runs.
         self.forward = forward
 
@@ -141,8 +142,8 @@ def client_endpoint(reactor: Any, target: ClientTarget) -> ZmqClientEndpoint:
                          "docs/security/curve.rst)")
     if target.proxy_connection_string:
         raise ValueError("the zmq transport cannot tunnel through an HTTP proxy")
-    values = zmq_options.worker_values(target.options)
-    keys = curve.worker_curve(target.options)
+    options = ZmqWorkerOptions.parse(target.options)
+    keys = options.curve_keys()
     host = target.host or "localhost"
     master = f"{host}:{target.port}"
     if target.ssh is not None:
@@ -153,17 +154,17 @@ def client_endpoint(reactor: Any, target: ClientTarget) -> ZmqClientEndpoint:
         check_ssh_target(target)
         forward = LocalForward(reactor, ssh.tunnel_endpoint(reactor, target.ssh, host,
                                                             target.port))
-        return ZmqClientEndpoint(reactor, None, master, values, keys, forward)
+        return ZmqClientEndpoint(reactor, None, master, options, keys, forward)
     if target.connection_string:
         if "://" not in target.connection_string:
             raise ValueError("with the zmq transport a connection string must be a ZeroMQ "
                              f"endpoint (e.g. tcp://host:9990), not {target.connection_string!r}")
         address = target.connection_string
-        master = zmq_options.host_port(address)
+        master = host_port(address)
     else:
         address = f"tcp://{f'[{host}]' if ':' in host and not host.startswith('[') else host}" \
                   f":{target.port}"
-    return ZmqClientEndpoint(reactor, address, master, values, keys)
+    return ZmqClientEndpoint(reactor, address, master, options, keys)
 
 
 def client_factory(reactor: Any, target: ClientTarget, new_receiver: ReceiverFactory) -> Any:

@@ -17,7 +17,7 @@ from buildbot_worker_msgproto.security import curve
 from buildbot_worker_msgproto.transports.base import ReceiverFactory
 from buildbot_worker_msgproto.transports.messaging import Marker
 from buildbot_worker_msgproto.transports.messaging import MessageListening
-from buildbot_worker_msgproto.transports.zmq import options as zmq_options
+from buildbot_worker_msgproto.transports.zmq.options import ZmqMasterOptions
 from buildbot_worker_msgproto.transports.zmq.session import CLOSE
 from buildbot_worker_msgproto.transports.zmq.session import ZmqTransport
 from buildbot_worker_msgproto.transports.zmq.session import message_marker
@@ -48,7 +48,7 @@ class PeerTransport(ZmqTransport):
 
     def __init__(self, router: RouterListening, identity: bytes, address: str | None,
                  port: int = 0, curve_key_name: str | None = None) -> None:
-        super().__init__(router.reactor, router.values["linger"], router.guarantees)
+        super().__init__(router.reactor, router.options.linger, router.guarantees)
         self.router = router
         self.slot = self.session = self.identity = identity
         self.address = address
@@ -83,19 +83,19 @@ class RouterListening(MessageListening):
     """The master's single ROUTER socket, serving every worker; a ``Listening``.  It owns
     its ZeroMQ context and, with CURVE, the ZAP handler in it."""
 
-    def __init__(self, reactor: Any, values: dict[str, int], new_receiver: ReceiverFactory,
+    def __init__(self, reactor: Any, options: ZmqMasterOptions, new_receiver: ReceiverFactory,
                  curve_keys: tuple[curve.CurveKeys, str] | None = None) -> None:
         super().__init__(new_receiver)
         self.reactor = reactor
-        self.values = values
-        self.guarantees = zmq_options.guarantees(values, encrypted=curve_keys is not None)
+        self.options = options
+        self.guarantees = options.guarantees(encrypted=curve_keys is not None)
         self.blocked: dict[bytes, PeerTransport] = {}
         self.context = ZmqContext(reactor)
-        self.conn = self.context.socket(pyzmq.ROUTER, self, values)
+        self.conn = self.context.socket(pyzmq.ROUTER, self, options)
         sock = self.conn.socket
         sock.set(pyzmq.ROUTER_MANDATORY, 1)  # EAGAIN / EHOSTUNREACH instead of dropping
         sock.set(pyzmq.ROUTER_HANDOVER, 1)  # a reconnecting DEALER gets its identity back
-        sock.set(pyzmq.BACKLOG, values["backlog"])
+        sock.set(pyzmq.BACKLOG, options.backlog)
         self.zap: curve.ZapHandler | None = None
         if curve_keys is not None:
             keys, directory = curve_keys
@@ -135,7 +135,7 @@ class RouterListening(MessageListening):
                 peer.end("the zmq listener stopped", tell_peer=True)
             with contextlib.suppress(pyzmq.ZMQError):
                 self.conn.socket.unbind(self.endpoint)  # stop accepting at once
-        return defer.ensureDeferred(self._close(self.values["linger"]))
+        return defer.ensureDeferred(self._close(self.options.linger))
 
     async def _close(self, linger: int) -> None:
         self.conn.close(linger)
@@ -193,11 +193,10 @@ class RouterListening(MessageListening):
                 self.conn.send_parts([identity, *CLOSE])
 
 
-async def listen(reactor: Any, options: dict[str, Any],
+async def listen(reactor: Any, options: ZmqMasterOptions | dict[str, Any],
                  new_receiver: ReceiverFactory) -> RouterListening:
     """Bind the master's one ROUTER socket; every worker is a peer of it."""
-    zmq_options.validate_options(options)
-    listening = RouterListening(reactor, zmq_options.master_values(options), new_receiver,
-                                curve.master_curve(options))
-    await listening.bind(zmq_options.bind_endpoint(options))
+    options = ZmqMasterOptions.parse(options)
+    listening = RouterListening(reactor, options, new_receiver, options.curve_keys())
+    await listening.bind(options.bind_endpoint())
     return listening

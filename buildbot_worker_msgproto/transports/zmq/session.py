@@ -31,12 +31,17 @@ class ZmqTransport(MessageTransport):
     """A session's messages go out in order through a queue that keeps those ZeroMQ
     refused with ``EAGAIN`` (the master's per-peer transport, the worker's transport)."""
 
+    transport_name = "zmq"
+
     def __init__(self, reactor: Any, linger: int, guarantees: Any) -> None:
         super().__init__(reactor, guarantees)
         self.linger = linger
         self.queue: collections.deque[tuple[bytes, ...]] = collections.deque()
         self.close_sent = False
         self._linger_timer = None
+
+    def encryption(self) -> str:
+        return "CURVE" if self.guarantees.encrypted else "none"
 
     def _send_now(self, message: tuple[bytes, ...]) -> None:
         """Hand one message to ZeroMQ or raise ``ZMQError``."""

@@ -17,6 +17,8 @@ from twisted.python import log
 from txzmq import ZmqFactory
 from txzmq.connection import ZmqConnection
 
+from buildbot_worker_msgproto.transports.zmq.options import ZmqSocketOptions
+
 #: Messages read per reactor turn before letting other events run.
 READ_BATCH = 512
 #: Seconds after which sends refused at a high-water mark are retried, in case ZeroMQ's
@@ -34,11 +36,12 @@ class ZmqContext:
         # if the reactor stops first: close what is left and terminate (txzmq's way)
         self.factory.registerForShutdown()
 
-    def socket(self, socket_type: int, owner: Any, options: dict[str, int] | None = None,
+    def socket(self, socket_type: int, owner: Any, options: ZmqSocketOptions | None = None,
                identity: bytes | None = None, linger: int | None = None) -> ZmqSocket:
         """A socket reporting to ``owner`` (``message_received`` and ``writable_again``),
-        with the high-water marks, ``max_message_size`` and ``linger`` of ``options``."""
-        return ZmqSocket(self.factory, socket_type, owner, options or {}, identity, linger)
+        with the high-water marks, ``max_message_size`` and ``linger`` of ``options``
+        (None: ZeroMQ's defaults and no linger)."""
+        return ZmqSocket(self.factory, socket_type, owner, options, identity, linger)
 
     def close(self) -> defer.Deferred:
         """Terminate the context once its sockets are closed.  ZeroMQ flushes a closed
@@ -69,7 +72,7 @@ class ZmqSocket(ZmqConnection):
     """
 
     def __init__(self, factory: ZmqFactory, socket_type: int, owner: Any,
-                 options: dict[str, int], identity: bytes | None = None,
+                 options: ZmqSocketOptions | None, identity: bytes | None = None,
                  linger: int | None = None) -> None:
         self.socketType = socket_type  # noqa: N815 - txzmq's name
         self.owner = owner
@@ -77,11 +80,12 @@ class ZmqSocket(ZmqConnection):
         self._retry = None
         super().__init__(factory, identity=identity)  # no endpoint yet: options first
         sock = self.socket
-        for key, option in (("sndhwm", pyzmq.SNDHWM), ("rcvhwm", pyzmq.RCVHWM),
-                            ("max_message_size", pyzmq.MAXMSGSIZE)):
-            if key in options:
-                sock.set(option, options[key])
-        linger = options.get("linger", 0) if linger is None else linger
+        if options is not None:
+            sock.set(pyzmq.SNDHWM, options.sndhwm)
+            sock.set(pyzmq.RCVHWM, options.rcvhwm)
+            sock.set(pyzmq.MAXMSGSIZE, options.max_message_size)
+        if linger is None:
+            linger = options.linger if options is not None else 0
         sock.set(pyzmq.LINGER, linger)
 
     def doRead(self) -> None:  # noqa: N802 - Twisted's name

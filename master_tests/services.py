@@ -1,0 +1,136 @@
+"""What the private test services of the multi-master tests (``master_tests/postgres.py``,
+``master_tests/crossbar.py``) share: a service run by its ``scripts/`` control script in a
+temporary directory of its own on a free 127.0.0.1 port, started once per pytest session
+(per pytest-xdist worker) and stopped by its PID at the end."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Callable
+from typing import Generic
+from typing import TypeVar
+
+import pytest
+
+from master_tests import system_deps
+from master_tests.e2e.harness import free_port
+
+SCRIPTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "scripts")
+START_TIMEOUT = 90
+STOP_TIMEOUT = 60
+
+
+def unavailable(message: str) -> None:
+    """A service the tests need is not installed: skip the test on a developer's machine,
+    fail it under scripts/run-tests or in CI (:func:`master_tests.system_deps.required`)."""
+    system_deps.unavailable(message)
+
+
+class ScriptService:
+    """A service that ``scripts/<script> start|stop DIR [PORT]`` controls, with its files
+    in ``directory`` and its log in ``directory/<log_name>``."""
+
+    script = ""
+    log_name = ""
+    #: file under ``directory`` that exists while the service may be running
+    pid_file = ""
+
+    def __init__(self, directory: str, port: int | None = None) -> None:
+        self.directory = directory
+        self.port = port if port is not None else free_port()
+
+    @classmethod
+    def missing(cls) -> str | None:
+        """Why the service cannot run here (None: it can)."""
+        return None
+
+    def start(self):
+        self.run_script("start", self.directory, str(self.port), timeout=START_TIMEOUT)
+        return self
+
+    def stop(self) -> None:
+        self.run_script("stop", self.directory, timeout=STOP_TIMEOUT)
+
+    def run_script(self, *args: str, timeout: float) -> str:
+        """Run ``scripts/<script> ARGS...``; its stdout, or RuntimeError with its output and
+        the tail of the service's log."""
+        result = subprocess.run([os.path.join(SCRIPTS_DIR, self.script), *args],
+                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"scripts/{self.script} {' '.join(args)} failed "
+                               f"({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
+                               f"{self.log_tail()}")
+        return result.stdout
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = os.path.join(self.directory, self.log_name)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                return f"---- {path} ----\n" + "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    @classmethod
+    def start_private(cls):
+        """One of its own, in a new directory under /tmp (a directory pytest's basetemp,
+        0700, would keep another user out); skips (fails in CI) if it cannot run here.
+        Stop it with :meth:`stop_private`."""
+        why = cls.missing()
+        if why:
+            unavailable(why)
+        service = cls(tempfile.mkdtemp(prefix=f"msgproto-{cls.script}-"))
+        try:
+            return service.start()
+        except BaseException:
+            service.stop_private()
+            raise
+
+    def stop_private(self) -> None:
+        """Stop it (if it may run) and remove its directory."""
+        try:
+            if os.path.exists(os.path.join(self.directory, self.pid_file)):
+                self.stop()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+S = TypeVar("S", bound=ScriptService)
+
+
+class Shared(Generic[S]):
+    """The session's one instance of a service: started on first use, stopped by
+    :meth:`close` (the session fixture's end) or at interpreter exit."""
+
+    def __init__(self, start: Callable[[], S]) -> None:
+        self._start = start
+        self._service: S | None = None
+
+    def current(self) -> S:
+        if self._service is None:
+            self._service = self._start()
+            atexit.register(self.close)
+        return self._service
+
+    def close(self) -> None:
+        service, self._service = self._service, None
+        if service is not None:
+            with contextlib.suppress(Exception):
+                service.stop_private()
+
+    def fixture(self, name: str, doc: str):
+        """A session-scoped pytest fixture called ``name`` that gives the service and
+        stops it at the end of the session."""
+
+        def service_fixture():
+            yield self.current()
+            self.close()
+
+        service_fixture.__doc__ = doc
+        return pytest.fixture(scope="session", name=name)(service_fixture)

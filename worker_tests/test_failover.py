@@ -1,0 +1,122 @@
+"""A worker's list of masters: the order it tries them in, and failover between them."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from twisted.internet import defer
+from twisted.internet import error
+from twisted.internet import task
+
+from buildbot_worker_msgproto.reach.failover import FailoverEndpoint
+from buildbot_worker_msgproto.reach.failover import MasterList
+
+MASTERS = ["a:9989", "b:9989", "c:9989"]
+
+
+def test_preferred_order_starts_at_the_first_master_every_time():
+    masters = MasterList(MASTERS)
+    assert masters.candidates() == [0, 1, 2]
+    masters.connected(1)
+    assert masters.candidates() == [0, 1, 2]  # back to the first when it can
+
+
+def test_a_session_that_may_resume_goes_back_to_its_master_first():
+    masters = MasterList(MASTERS)
+    masters.connected(2)
+    masters.pin()
+    assert masters.candidates() == [2, 0, 1]
+    masters.unpin()
+    assert masters.candidates() == [0, 1, 2]
+
+
+def test_a_refusal_moves_on_to_the_next_master():
+    masters = MasterList(MASTERS)
+    masters.connected(0)
+    masters.refused()  # e.g. not_owner: another master owns the worker
+    assert masters.candidates() == [1, 2, 0]
+
+
+def test_shuffle_starts_at_a_random_master_and_stays_where_it_got_in():
+    starts = {MasterList(MASTERS, "shuffle", random.Random(seed)).candidates()[0]
+              for seed in range(30)}
+    assert starts == {0, 1, 2}
+    masters = MasterList(MASTERS, "shuffle", random.Random(1))
+    masters.connected(2)
+    assert masters.candidates()[0] == 2
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        MasterList([])
+    with pytest.raises(ValueError, match="master_order"):
+        MasterList(MASTERS, "round-robin")
+
+
+class Endpoint:
+    """Connects, refuses, or never answers."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.attempts = 0
+
+    def connect(self, factory):
+        self.attempts += 1
+        if self.behaviour == "accept":
+            return defer.succeed(f"protocol of {factory}")
+        if self.behaviour == "refuse":
+            return defer.fail(error.ConnectionRefusedError())
+        return defer.Deferred()  # a dead host: cancelled by the timeout
+
+
+def connect(clock, endpoints, masters, jitter=0.5):
+    failover = FailoverEndpoint(clock, endpoints, masters, spread=2.0, connect_timeout=5.0,
+                                jitter=lambda: jitter)
+    results = []
+    failover.connect("factory").addBoth(results.append)
+    return results
+
+
+def test_the_next_master_is_tried_within_the_same_attempt_after_a_spread_pause():
+    clock = task.Clock()
+    endpoints = [Endpoint("refuse"), Endpoint("accept"), Endpoint("accept")]
+    masters = MasterList(MASTERS)
+    results = connect(clock, endpoints, masters)
+    assert results == [] and endpoints[1].attempts == 0
+    clock.advance(0.99)  # spread 2 s x jitter 0.5
+    assert results == []
+    clock.advance(0.02)
+    assert results == ["protocol of factory"] and masters.current == 1
+
+
+def test_a_silent_master_is_given_up_after_the_connect_timeout():
+    clock = task.Clock()
+    endpoints = [Endpoint("hang"), Endpoint("accept"), Endpoint("accept")]
+    masters = MasterList(MASTERS)
+    results = connect(clock, endpoints, masters, jitter=0.0)
+    clock.advance(4.9)
+    assert results == []
+    clock.advance(0.2)
+    assert results == ["protocol of factory"] and masters.current == 1
+
+
+def test_when_every_master_refuses_the_attempt_fails():
+    clock = task.Clock()
+    endpoints = [Endpoint("refuse") for _ in MASTERS]
+    results = connect(clock, endpoints, MasterList(MASTERS), jitter=0.0)
+    clock.advance(1)
+    assert len(results) == 1 and results[0].check(error.ConnectionRefusedError)
+    assert [e.attempts for e in endpoints] == [1, 1, 1]
+
+
+def test_a_master_that_could_not_be_reached_is_tried_last_for_a_while():
+    clock = task.Clock()
+    masters = MasterList(MASTERS, clock=clock.seconds)
+    masters.unreachable(0)
+    assert masters.candidates() == [1, 2, 0]
+    clock.advance(16)
+    assert masters.candidates() == [0, 1, 2]
+    masters.unreachable(0)
+    masters.connected(0)  # it answered again after all
+    assert masters.candidates() == [0, 1, 2]
