@@ -8,15 +8,16 @@ BBR's model of the path (docs/protocol.rst section 12.1):
 * it starts at ``initial`` bytes;
 * every answered request is an RTT sample and a delivery-rate sample (bytes answered
   between the request's sending and its answer, over that time, as BBR measures it);
-* it **grows** to ``GAIN`` x the bandwidth-delay product: the highest delivery rate of the
-  last ``RATE_ROUNDS`` round trips times the lowest RTT (window-limited, each round trip
-  delivers the whole window, so it doubles per round trip until the path, not the
-  window, is the limit).  The lowest RTT is renewed by a lower sample, or after
-  ``MIN_RTT_SECONDS`` by the sample of a request sent with nothing in flight (the first
-  of a transfer): samples taken behind other data measure the queue, not the path;
+* it **grows** to ``GAIN`` x the bandwidth-delay product: the highest delivery rate of
+  the last ``RATE_ROUNDS`` round trips (and ``RATE_RTTS`` lowest RTTs) times the lowest
+  RTT (window-limited, each round trip delivers the whole window, so it doubles per
+  round trip until the path, not the window, is the limit). The lowest RTT is renewed by
+  a lower sample, or after ``MIN_RTT_SECONDS`` by the sample of a request sent with
+  nothing in flight (the first of a transfer): samples taken behind other data measure
+  the queue, not the path;
 * it **shrinks** when the growth made data queue instead of flow: when the smoothed RTT
   exceeds the lowest by more than ``max(min RTT, QUEUE_ALLOWANCE)``, to ``GAIN`` x the
-  bandwidth-delay product at the latest delivery rate, but not below ``initial`` (a
+  bandwidth-delay product, but not below ``initial`` (a
   short path's RTT samples are mostly processing time, and the initial window is what
   keeps every stage of a fast local transfer busy); and on explicit pushback (the
   session's replay buffer is full) by half, down to ``MIN_WINDOW``; each at most once
@@ -37,8 +38,11 @@ KIB = 1024
 #: autotuning sizes the receive buffer to twice the data delivered per round trip; BBR's
 #: cwnd_gain is 2): room to grow while window-limited, and slack for jitter.
 GAIN = 2.0
-#: Round trips over which the highest delivery rate is kept (BBR's bandwidth filter).
+#: Round trips over which the highest delivery rate is kept (BBR's bandwidth filter)...
 RATE_ROUNDS = 10
+#: ... but no longer than this many lowest RTTs (on a path that became slow, a round
+#: trip can take many seconds: the old rate would hold the window up for minutes).
+RATE_RTTS = 10
 #: Seconds after which the lowest RTT may be replaced by a higher one measured with an
 #: empty pipe (BBR's min_rtt filter is 10 s and probes for it; we wait for an idle start).
 MIN_RTT_SECONDS = 10.0
@@ -86,10 +90,9 @@ class TransferWindow:
         self.srtt: float | None = None
         self.round = 0
         self._round_ends_at_delivered = 0  # a sample sent at or after this ends the round
-        self._rates: collections.deque[tuple[int, float]] = collections.deque()
+        self._rates: collections.deque[tuple[int, float, float]] = collections.deque()
         self._min_rtt: float | None = None
         self._min_rtt_at = 0.0
-        self._last_rate = 0.0
         self._last_cut = float("-inf")
         self._path = 0
 
@@ -146,7 +149,7 @@ class TransferWindow:
         self._add_rtt(now - sample.sent_at, now, sample.idle)
         interval = now - sample.delivered_at
         if interval > 0 and sample.sent_at >= self._last_cut:  # not from a larger window
-            self._add_rate((self.delivered - sample.delivered) / interval)
+            self._add_rate((self.delivered - sample.delivered) / interval, now)
         self._adapt(now)
 
     def cancelled(self, sample: Sample) -> None:
@@ -174,13 +177,14 @@ class TransferWindow:
                 or (idle and now - self._min_rtt_at > MIN_RTT_SECONDS)):
             self._min_rtt, self._min_rtt_at = rtt, now
 
-    def _add_rate(self, rate: float) -> None:
-        self._last_rate = rate
+    def _add_rate(self, rate: float, now: float) -> None:
         rates = self._rates
         while rates and rates[-1][1] <= rate:
             rates.pop()
-        rates.append((self.round, rate))
-        while len(rates) > 1 and rates[0][0] <= self.round - RATE_ROUNDS:
+        rates.append((self.round, rate, now))
+        oldest = now - RATE_RTTS * (self.min_rtt or 0.0)
+        while len(rates) > 1 and (rates[0][0] <= self.round - RATE_ROUNDS
+                                  or rates[0][2] < oldest):
             rates.popleft()
 
     def _adapt(self, now: float) -> None:
@@ -189,10 +193,9 @@ class TransferWindow:
             return
         if target > self.size:
             self.size = target
-        elif self._queueing() and self.size > self.initial and self._may_cut(now):
-            # the rate now, not the best of the last round trips: the path got slower
-            need = self._clamp(GAIN * self._last_rate * self.min_rtt)
-            self._cut(max(need, self.initial), now)
+        elif (self._queueing() and max(target, self.initial) < self.size
+              and self._may_cut(now)):
+            self._cut(max(target, self.initial), now)
 
     def _queueing(self) -> bool:
         """Answers take longer than the path needs: data waits in buffers."""
