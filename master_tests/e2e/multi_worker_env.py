@@ -58,7 +58,7 @@ class MultiWorkerEnv:
         for w in self.workers.values():
             w.start()
 
-    def close(self) -> None:
+    def stop(self) -> None:
         for w in self.workers.values():
             w.stop()
         if self.master is not None:

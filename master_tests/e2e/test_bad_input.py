@@ -44,12 +44,7 @@ class Env(SingleWorkerEnv):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    e = Env(str(tmp_path_factory.mktemp("bad-input")))
-    try:
-        e.start()
-        yield e
-    finally:
-        e.stop()
+    yield from harness.started(Env(str(tmp_path_factory.mktemp("bad-input"))))
 
 
 def _close_code(frames: list[dict]) -> str | None:

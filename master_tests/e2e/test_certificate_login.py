@@ -91,20 +91,16 @@ class CertificateLoginEnv(MultiWorkerEnv):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("e2e-certlogin-keys"))
-    layout = gen_keys.generate(root, workers=list(NAMES)).layout
-    env = CertificateLoginEnv(str(tmp_path_factory.mktemp("e2e-certlogin")), layout)
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
+    keys = str(tmp_path_factory.mktemp("e2e-certlogin-keys"))
+    layout = gen_keys.generate(keys, workers=list(NAMES)).layout
+    root = str(tmp_path_factory.mktemp("e2e-certlogin"))
+    yield from harness.started(CertificateLoginEnv(root, layout))
 
 
 @pytest.mark.parametrize("name, transport", [("cert_tcp", "tcp"), ("cert_amp", "amp"),
                                              ("cert_ws", "websocket")])
 def test_certificate_only_worker_builds(env, name, transport):
-    tac = harness.read_text(os.path.join(env.workers[name].basedir, "buildbot.tac"))
+    tac = env.workers[name].tac_text()
     assert "passwd = None" in tac and f"transport = {transport!r}" in tac
     env.check_build(name)
     line = env.wait_master_log(f"worker {name!r} from 127.0.0.1:")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -81,40 +82,31 @@ def layout(tmp_path_factory):
                                              "opt_impostor"]).layout
 
 
-def _env(tmp_path_factory, layout, mode: str, specs) -> MTLSEnv:
+def _env(tmp_path_factory, layout, mode: str, specs) -> Iterator[MTLSEnv]:
+    """A fixture's body: the started MTLSEnv of ``mode`` with the workers ``specs(env)``."""
     env = MTLSEnv(str(tmp_path_factory.mktemp(f"e2e-mtls-{mode}")), mode, layout)
     env.specs = specs(env)
-    return env
+    yield from harness.started(env)
 
 
 @pytest.fixture(scope="module")
 def required_env(tmp_path_factory, layout):
-    env = _env(tmp_path_factory, layout, "required", lambda e: {
+    yield from _env(tmp_path_factory, layout, "required", lambda e: {
         "good": e.ours("good"),
         "impostor": e.ours("good"),  # name 'impostor', certificate of 'good'
         "nocert": e.ours(None),
         "stock_good": e.stock("stock_good"),
         "stock_impostor": e.stock("good"),
     })
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
 
 
 @pytest.fixture(scope="module")
 def optional_env(tmp_path_factory, layout):
-    env = _env(tmp_path_factory, layout, "optional", lambda e: {
+    yield from _env(tmp_path_factory, layout, "optional", lambda e: {
         "plain": e.ours(None),
         "opt_good": e.ours("opt_good"),
         "opt_impostor": e.ours("good"),
     })
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
 
 
 def test_required_own_certificate_builds(required_env):

@@ -62,16 +62,11 @@ class SSHEnv(MultiWorkerEnv):
 
 @pytest.fixture(scope="module")
 def ssh_env(ssh_server, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    env = SSHEnv(str(tmp_path_factory.mktemp("e2e-ssh")), ssh_server)
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
+    yield from harness.started(SSHEnv(str(tmp_path_factory.mktemp("e2e-ssh")), ssh_server))
 
 
 def test_tac_has_ssh_settings(ssh_env):
-    tac = harness.read_text(os.path.join(ssh_env.workers["ssh-tls"].basedir, "buildbot.tac"))
+    tac = ssh_env.workers["ssh-tls"].tac_text()
     assert f"ssh_tunnel = {ssh_env.server.tunnel!r}" in tac
     assert f"ssh_key = {[ssh_env.server.client_key]!r}" in tac
     assert f"ssh_known_hosts = {ssh_env.server.known_hosts!r}" in tac

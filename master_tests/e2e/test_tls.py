@@ -129,19 +129,14 @@ class TLSEnv(MultiWorkerEnv):
 
 @pytest.fixture(scope="module")
 def tls_env(tmp_path_factory):
-    env = TLSEnv(str(tmp_path_factory.mktemp("e2e-tls")))
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
+    yield from harness.started(TLSEnv(str(tmp_path_factory.mktemp("e2e-tls"))))
 
 
 def test_tac_has_tls_settings(tls_env):
-    tac = harness.read_text(os.path.join(tls_env.workers["ca-ok"].basedir, "buildbot.tac"))
+    tac = tls_env.workers["ca-ok"].tac_text()
     assert f"tls_ca_file = {tls_env.certs.ca_file!r}" in tac
     assert "use_tls = True" in tac
-    tac = harness.read_text(os.path.join(tls_env.workers["pin-ok"].basedir, "buildbot.tac"))
+    tac = tls_env.workers["pin-ok"].tac_text()
     assert f"tls_fingerprint = {tls_env.certs.fingerprint!r}" in tac
 
 

@@ -289,7 +289,7 @@ class WireEnv:
             spec, os.path.join(self.root, "worker"), self.relay.port, WORKER, PASSWD,
             extra_create_args=extra_args)
         self.worker.create()
-        tac = harness.read_text(os.path.join(self.worker.basedir, "buildbot.tac"))
+        tac = self.worker.tac_text()
         assert f"port = {self.relay.port}" in tac, tac  # really goes through the relay
         self.worker.start()
         self.master.wait_worker_connected(WORKER, 30, worker=self.worker)
