@@ -94,16 +94,16 @@ class TestAmqps(TransportSuite):
     # ------------------------------------------------------------------ TLS specifics
     def test_master_and_worker_use_the_tls_listener(self, env: RejectingEnv) -> None:
         env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
-        assert (f"consuming from 'msgproto.master' on amqp://127.0.0.1:{env.broker.tls_port}/"
+        assert (f"consuming from 'msgproto.master' on amqp://127.0.0.1:{env.suite.broker.tls_port}/"
                 in env.master.log_text())
         tac = env.worker.tac_text()
         assert f"tls_ca_file = {env.certs.ca_file!r}" in tac
         assert "use_tls = True" in tac
         # the broker's own view: both AMQP connections are TLS, on the TLS port
-        listing = env.broker.ctl("list_connections", "user", "ssl", "port", "--no-table-headers",
-                                 "--quiet")
+        listing = env.suite.broker.ctl("list_connections", "user", "ssl", "port",
+                                       "--no-table-headers", "--quiet")
         rows = {tuple(line.split("\t")) for line in listing.splitlines() if line.strip()}
-        tls_port = str(env.broker.tls_port)
+        tls_port = str(env.suite.broker.tls_port)
         assert (rabbitmq.MASTER_USER, "true", tls_port) in rows, listing
         assert (WORKER, "true", tls_port) in rows, listing
         # a worker that rejects the broker's certificate may show up for an instant (a
@@ -117,13 +117,13 @@ class TestAmqps(TransportSuite):
     ])
     def test_rejected_broker_certificate(self, env: RejectingEnv, name: str, why: str) -> None:
         assert_certificate_rejected(env.master, env.rejected[name], name, why,
-                                    f"127.0.0.1:{env.broker.tls_port}",
+                                    f"127.0.0.1:{env.suite.broker.tls_port}",
                                     env.rejected_started, REJECT_WAIT)
 
     def test_master_rejects_an_untrusted_broker(self, env: RejectingEnv) -> None:
         """The master's side, in a process of its own: listen() with an unrelated CA as
         ``ca_file`` never gets a broker connection and logs why."""
-        broker = env.broker
+        broker = env.suite.broker
         options = broker.master_options(
             url=broker.tls_url(broker.master_user, broker.master_password),
             ca_file=env.certs.other_ca_file, queue="msgproto.master.untrusted")

@@ -19,6 +19,8 @@ class RejectingEnv(TransportEnv):
     def __init__(self, suite: Any, root: str,
                  rejected_options: dict[str, tuple[str, ...]]) -> None:
         super().__init__(suite, root, other_workers=rejected_options)
+        #: the test's certificates (a test_tls.Certs)
+        self.certs = suite.certs
         self.rejected = {name: self.make_worker(name, options)
                          for name, options in rejected_options.items()}
         self.rejected_started = 0.0
