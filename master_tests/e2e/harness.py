@@ -369,6 +369,18 @@ def make_master_cfg(
     )
 
 
+def cfg_import_py(module: str) -> str:
+    """master.cfg source importing ``module``, a module of this directory, as
+    ``_<module>`` (the master imports it as a top-level module: it may hold real steps)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return (
+        "import sys as _sys\n"
+        f"if {here!r} not in _sys.path:\n"
+        f"    _sys.path.insert(0, {here!r})\n"
+        f"import {module} as _{module}\n"
+    )
+
+
 def simple_builders_py(names: Iterable[str], workernames: Iterable[str] | None = None) -> str:
     """Builders each running one trivial ShellCommand (echo). For reconnect-style tests."""
     wn = "WORKER_NAMES" if workernames is None else repr(list(workernames))

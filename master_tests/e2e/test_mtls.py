@@ -18,7 +18,6 @@ in, and still binds a presented one.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -62,16 +61,6 @@ class MTLSEnv(MultiWorkerEnv):
         self.start_all(protocols_py, {name: (spec, args, self.port)
                                       for name, (spec, args) in self.specs.items()})
 
-    def wait_refusals(self) -> None:
-        remaining = REJECT_WAIT - (time.monotonic() - self.started_at)
-        if remaining > 0:
-            time.sleep(remaining)
-
-    def assert_never_attached(self, name: str, keeps_running: bool = True) -> None:
-        if keeps_running:
-            assert self.workers[name].is_running, self.workers[name].diagnostics()
-        assert not self.master.worker_data(name)["connected_to"], self.e2e_diagnostics()
-        assert f"worker '{name}' attaching" not in self.master.log_text()
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +111,7 @@ def test_required_stock_pb_worker_with_own_certificate_builds(required_env):
 
 
 def test_required_certificate_of_another_worker_is_refused(required_env):
-    required_env.wait_refusals()
+    required_env.wait_refusals(REJECT_WAIT)
     required_env.assert_never_attached("impostor")
     log = required_env.master.log_text()
     lines = [ln for ln in log.splitlines()
@@ -136,7 +125,7 @@ def test_required_certificate_of_another_worker_is_refused(required_env):
 
 
 def test_required_stock_pb_worker_with_another_certificate_is_refused(required_env):
-    required_env.wait_refusals()
+    required_env.wait_refusals(REJECT_WAIT)
     # a stock worker stops after a refused PB login, as after a wrong password
     required_env.assert_never_attached("stock_impostor", keeps_running=False)
     log = required_env.master.log_text()
@@ -147,7 +136,7 @@ def test_required_stock_pb_worker_with_another_certificate_is_refused(required_e
 
 
 def test_required_without_certificate_is_refused(required_env):
-    required_env.wait_refusals()
+    required_env.wait_refusals(REJECT_WAIT)
     required_env.assert_never_attached("nocert")
     log = required_env.master.log_text()
     assert "msgproto: TLS handshake with 127.0.0.1:" in log, required_env.e2e_diagnostics()
@@ -164,6 +153,6 @@ def test_optional_own_certificate_builds(optional_env):
 
 
 def test_optional_certificate_of_another_worker_is_refused(optional_env):
-    optional_env.wait_refusals()
+    optional_env.wait_refusals(REJECT_WAIT)
     optional_env.assert_never_attached("opt_impostor")
     assert "refusing worker 'opt_impostor' from 127.0.0.1:" in optional_env.master.log_text()
