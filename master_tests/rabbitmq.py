@@ -34,8 +34,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
 import tempfile
 import unittest
 from typing import Any
@@ -49,12 +47,12 @@ import pytest
 from buildbot_worker_msgproto.transports.amqp import Names
 from buildbot_worker_msgproto.transports.amqp import master_permissions
 from buildbot_worker_msgproto.transports.amqp import worker_permissions
+from master_tests import services
 from master_tests import system_deps
+from master_tests.e2e.harness import free_port
 
 URL_ENV = "MSGPROTO_AMQP_URL"
 RABBITMQ_BIN = os.environ.get("MSGPROTO_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin")
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "scripts", "rabbitmq")
 START_TIMEOUT = 120
 
 VHOST = "msgproto-test"
@@ -70,12 +68,6 @@ def installed() -> bool:
 def _missing(alternative: str = "") -> NoReturn:
     system_deps.missing("rabbitmq-server", f"{RABBITMQ_BIN}/rabbitmq-server is missing; "
                         f"Debian: apt-get install rabbitmq-server{alternative}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _password_hash(password: str) -> str:
@@ -144,14 +136,8 @@ class Broker:
     def _script(self, *args: str, timeout: float = START_TIMEOUT) -> str:
         if self.directory is None:
             raise unittest.SkipTest(f"the broker of {URL_ENV} is not ours to control")
-        result = subprocess.run([SCRIPT, *args], env=dict(os.environ, **self.env),
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=timeout)
-        if result.returncode != 0:
-            raise RuntimeError(f"scripts/rabbitmq {' '.join(args)} failed "
-                               f"({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
-                               f"{self.log_tail()}")
-        return result.stdout
+        return services.run_script("rabbitmq", *args, timeout=timeout,
+                                   env=dict(os.environ, **self.env), log_tail=self.log_tail)
 
     def start(self) -> None:
         self._script("start", self.directory, str(self.port))
@@ -170,11 +156,7 @@ class Broker:
         if self.directory is None:
             return ""
         path = os.path.join(self.directory, "log", f"{self.env['MSGPROTO_RABBITMQ_NODENAME']}.log")
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return "---- broker log ----\n" + "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
+        return services.file_tail(path, "broker log", lines)
 
 
 def _external(url: str) -> Broker:
@@ -201,7 +183,7 @@ class TLSFiles:
 
 def _private(tls: TLSFiles | None = None) -> Broker:
     directory = tempfile.mkdtemp(prefix="msgproto-rabbitmq-")
-    port = _free_port()
+    port = free_port()
     names = Names()
     workers = {name: secrets.token_hex(8) for name in WORKER_USERS}
     master_password = secrets.token_hex(8)
@@ -222,12 +204,12 @@ def _private(tls: TLSFiles | None = None) -> Broker:
     with open(definitions_file, "w", encoding="utf-8") as f:
         json.dump(definitions, f, indent=1)
     env = {"MSGPROTO_RABBITMQ_NODENAME": f"msgproto-test-{port}@localhost",
-           "MSGPROTO_RABBITMQ_EPMD_PORT": str(_free_port()),
-           "MSGPROTO_RABBITMQ_DIST_PORT": str(_free_port()),
+           "MSGPROTO_RABBITMQ_EPMD_PORT": str(free_port()),
+           "MSGPROTO_RABBITMQ_DIST_PORT": str(free_port()),
            "MSGPROTO_RABBITMQ_DEFINITIONS": definitions_file}
     tls_port = None
     if tls is not None:
-        tls_port = _free_port()
+        tls_port = free_port()
         env.update({"MSGPROTO_RABBITMQ_TLS_PORT": str(tls_port),
                     "MSGPROTO_RABBITMQ_TLS_CERT": tls.cert,
                     "MSGPROTO_RABBITMQ_TLS_KEY": tls.key,
@@ -287,11 +269,8 @@ def current() -> Broker:
 def _stop() -> None:
     global _broker
     broker, _broker = _broker, None
-    if broker is not None and broker.directory is not None:
-        try:
-            broker.stop()
-        finally:
-            shutil.rmtree(os.path.dirname(broker.directory), ignore_errors=True)
+    if broker is not None:
+        stop_private(broker)
 
 
 @pytest.fixture(scope="session")

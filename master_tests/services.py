@@ -26,6 +26,30 @@ START_TIMEOUT = 90
 STOP_TIMEOUT = 60
 
 
+def run_script(script: str, *args: str, timeout: float, env: dict[str, str] | None = None,
+               log_tail: Callable[[], str] = str) -> str:
+    """Run ``scripts/<script> ARGS...`` (with ``env``, default: ours); its stdout, or
+    RuntimeError with its output and ``log_tail()`` (the tail of the service's log)."""
+    result = subprocess.run([os.path.join(SCRIPTS_DIR, script), *args], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"scripts/{script} {' '.join(args)} failed "
+                           f"({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
+                           f"{log_tail()}")
+    return result.stdout
+
+
+def file_tail(path: str, title: str, lines: int = 40) -> str:
+    """The last ``lines`` lines of the log file ``path`` under a ``title`` line ("" if it
+    cannot be read)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f"---- {title} ----\n" + "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
 def unavailable(message: str) -> None:
     """A service the tests need is not installed: skip the test on a developer's machine,
     fail it under scripts/run-tests or in CI (:func:`master_tests.system_deps.required`)."""
@@ -58,24 +82,12 @@ class ScriptService:
         self.run_script("stop", self.directory, timeout=STOP_TIMEOUT)
 
     def run_script(self, *args: str, timeout: float) -> str:
-        """Run ``scripts/<script> ARGS...``; its stdout, or RuntimeError with its output and
-        the tail of the service's log."""
-        result = subprocess.run([os.path.join(SCRIPTS_DIR, self.script), *args],
-                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=timeout)
-        if result.returncode != 0:
-            raise RuntimeError(f"scripts/{self.script} {' '.join(args)} failed "
-                               f"({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
-                               f"{self.log_tail()}")
-        return result.stdout
+        """Run ``scripts/<script> ARGS...`` (see :func:`run_script`)."""
+        return run_script(self.script, *args, timeout=timeout, log_tail=self.log_tail)
 
     def log_tail(self, lines: int = 40) -> str:
         path = os.path.join(self.directory, self.log_name)
-        try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                return f"---- {path} ----\n" + "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
+        return file_tail(path, path, lines)
 
     @classmethod
     def start_private(cls):

@@ -39,16 +39,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from master_tests import system_deps
+from master_tests.e2e.harness import free_port
 
 #: The OpenSSH server binary (MSGPROTO_SSHD overrides it).
 SSHD = os.environ.get("MSGPROTO_SSHD", "/usr/sbin/sshd")
 START_TIMEOUT = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_key_pair(path: str, comment: str = "msgproto-test") -> str:
@@ -74,7 +69,7 @@ class Sshd:
 
     def __init__(self, root: str) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.user = getpass.getuser()
         self.host_key = os.path.join(root, "ssh_host_ed25519_key")
         self.other_host_key = os.path.join(root, "other_host_key")

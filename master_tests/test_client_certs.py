@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -14,18 +15,19 @@ from twisted.internet.ssl import PrivateCertificate
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.ssl import trustRootFromCertificates
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.python import log
 from twisted.test import iosim
 
 from buildbot_msgproto import client_certs
 from buildbot_msgproto.config import MsgProtocolConfigError
 from buildbot_msgproto.config import parse_options
 from buildbot_msgproto.manager import MasterHandshake
-from buildbot_msgproto.sessions import SessionRegistry
 from buildbot_msgproto.throttle import LoginThrottle
 from buildbot_worker_msgproto.protocol.events import HelloReceived
 from buildbot_worker_msgproto.scripts import gen_keys
 from buildbot_worker_msgproto.security import certificates
+from master_tests.handshake_fakes import FakeClock
+from master_tests.handshake_fakes import FakeDispatcher
+from master_tests.handshake_fakes import FakeDriver
 
 
 @pytest.fixture(scope="module")
@@ -39,18 +41,6 @@ def keys(tmp_path_factory):
 def load(path: str) -> x509.Certificate:
     with open(path, "rb") as f:
         return x509.load_pem_x509_certificate(f.read())
-
-
-@pytest.fixture
-def logged():
-    lines: list[str] = []
-
-    def observer(event):
-        lines.append(" ".join(str(m) for m in event.get("message", ())))
-
-    log.addObserver(observer)
-    yield lines
-    log.removeObserver(observer)
 
 
 # ------------------------------------------------------------------------- check_binding
@@ -245,48 +235,10 @@ def test_peer_certificate_of_plain_objects():
 
 
 # ------------------------------------------------------------------------- MasterHandshake
-class FakeClock:
-    def seconds(self) -> float:
-        return 1000.0
-
-
-class FakeSession:
-    worker_name = "w1"
-    resumable = False
-
-
-class FakeDriver:
-    def __init__(self, transport) -> None:
-        self.reactor = FakeClock()
-        self.peer = "127.0.0.1:40000"
-        self.session = FakeSession()
-        self.transport = transport
-        self.closed = None
-        self.answered = False
-
-    def close(self, code: str, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def answer_hello(self, credentials, resume=None) -> None:
-        self.answered = True
-
-
-class FakeOptions:
-    def __init__(self, mode: str) -> None:
-        self.client_certificates = mode
-
-
-class FakeDispatcher:
-    def __init__(self, mode: str) -> None:
-        self.options = FakeOptions(mode)
-        self.login_throttle = LoginThrottle(3, 10)
-        self.sessions = SessionRegistry()
-        self.ownership = None  # a single master
-
-    def credentials_for(self, worker: str):
-        from twisted.internet import defer
-
-        return defer.succeed(None)
+def _dispatcher(mode: str) -> FakeDispatcher:
+    """A dispatcher with client_certificates=``mode`` (parse_options would want TLS)."""
+    options = dataclasses.replace(parse_options({"port": 9989}), client_certificates=mode)
+    return FakeDispatcher(LoginThrottle(3, 10), options)
 
 
 @pytest.mark.parametrize("mode, tls_mode, worker, hello_as, expected", [
@@ -301,8 +253,8 @@ class FakeDispatcher:
 def test_master_handshake(keys, logged, mode, tls_mode, worker, hello_as, expected):
     layout, _ = keys
     app, _ = handshake(layout, tls_mode, worker=worker)
-    driver = FakeDriver(app)
-    MasterHandshake(FakeDispatcher(mode)).hello_received(
+    driver = FakeDriver(FakeClock(), transport=app)
+    MasterHandshake(_dispatcher(mode)).hello_received(
         driver, HelloReceived(hello_as, (1,), {}))
     if expected is None:
         assert driver.answered and driver.closed is None
@@ -314,7 +266,7 @@ def test_master_handshake(keys, logged, mode, tls_mode, worker, hello_as, expect
 
 
 def test_master_handshake_refuses_required_without_tls(logged):
-    driver = FakeDriver(None)
-    MasterHandshake(FakeDispatcher("required")).hello_received(
+    driver = FakeDriver(FakeClock())
+    MasterHandshake(_dispatcher("required")).hello_received(
         driver, HelloReceived("w1", (1,), {}))
     assert driver.closed[0] == "certificate_required"

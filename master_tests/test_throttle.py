@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from twisted.internet import defer
-from twisted.python import log
 
 from buildbot_msgproto.config import MsgProtocolConfigError
 from buildbot_msgproto.config import parse_options
 from buildbot_msgproto.manager import MasterHandshake
-from buildbot_msgproto.sessions import SessionRegistry
 from buildbot_msgproto.throttle import DEFAULT_FAILURES_BEFORE_THROTTLE
 from buildbot_msgproto.throttle import DEFAULT_THROTTLE_SECONDS
 from buildbot_msgproto.throttle import MAX_BACKOFF_FACTOR
@@ -17,6 +14,9 @@ from buildbot_msgproto.throttle import LoginThrottle
 from buildbot_msgproto.throttle import peer_host
 from buildbot_worker_msgproto.protocol.events import Authenticated
 from buildbot_worker_msgproto.protocol.events import HelloReceived
+from master_tests.handshake_fakes import FakeClock
+from master_tests.handshake_fakes import FakeDispatcher
+from master_tests.handshake_fakes import FakeDriver
 
 KEY = ("10.0.0.1", "w1")
 
@@ -163,69 +163,6 @@ def test_config_rejects_bad_values(key, value):
 
 
 # ----------------------------------------------------------------------------- wiring
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def seconds(self) -> float:
-        return self.now
-
-
-class FakeSession:
-    resumable = False
-    session_id = "s1"
-    is_suspended = False
-    is_closed = False
-    check = False  # a login, not a connection check
-
-    def __init__(self, worker: str) -> None:
-        self.worker_name = worker
-
-
-class FakeDriver:
-    def __init__(self, clock: FakeClock, worker: str = "w1",
-                 peer: str = "127.0.0.1:40000") -> None:
-        self.reactor = clock
-        self.peer = peer
-        self.session = FakeSession(worker)
-        self.transport = None  # no TLS: no client certificate
-        self.end_callbacks: list = []
-        self.closed: tuple[str, str] | None = None
-        self.answered = False
-
-    def close(self, code: str, reason: str) -> None:
-        self.closed = (code, reason)
-
-    def answer_hello(self, credentials, resume=None) -> None:
-        self.answered = True
-
-
-class FakeDispatcher:
-    def __init__(self, throttle: LoginThrottle) -> None:
-        self.login_throttle = throttle
-        self.options = parse_options({"port": 9989})
-        self.sessions = SessionRegistry()
-        self.ownership = None  # a single master
-
-    def credentials_for(self, worker: str) -> defer.Deferred:
-        return defer.succeed(None)
-
-    def connection_factory(self, worker: str) -> None:
-        return None
-
-
-@pytest.fixture
-def logged():
-    lines: list[str] = []
-
-    def observer(event):
-        lines.append(" ".join(str(m) for m in event.get("message", ())))
-
-    log.addObserver(observer)
-    yield lines
-    log.removeObserver(observer)
-
-
 def attempt(dispatcher: FakeDispatcher, clock: FakeClock, worker: str = "w1",
             peer: str = "127.0.0.1:40000", outcome: str = "authentication_failed") -> FakeDriver:
     """One handshake through MasterHandshake: hello, then ``outcome`` if it was answered."""

@@ -10,6 +10,7 @@ real session handshake with a request over the transport.
 from __future__ import annotations
 
 from typing import Any
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.internet import reactor
@@ -91,6 +92,26 @@ def _timeout(d: defer.Deferred, seconds: float = TIMEOUT) -> defer.Deferred:
     return d.addTimeout(seconds, reactor)
 
 
+@defer.inlineCallbacks
+def wait_until(condition: Callable[[], Any], what: str, seconds: float = TIMEOUT) -> Any:
+    """Poll ``condition`` every 50 ms for at most ``seconds``; fail naming ``what``."""
+    for _ in range(int(seconds * 20)):
+        if condition():
+            return
+        yield task.deferLater(reactor, 0.05, lambda: None)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+@defer.inlineCallbacks
+def close_all(receivers: list[Any], listening: Any) -> Any:
+    """Abort every transport of ``receivers`` still open, then stop ``listening``."""
+    for receiver in receivers:
+        if receiver.transport is not None and not receiver.closed.called:
+            receiver.transport.abort()
+    yield listening.stop()
+    yield task.deferLater(reactor, 0.05, lambda: None)
+
+
 class ConformanceMixin:
     """What every transport must pass; subclasses set ``backend`` and the two hooks."""
 
@@ -129,23 +150,28 @@ class ConformanceMixin:
     def tearDown(self) -> Any:
         if self.client is not None:
             yield self.client.stopService()
-        for receiver in self.server_receivers + self.client_receivers:
-            if receiver.transport is not None and not receiver.closed.called:
-                receiver.transport.abort()
+        yield close_all(self.server_receivers + self.client_receivers, self.listening)
+
+    def start_client(self, new_receiver: Callable[[], Any]) -> None:
+        """Start the client service of this backend, each connection to ``new_receiver()``."""
+        self.client = registry.client_service(self.backend, reactor,
+                                              self.client_target(self.listening),
+                                              new_receiver, lambda n: 0.2)
+        self.client.startService()
+
+    @defer.inlineCallbacks
+    def listen_again(self, new_server_receiver: Callable[[], Any]) -> Any:
+        """Stop listening and listen again, each connection to ``new_server_receiver()``."""
         yield self.listening.stop()
-        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.listening = yield defer.ensureDeferred(
+            self.module.listen(reactor, self.server_options(), new_server_receiver))
 
     @defer.inlineCallbacks
     def connect(self) -> Any:
         """Start a client; return (client receiver, server receiver) once both are open."""
-        self.client = registry.client_service(self.backend, reactor,
-                                              self.client_target(self.listening),
-                                              self._new_client_receiver, lambda n: 0.2)
-        self.client.startService()
-        for _ in range(TIMEOUT * 20):
-            if self.client_receivers and self.server_receivers:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
+        self.start_client(self._new_client_receiver)
+        yield wait_until(lambda: self.client_receivers and self.server_receivers,
+                         "a connection")
         client, server = self.client_receivers[0], self.server_receivers[0]
         yield _timeout(client.opened)
         yield _timeout(server.opened)
@@ -202,18 +228,21 @@ class ConformanceMixin:
     @defer.inlineCallbacks
     def test_close_from_client(self) -> Any:
         client, server = yield self.connect()
-        client.transport.send_frames([b"last words"])
-        client.transport.close()
-        yield _timeout(server.closed)
-        self.assertEqual(server.frames, [b"last words"])
+        yield self.assert_last_words(client, server, b"last words")
 
     @defer.inlineCallbacks
     def test_close_from_server(self) -> Any:
         client, server = yield self.connect()
-        server.transport.send_frames([b"bye"])
-        server.transport.close()
-        yield _timeout(client.closed)
-        self.assertEqual(client.frames, [b"bye"])
+        yield self.assert_last_words(server, client, b"bye")
+
+    @defer.inlineCallbacks
+    def assert_last_words(self, closing: RecordingReceiver, peer: RecordingReceiver,
+                          frame: bytes) -> Any:
+        """``closing`` sends ``frame`` and closes: ``peer`` gets the frame, then the close."""
+        closing.transport.send_frames([frame])
+        closing.transport.close()
+        yield _timeout(peer.closed)
+        self.assertEqual(peer.frames, [frame])
 
     @defer.inlineCallbacks
     def test_peer_vanishing_without_close(self) -> Any:
@@ -239,12 +268,18 @@ class ConformanceMixin:
         client.transport.send_frames(frames)
         received = yield _timeout(server.wait_frames(len(frames)))
         self.assertEqual([f[:1] for f in received], [f[:1] for f in frames])
-        self.assertIn(False, client.writability)
+        yield self.assert_writable_again(client)
+
+    @defer.inlineCallbacks
+    def assert_writable_again(self, receiver: RecordingReceiver) -> Any:
+        """The transport of ``receiver`` reported backpressure, then (within 5 s) that it
+        is writable again."""
+        self.assertIn(False, receiver.writability)
         for _ in range(100):
-            if client.writability[-1]:
+            if receiver.writability[-1]:
                 break
             yield task.deferLater(reactor, 0.05, lambda: None)
-        self.assertTrue(client.writability[-1], "never became writable again")
+        self.assertTrue(receiver.writability[-1], "never became writable again")
 
     @defer.inlineCallbacks
     def start_sessions(self, limits: Limits = ONE_CONNECTION) -> Any:
@@ -272,13 +307,8 @@ class ConformanceMixin:
             self.client_receivers.append(_DriverAdapter(driver))
             return driver
 
-        yield self.listening.stop()
-        self.listening = yield defer.ensureDeferred(
-            self.module.listen(reactor, self.server_options(), new_master_driver))
-        self.client = registry.client_service(self.backend, reactor,
-                                              self.client_target(self.listening),
-                                              new_worker_driver, lambda n: 0.2)
-        self.client.startService()
+        yield self.listen_again(new_master_driver)
+        self.start_client(new_worker_driver)
         yield _timeout(handler.ready)
         return masters, handler, workers, worker_handler
 
@@ -300,6 +330,21 @@ class ConformanceMixin:
         workers[0].transport.send_frames = lambda frames: None  # the link goes dead
         code = yield _timeout(handler.ended, 10)
         self.assertEqual(code, "heartbeat_timeout")
+
+
+class LoopbackStreamConformance(ConformanceMixin):
+    """The suite for a stream transport (tcp, amp) listening on any port of 127.0.0.1;
+    ``ssh_settings()`` puts an SSH tunnel between worker and master."""
+
+    def ssh_settings(self) -> Any:
+        return None
+
+    def server_options(self) -> dict[str, Any]:
+        return {"port": "tcp:0:interface=127.0.0.1"}
+
+    def client_target(self, listening: Any) -> ClientTarget:
+        return ClientTarget(host="127.0.0.1", port=listening.port_number,
+                            ssh=self.ssh_settings())
 
 
 class _MasterHandler(MessageHandler):

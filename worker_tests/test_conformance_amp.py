@@ -11,19 +11,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial import unittest
 
 from buildbot_worker_msgproto.transports.amp import MAX_UNBOXED_BYTES
-from buildbot_worker_msgproto.transports.base import ClientTarget
-from worker_tests.conformance import ConformanceMixin
+from worker_tests.conformance import LoopbackStreamConformance
 from worker_tests.conformance import RecordingReceiver
 
 
-class AmpConformance(ConformanceMixin, unittest.TestCase):
+class AmpConformance(LoopbackStreamConformance, unittest.TestCase):
     backend = "amp"
-
-    def server_options(self) -> dict[str, Any]:
-        return {"port": "tcp:0:interface=127.0.0.1"}
-
-    def client_target(self, listening: Any) -> ClientTarget:
-        return ClientTarget(host="127.0.0.1", port=listening.port_number)
 
 
 class AmpBufferingLimit(unittest.TestCase):

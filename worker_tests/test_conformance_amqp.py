@@ -28,15 +28,21 @@ from master_tests.rabbitmq import amqp_broker  # noqa: F401 - the fixture
 from worker_tests.conformance import ConformanceMixin
 from worker_tests.conformance import RecordingReceiver
 from worker_tests.conformance import _timeout
+from worker_tests.conformance import wait_until
 
 WORKER = "w1"
 
 
-@pytest.mark.usefixtures("amqp_broker")
-class AmqpConformance(ConformanceMixin, unittest.TestCase):
+class BrokerConformance(ConformanceMixin):
+    """The suite for AMQP through the session's RabbitMQ broker (use the ``amqp_broker``
+    fixture); ``ssh_settings()`` puts an SSH tunnel between the worker and the broker."""
+
     backend = "amqp"
     detects_disconnect = False
     timeout = 120
+
+    def ssh_settings(self) -> Any:
+        return None
 
     def server_options(self) -> dict[str, Any]:
         return rabbitmq.current().master_options()
@@ -44,7 +50,11 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
     def client_target(self, listening: Any, worker: str = WORKER) -> ClientTarget:
         broker = rabbitmq.current()
         return ClientTarget(host=broker.host, port=broker.port,
-                            options=broker.worker_options(worker))
+                            options=broker.worker_options(worker), ssh=self.ssh_settings())
+
+
+@pytest.mark.usefixtures("amqp_broker")
+class AmqpConformance(BrokerConformance, unittest.TestCase):
 
     def test_guarantees(self) -> Any:
         return self._guarantees()
@@ -86,13 +96,7 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
         self.assertIn("master", reason)
         self.listening = yield defer.ensureDeferred(
             self.module.listen(reactor, self.server_options(), self._new_server_receiver))
-        yield self._poll(lambda: len(self.client_receivers) >= 2
-                         and len(self.server_receivers) >= 2)
-        client2, server2 = self.client_receivers[-1], self.server_receivers[-1]
-        yield _timeout(client2.opened)
-        client2.transport.send_frames([b"after"])
-        frames = yield _timeout(server2.wait_frames(1))
-        self.assertEqual(frames, [b"after"])
+        yield self._new_session_carries(b"after")
 
     @defer.inlineCallbacks
     def test_vanished_worker_is_noticed_on_the_next_send(self) -> Any:
@@ -120,13 +124,7 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
         yield self._poll(lambda: self.listening.link not in (None, old))
         client.transport.send_frames([b"into the void"])
         yield _timeout(client.closed, 10)
-        yield self._poll(lambda: len(self.client_receivers) >= 2
-                         and len(self.server_receivers) >= 2)
-        client2, server2 = self.client_receivers[-1], self.server_receivers[-1]
-        yield _timeout(client2.opened)
-        client2.transport.send_frames([b"new session"])
-        frames = yield _timeout(server2.wait_frames(1))
-        self.assertEqual(frames, [b"new session"])
+        yield self._new_session_carries(b"new session")
         self.assertEqual(server.frames, [])
 
     @defer.inlineCallbacks
@@ -222,13 +220,7 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
         yield threads.deferToThread(broker.restart)
         yield _timeout(client.closed, 30)
         yield _timeout(server.closed, 30)
-        yield self._poll(lambda: len(self.client_receivers) >= 2
-                         and len(self.server_receivers) >= 2, 60)
-        client2, server2 = self.client_receivers[-1], self.server_receivers[-1]
-        yield _timeout(client2.opened)
-        client2.transport.send_frames([b"after the restart"])
-        frames = yield _timeout(server2.wait_frames(1))
-        self.assertEqual(frames, [b"after the restart"])
+        yield self._new_session_carries(b"after the restart", 60)
 
     # ------------------------------------------------------------------ helpers
     async def _raw_link(self, user: str) -> Any:
@@ -241,11 +233,18 @@ class AmqpConformance(ConformanceMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def _poll(self, predicate: Any, seconds: float = 30) -> Any:
-        for _ in range(int(seconds * 20)):
-            if predicate():
-                return
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.fail("timed out waiting")
+        yield wait_until(predicate, "the broker", seconds)
+
+    @defer.inlineCallbacks
+    def _new_session_carries(self, frame: bytes, seconds: float = 30) -> Any:
+        """The worker comes back with a second session, which carries ``frame``."""
+        yield self._poll(lambda: len(self.client_receivers) >= 2
+                         and len(self.server_receivers) >= 2, seconds)
+        client2, server2 = self.client_receivers[-1], self.server_receivers[-1]
+        yield _timeout(client2.opened)
+        client2.transport.send_frames([frame])
+        frames = yield _timeout(server2.wait_frames(1))
+        self.assertEqual(frames, [frame])
 
 
 class AmqpOptions(unittest.SynchronousTestCase):

@@ -19,24 +19,25 @@ from buildbot_worker_msgproto.reach.ssh import SSHTunnelAddress
 from buildbot_worker_msgproto.reach.tls import TLSSettings
 from buildbot_worker_msgproto.scripts import gen_keys
 from buildbot_worker_msgproto.transports.base import ClientTarget
-from master_tests import rabbitmq
 from master_tests import sshd
 from master_tests.rabbitmq import amqp_broker  # noqa: F401 - the fixture
 from master_tests.sshd import ssh_server  # noqa: F401 - the fixture
 from worker_tests.conformance import ConformanceMixin
+from worker_tests.conformance import LoopbackStreamConformance
+from worker_tests.test_conformance_amqp import BrokerConformance
+
+
+def _ssh() -> SSHSettings:
+    server = sshd.current()
+    return SSHSettings.create(server.tunnel, server.client_key, server.known_hosts)
 
 
 @pytest.mark.usefixtures("ssh_server")
-class SshTcpConformance(ConformanceMixin, unittest.TestCase):
+class SshTcpConformance(LoopbackStreamConformance, unittest.TestCase):
     backend = "tcp"
 
-    def server_options(self) -> dict[str, Any]:
-        return {"port": "tcp:0:interface=127.0.0.1"}
-
-    def client_target(self, listening: Any) -> ClientTarget:
-        server = sshd.current()
-        settings = SSHSettings.create(server.tunnel, server.client_key, server.known_hosts)
-        return ClientTarget(host="127.0.0.1", port=listening.port_number, ssh=settings)
+    def ssh_settings(self) -> SSHSettings:
+        return _ssh()
 
     @defer.inlineCallbacks
     def test_traffic_goes_through_sshd(self) -> Any:
@@ -47,20 +48,12 @@ class SshTcpConformance(ConformanceMixin, unittest.TestCase):
         self.assertIn(f"via ssh {sshd.current().tunnel}", str(address))
 
 
-def _ssh() -> SSHSettings:
-    server = sshd.current()
-    return SSHSettings.create(server.tunnel, server.client_key, server.known_hosts)
-
-
 @pytest.mark.usefixtures("ssh_server")
-class SshAmpConformance(ConformanceMixin, unittest.TestCase):
+class SshAmpConformance(LoopbackStreamConformance, unittest.TestCase):
     backend = "amp"
 
-    def server_options(self) -> dict[str, Any]:
-        return {"port": "tcp:0:interface=127.0.0.1"}
-
-    def client_target(self, listening: Any) -> ClientTarget:
-        return ClientTarget(host="127.0.0.1", port=listening.port_number, ssh=_ssh())
+    def ssh_settings(self) -> SSHSettings:
+        return _ssh()
 
 
 @pytest.mark.usefixtures("ssh_server")
@@ -122,17 +115,8 @@ class SshTlsConformance(ConformanceMixin, unittest.TestCase):
 
 
 @pytest.mark.usefixtures("ssh_server", "amqp_broker")
-class SshAmqpConformance(ConformanceMixin, unittest.TestCase):
+class SshAmqpConformance(BrokerConformance, unittest.TestCase):
     """The worker reaches the RabbitMQ broker through the tunnel (pika over a channel)."""
 
-    backend = "amqp"
-    detects_disconnect = False
-    timeout = 120
-
-    def server_options(self) -> dict[str, Any]:
-        return rabbitmq.current().master_options()
-
-    def client_target(self, listening: Any) -> ClientTarget:
-        broker = rabbitmq.current()
-        return ClientTarget(host=broker.host, port=broker.port,
-                            options=broker.worker_options("w1"), ssh=_ssh())
+    def ssh_settings(self) -> SSHSettings:
+        return _ssh()

@@ -32,6 +32,7 @@ from worker_tests.conformance import ConformanceMixin
 from worker_tests.conformance import RecordingReceiver
 from worker_tests.conformance import _DriverAdapter
 from worker_tests.conformance import _timeout
+from worker_tests.conformance import wait_until
 from worker_tests.http_proxy_server import ConnectProxyFactory
 
 _TEST_PEM = os.path.join(os.path.dirname(twisted.__file__), "test", "server.pem")
@@ -139,17 +140,9 @@ class WebSocketConformance(ConformanceMixin, unittest.TestCase):
             self.server_receivers.append(_DriverAdapter(driver))
             return driver
 
-        yield self.listening.stop()
-        self.listening = yield defer.ensureDeferred(
-            self.module.listen(reactor, self.server_options(), new_master_driver))
-        self.client = registry.client_service(self.backend, reactor,
-                                              self.client_target(self.listening),
-                                              self._new_client_receiver, lambda n: 0.2)
-        self.client.startService()
-        for _ in range(200):
-            if self.client_receivers:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
+        yield self.listen_again(new_master_driver)
+        self.start_client(self._new_client_receiver)
+        yield wait_until(lambda: self.client_receivers, "a client connection", 10)
         client = self.client_receivers[0]
         yield _timeout(client.opened)
         client.transport.send_frames([b"x" * MIB])
@@ -209,12 +202,7 @@ class WebSocketCompressionConformance(WebSocketConformance):
         client.transport.send_frames(frames)
         received = yield _timeout(server.wait_frames(len(frames)))
         self.assertTrue(received == frames)
-        self.assertIn(False, client.writability)
-        for _ in range(100):
-            if client.writability[-1]:
-                break
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.assertTrue(client.writability[-1], "never became writable again")
+        yield self.assert_writable_again(client)
 
     @defer.inlineCallbacks
     def test_compressed_bomb_is_refused_while_inflating(self) -> Any:

@@ -28,6 +28,8 @@ from worker_tests.conformance import TIMEOUT
 from worker_tests.conformance import ConformanceMixin
 from worker_tests.conformance import RecordingReceiver
 from worker_tests.conformance import _timeout
+from worker_tests.conformance import close_all
+from worker_tests.conformance import wait_until
 
 #: Small high-water marks, so that 48 MiB in 1 MiB frames hits them: the backpressure
 #: test then checks that EAGAIN queues frames (in order, none lost) and is reported.
@@ -91,19 +93,10 @@ class ZmqSpecifics(unittest.TestCase):
             yield client.stopService()
         for sock in self.raw:
             sock.close(0)
-        for receiver in self.server_receivers + self.client_receivers:
-            if receiver.transport is not None and not receiver.closed.called:
-                receiver.transport.abort()
-        yield self.listening.stop()
-        yield task.deferLater(reactor, 0.05, lambda: None)
+        yield close_all(self.server_receivers + self.client_receivers, self.listening)
 
-    @defer.inlineCallbacks
-    def wait_for(self, condition: Any, what: str) -> Any:
-        for _ in range(TIMEOUT * 20):
-            if condition():
-                return
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.fail(f"timed out waiting for {what}")
+    def wait_for(self, condition: Any, what: str) -> defer.Deferred:
+        return wait_until(condition, what)
 
     def test_guarantees(self) -> None:
         guarantees = self.listening.guarantees

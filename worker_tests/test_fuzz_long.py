@@ -30,7 +30,6 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from buildbot_worker_msgproto.protocol import codec
-from buildbot_worker_msgproto.protocol.errors import ProtocolError
 from buildbot_worker_msgproto.protocol.events import Authenticated
 from buildbot_worker_msgproto.protocol.events import Closed
 from buildbot_worker_msgproto.protocol.events import RequestReceived
@@ -41,6 +40,7 @@ from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.protocol.session import State
 from worker_tests.strategies import examples
 from worker_tests.strategies import frame
+from worker_tests.test_codec import decode_or_protocol_error
 from worker_tests.test_session import CREDENTIALS
 from worker_tests.test_session import _master_in
 from worker_tests.test_session import decoded
@@ -64,16 +64,6 @@ BAD_UTF8 = [b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x80\xaf", b"\xed\
 
 
 # ============================================================================= codec
-def _decode_or_protocol_error(data: bytes, limit: int) -> dict | None:
-    try:
-        message = codec.decode(data, limit)
-    except ProtocolError as e:
-        assert isinstance(e.code, str) and e.code
-        return None
-    assert isinstance(message, dict)
-    return message
-
-
 # The big properties must stay cheap per example: rich recursive strategies
 # (``valid_messages``) cost ~10 ms an example, so they draw from a fixed corpus of valid
 # frames (one per message type and a genuine handshake) and damage it with a single draw.
@@ -137,7 +127,7 @@ CODEC_INPUT = st.one_of(
 @example(data=b"[" * 100_000, limit=1 << 30)
 @example(data=b'{"type":"ping","seq":1,"ack":0,"x":"\xed\xa0\x80"}', limit=1 << 30)
 def test_codec_decode_never_raises_anything_else(data, limit):
-    message = _decode_or_protocol_error(data, limit)
+    message = decode_or_protocol_error(data, limit)
     if message is not None:
         assert len(data) <= limit
         # Whatever decodes can be sent again (no NaN, no unencodable values).

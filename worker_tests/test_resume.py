@@ -122,9 +122,11 @@ def open_wire() -> tuple[Master, Session, Wire]:
     return master, worker, wire
 
 
-def updates(n: int, start: int = 0) -> list[dict[str, Any]]:
-    return [{"command_id": "c1", "updates": [["stdout", f"line {i}\n"]]}
-            for i in range(start, start + n)]
+def send_updates(worker: Session, now: float, n: int, start: int = 0) -> None:
+    """``worker`` sends ``n`` updates of command c1, lines ``start`` to ``start + n - 1``."""
+    for i in range(start, start + n):
+        worker.send_notification("update", {"command_id": "c1",
+                                            "updates": [["stdout", f"line {i}\n"]]}, now)
 
 
 def received_lines(events: list[Event]) -> list[str]:
@@ -148,15 +150,12 @@ def test_a_lost_link_suspends_both_sides_with_the_window():
 def test_resume_delivers_everything_exactly_once_in_order_both_ways():
     master, worker, wire = open_wire()
     session = master.current
-    for body in updates(5):
-        worker.send_notification("update", body, 1.0)
+    send_updates(worker, 1.0, 5)
     wire.pump(1.0)
-    for body in updates(5, 5):  # sent, then lost in flight
-        worker.send_notification("update", body, 2.0)
+    send_updates(worker, 2.0, 5, 5)  # sent, then lost in flight
     request_id = session.send_request("print", {"message": "lost in flight"}, 2.0)
     wire.cut(2.0)
-    for body in updates(5, 10):  # produced while suspended: kept for the resume
-        worker.send_notification("update", body, 3.0)
+    send_updates(worker, 3.0, 5, 10)  # produced while suspended: kept for the resume
     wire2 = Wire(master, worker, 4.0)
     wire2.pump(4.0)
     assert worker.is_open and session.is_open and master.current is session
@@ -178,8 +177,7 @@ def test_frames_that_did_arrive_are_not_delivered_twice():
     """The peer got them but the ack did not come back before the cut: they are replayed
     (the sender cannot know), and dropped by seq."""
     master, worker, wire = open_wire()
-    for body in updates(3):
-        worker.send_notification("update", body, 1.0)
+    send_updates(worker, 1.0, 3)
     for frame in worker.frames_to_send():  # delivered, but the master's ack is lost
         wire.master_events += master.handle(master.current.receive_frame(frame, 1.0), 1.0)
     wire.cut(1.5)
@@ -233,8 +231,7 @@ def test_a_message_whose_side_frame_was_lost_is_replayed():
 
 def test_acks_free_the_replay_buffer():
     master, worker, wire = open_wire()
-    for body in updates(3):
-        worker.send_notification("update", body, 1.0)
+    send_updates(worker, 1.0, 3)
     assert worker.unacked_sent == 3 and worker.replay_bytes > 0
     wire.pump(1.0)
     master.current.tick(2.0)  # the ack delay has passed: a standalone ack
@@ -431,8 +428,7 @@ def test_any_schedule_of_cuts_delivers_every_message_once_in_order(schedule):
 def test_welcome_of_a_resume_repeats_the_session_and_names_the_last_seq():
     master, worker, wire = open_wire()
     session = master.current
-    for body in updates(4):
-        worker.send_notification("update", body, 1.0)
+    send_updates(worker, 1.0, 4)
     wire.pump(1.0)
     wire.cut(2.0)
     master.connect(3.0)

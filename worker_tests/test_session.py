@@ -95,6 +95,18 @@ def handshake(master: Session | None = None, worker: Session | None = None,
     return master, worker, master_events, worker_events
 
 
+def awaiting_welcome() -> tuple[Session, Session]:
+    """(worker, master) one step before the end of the handshake: the master's
+    ``welcome`` is queued, not delivered."""
+    worker, master = make_worker(), make_master()
+    worker.start(0)
+    deliver(worker, master)
+    master.answer_hello(CREDENTIALS, 0)
+    deliver(master, worker)
+    deliver(worker, master)
+    return worker, master
+
+
 def open_pair(**kwargs: Any) -> tuple[Session, Session]:
     master, worker, _, _ = handshake(**kwargs)
     assert master.is_open and worker.is_open
@@ -424,12 +436,7 @@ def test_master_checks_the_hello(hello_patch):
 
 
 def test_worker_checks_the_welcome_frame_limit():
-    master, worker = make_master(), make_worker()
-    worker.start(0)
-    deliver(worker, master)
-    master.answer_hello(CREDENTIALS, 0)
-    deliver(master, worker)
-    deliver(worker, master)
+    worker, master = awaiting_welcome()
     [welcome] = decoded(master.frames_to_send())
     welcome["max_frame_size"] = MIN_FRAME_SIZE - 1
     events = worker.receive_frame(codec.encode(welcome), 0)
@@ -439,12 +446,7 @@ def test_worker_checks_the_welcome_frame_limit():
 @pytest.mark.parametrize("interval, timeout", [(0, 5), (5, 5), (5, 1), (-1, 5), (10**400, 10**401)],
                          ids=["zero", "equal", "inverted", "negative", "overflow"])
 def test_unusable_welcome_heartbeats_keep_local_values(interval, timeout):
-    master, worker = make_master(), make_worker()
-    worker.start(0)
-    deliver(worker, master)
-    master.answer_hello(CREDENTIALS, 0)
-    deliver(master, worker)
-    deliver(worker, master)
+    worker, master = awaiting_welcome()
     [welcome] = decoded(master.frames_to_send())
     welcome.update(heartbeat_interval=interval, heartbeat_timeout=timeout)
     assert [type(e) for e in worker.receive_frame(codec.encode(welcome), 0)] == [Authenticated]
@@ -1249,13 +1251,12 @@ def _worker_in(state: str) -> tuple[Session, Session]:
     if state == "open":
         master, worker = open_pair()
         return worker, master
+    if state == "await_welcome":
+        return awaiting_welcome()
     worker, master = make_worker(), make_master()
     worker.start(0)
     deliver(worker, master)
     master.answer_hello(CREDENTIALS, 0)
-    if state == "await_welcome":
-        deliver(master, worker)
-        deliver(worker, master)
     return worker, master
 
 

@@ -281,6 +281,15 @@ class _CountingFactory(protocol.Factory):
         return proto
 
 
+@defer.inlineCallbacks
+def _closed_port() -> Any:
+    """A port of 127.0.0.1 where nothing listens (it did a moment ago)."""
+    closed = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+    port = closed.getHost().port
+    yield closed.stopListening()
+    return port
+
+
 @pytest.mark.usefixtures("ssh_server")
 class TestTunnel(unittest.TestCase):
     def setUp(self) -> None:
@@ -368,17 +377,13 @@ class TestTunnel(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_nothing_listening_behind_the_tunnel(self) -> Any:
-        closed = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
-        port = closed.getHost().port
-        yield closed.stopListening()
+        port = yield _closed_port()
         yield self.assert_refused(self.endpoint(port=port), ssh.ChannelRefused,
                                   "could not connect there")
 
     @defer.inlineCallbacks
     def test_ssh_server_unreachable(self) -> Any:
-        closed = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
-        port = closed.getHost().port
-        yield closed.stopListening()
+        port = yield _closed_port()
         settings = ssh.SSHSettings(
             "127.0.0.1", self.server.user, (self.server.client_key,), self.server.known_hosts,
             port, (keys.Key.fromFile(self.server.client_key),))

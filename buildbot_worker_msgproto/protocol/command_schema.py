@@ -32,6 +32,7 @@ from buildbot_worker_msgproto.protocol.schema import DRAFT
 from buildbot_worker_msgproto.protocol.schema import ID_PREFIX
 from buildbot_worker_msgproto.protocol.schema import block
 from buildbot_worker_msgproto.protocol.schema import docs_main
+from buildbot_worker_msgproto.protocol.schema import list_table
 from buildbot_worker_msgproto.protocol.schema import render
 from buildbot_worker_msgproto.protocol.schema import replace_block
 
@@ -135,14 +136,6 @@ def _rst_default(argument: Argument) -> str:
     return f"``{json.dumps(argument.default)}``"
 
 
-def _table(widths: str, header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
-    for row in [header, *rows]:
-        lines.append(f"   * - {row[0]}")
-        lines += [f"     - {cell}" for cell in row[1:]]
-    return lines + [""]
-
-
 def _path_text(spec: CommandSpec) -> str:
     parts = []
     for rule in spec.paths:
@@ -164,18 +157,18 @@ def rst_reference() -> str:
     lines: list[str] = ["10.1 Worker info keys", "---------------------", "",
                         "The ``get_worker_info`` result (schema: "
                         "``schemas/results/get_worker_info.json``):", ""]
-    lines += _table("22 12 10 56", ["Key", "Type", "Required", "Meaning"],
+    lines += list_table("22 12 10 56", ["Key", "Type", "Required", "Meaning"],
                     [[f"``{k.key}``", _rst_types(k.types), "yes" if k.required else "no",
                       k.description] for k in WORKER_INFO_KEYS])
     lines += [WORKER_INFO_EXTRA, "",
               f"A worker reports version ``\"{COMMAND_VERSION}\"`` for each command it "
               "implements.  What the master does for lower versions:", ""]
-    lines += _table("20 12 68", ["Command", "Below", "The master then"],
+    lines += list_table("20 12 68", ["Command", "Below", "The master then"],
                     [[f"``{g.command}``", g.version, g.below] for g in VERSION_GATES])
     lines += ["10.2 Update keys", "----------------", "",
               "Items of ``update.updates``, ``[key, value]`` (section 6 for the rules on "
               "text):", ""]
-    lines += _table("18 14 68", ["Key", "Value", "Meaning"],
+    lines += list_table("18 14 68", ["Key", "Value", "Meaning"],
                     [[f"``{u.key}``", _rst_types(u.types), u.description]
                      for u in UPDATE_KEYS])
     lines += ["10.3 Commands", "-------------", ""]
@@ -186,7 +179,7 @@ def rst_reference() -> str:
                   f":Paths: {_path_text(spec) or 'none'}",
                   f":Transfer: {spec.transfer.value if spec.transfer else 'none'}",
                   f":Updates: {', '.join(f'``{k}``' for k in spec.updates)}", ""]
-        lines += _table("18 16 14 52", ["Argument", "Type", "Default", "Meaning"],
+        lines += list_table("18 16 14 52", ["Argument", "Type", "Default", "Meaning"],
                         [[f"``{a.name}``", _rst_types(a.types), _rst_default(a), a.description]
                          for a in spec.arguments])
         lines += [spec.behaviour, ""]

@@ -127,6 +127,18 @@ def _rst_type(field: Field) -> str:
     return text
 
 
+def list_table(widths: str, header: list[str], rows: list[list[str]],
+               cell: Callable[[str], str] = "     - {}".format) -> list[str]:
+    """The lines of a reStructuredText ``list-table`` (and a blank one): column
+    ``widths``, a ``header`` row, then ``rows``; ``cell`` writes each cell after the first
+    of a row."""
+    lines = [".. list-table::", "   :header-rows: 1", f"   :widths: {widths}", ""]
+    for row in [header, *rows]:
+        lines.append(f"   * - {row[0]}")
+        lines += [cell(text) for text in row[1:]]
+    return lines + [""]
+
+
 def rst_reference() -> str:
     """The per-message reference section of docs/protocol.rst (between the markers)."""
     lines: list[str] = []
@@ -141,13 +153,10 @@ def rst_reference() -> str:
         if not fields:
             lines += ["Fields: the envelope only.", ""]
             continue
-        lines += [".. list-table::", "   :header-rows: 1", "   :widths: 18 22 10 50", "",
-                  "   * - Field", "     - Type", "     - Required", "     - Meaning"]
-        for field in fields:
-            lines += [f"   * - ``{field.name}``", f"     - {_rst_type(field)}",
-                      f"     - {'yes' if field.required else 'no'}",
-                      f"     - {field.description}"]
-        lines.append("")
+        lines += list_table("18 22 10 50", ["Field", "Type", "Required", "Meaning"],
+                            [[f"``{field.name}``", _rst_type(field),
+                              "yes" if field.required else "no", field.description]
+                             for field in fields])
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import textwrap
 
 from buildbot_worker_msgproto.protocol.schema import block
 from buildbot_worker_msgproto.protocol.schema import docs_main
+from buildbot_worker_msgproto.protocol.schema import list_table
 from buildbot_worker_msgproto.protocol.schema import replace_block
 from buildbot_worker_msgproto.transports import registry
 from buildbot_worker_msgproto.transports.options import Declared
@@ -54,14 +55,10 @@ def _value(option: Declared) -> str:
 
 def rst_table(cls: type[TransportOptions]) -> str:
     """The reStructuredText table of the options of ``cls``."""
-    lines = [".. list-table::", "   :header-rows: 1", "   :widths: 20 18 18 44", ""]
-    rows = [["Option", "Value", "Default", "Meaning"]]
-    rows += [[f"``{option.name}``", _value(option), _default(option), option.spec.doc]
-             for option in declared(cls)]
-    for row in rows:
-        lines.append(f"   * - {row[0]}")
-        lines += [_cell(cell) for cell in row[1:]]
-    return "\n".join(lines) + "\n"
+    rows = [[f"``{option.name}``", _value(option), _default(option), option.spec.doc]
+            for option in declared(cls)]
+    return "\n".join(list_table("20 18 18 44", ["Option", "Value", "Default", "Meaning"],
+                                rows, _cell))
 
 
 def _cell(text: str) -> str:

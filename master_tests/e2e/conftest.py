@@ -73,7 +73,7 @@ class ParityEnv:
         self.worker.start()
         self.master.wait_worker_connected(parity_cfg.MAIN_WORKER, 30, worker=self.worker)
 
-    def close(self) -> None:
+    def stop(self) -> None:
         for w in reversed(self.workers):
             w.stop()
         if self.master is not None:
@@ -101,7 +101,7 @@ class ParityEnv:
             env=env,
         )
         w.create()
-        tac = harness.read_text(os.path.join(basedir, "buildbot.tac"))
+        tac = w.tac_text()
         if self.protocol.tac_marker not in tac:
             raise harness.HarnessError(
                 f"{w.create_cmd} made a buildbot.tac without {self.protocol.tac_marker!r}:\n{tac}"
@@ -138,12 +138,8 @@ def protocol(request) -> harness.ProtocolSpec:
 
 @pytest.fixture(scope="module")
 def parity_env(protocol, tmp_path_factory):
-    env = ParityEnv(protocol, str(tmp_path_factory.mktemp(f"e2e-{protocol.name}")))
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
+    root = str(tmp_path_factory.mktemp(f"e2e-{protocol.name}"))
+    yield from harness.started(ParityEnv(protocol, root))
 
 
 @pytest.fixture

@@ -248,11 +248,7 @@ class FaultEnv:
         create = [harness.venv_exe("buildbot-worker-msgproto"), "create-worker",
                   *self._create_args(), basedir, f"127.0.0.1:{master}", WORKER, PASSWD]
         self.worker = harness.Worker(basedir, create, name=WORKER)
-        self.master.create()
-        self.worker.create()
-        self.master.start()
-        self.worker.start()
-        self.master.wait_worker_connected(WORKER, 60, worker=self.worker)
+        harness.start_attached(self.master, self.worker, 60)
         return self
 
     def stop(self) -> None:

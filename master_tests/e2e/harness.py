@@ -38,9 +38,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 from typing import Callable
+from typing import TypeVar
 
 # --------------------------------------------------------------------------------------------
 # Environment
@@ -135,6 +137,20 @@ def wait_for(
                 msg += "\n" + diagnostics()
             raise HarnessError(msg)
         time.sleep(interval)
+
+
+E = TypeVar("E")
+
+
+def started(env: E) -> Iterator[E]:
+    """The body of a fixture of an environment with ``start()`` and ``stop()``
+    (``yield from harness.started(env)``): start it, yield it, and stop it after the
+    tests, also when starting failed half way."""
+    try:
+        env.start()
+        yield env
+    finally:
+        env.stop()
 
 
 def find_processes(argv: Sequence[str]) -> list[int]:
@@ -353,6 +369,18 @@ def make_master_cfg(
     )
 
 
+def cfg_import_py(module: str) -> str:
+    """master.cfg source importing ``module``, a module of this directory, as
+    ``_<module>`` (the master imports it as a top-level module: it may hold real steps)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return (
+        "import sys as _sys\n"
+        f"if {here!r} not in _sys.path:\n"
+        f"    _sys.path.insert(0, {here!r})\n"
+        f"import {module} as _{module}\n"
+    )
+
+
 def simple_builders_py(names: Iterable[str], workernames: Iterable[str] | None = None) -> str:
     """Builders each running one trivial ShellCommand (echo). For reconnect-style tests."""
     wn = "WORKER_NAMES" if workernames is None else repr(list(workernames))
@@ -485,6 +513,32 @@ class _Process:
         """Graceful SIGTERM, SIGKILL after ``timeout`` seconds. Returns the exit code."""
         return self._terminate(timeout)
 
+    def _fail_if_exited(self) -> None:
+        """Raise if the process, starting up, has exited already."""
+        if not self.is_running:
+            raise HarnessError(
+                f"{self.kind} exited with code {self.popen.returncode} during startup\n"
+                + self.diagnostics()
+            )
+
+    def _await_start(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Wait (bounded) until ``ready()``; stop the process and raise if it does not."""
+        try:
+            wait_for(ready, timeout, f"{self.kind} in {self.basedir} to start", 0.1,
+                     self.diagnostics)
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The process group stopped (SIGSTOP) inside the block, resumed (SIGCONT) after."""
+        os.killpg(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(self.pid, signal.SIGCONT)
+
     def kill(self) -> int | None:
         """Abrupt SIGKILL of the whole process group (no graceful protocol shutdown)."""
         p = self.popen
@@ -570,11 +624,7 @@ class Master(_Process):
         REST API answers; stop it and raise if it does not."""
 
         def ready() -> bool:
-            if not self.is_running:
-                raise HarnessError(
-                    f"master exited with code {self.popen.returncode} during startup\n"
-                    + self.diagnostics()
-                )
+            self._fail_if_exited()
             log = self.new_log_text()
             if "BuildMaster startup failed" in log or "Configuration Errors" in log:
                 raise HarnessError("master startup failed\n" + self.diagnostics(120))
@@ -586,11 +636,7 @@ class Master(_Process):
                 return False
             return True
 
-        try:
-            wait_for(ready, timeout, f"master in {self.basedir} to start", 0.1, self.diagnostics)
-        except BaseException:
-            self.stop(timeout=5)
-            raise
+        self._await_start(ready, timeout)
         return self
 
     def restart(self, timeout: float = DEFAULT_START_TIMEOUT) -> Master:
@@ -880,6 +926,10 @@ class Worker(_Process):
             start_cmd=spec.worker_start_cmd(basedir),
         )
 
+    def tac_text(self) -> str:
+        """The created basedir's buildbot.tac ("" before ``create()``)."""
+        return read_text(os.path.join(self.basedir, "buildbot.tac"))
+
     def create(self) -> Worker:
         if self.create_cmd is None:
             raise HarnessError("no create_cmd given")
@@ -914,20 +964,21 @@ class Worker(_Process):
             # stock worker whose first login is refused), which is for the test to judge
             if "starting up" in self.new_log_text():
                 return True
-            if not self.is_running:
-                raise HarnessError(
-                    f"worker exited with code {self.popen.returncode} during startup\n"
-                    + self.diagnostics()
-                )
+            self._fail_if_exited()
             return False
 
-        try:
-            wait_for(started, timeout, f"worker in {self.basedir} to start", 0.1, self.diagnostics)
-        except BaseException:
-            self.stop(timeout=5)
-            raise
+        self._await_start(started, timeout)
         return self
 
     def restart(self, stop_timeout: float = DEFAULT_STOP_TIMEOUT) -> Worker:
         self.stop(stop_timeout)
         return self.start()
+
+
+def start_attached(master: Master, worker: Worker, timeout: float) -> None:
+    """Create ``master`` and ``worker``, start both; return once the worker is attached."""
+    master.create()
+    worker.create()
+    master.start()
+    worker.start()
+    master.wait_worker_connected(worker.name, timeout, worker=worker)

@@ -9,8 +9,6 @@ step: no relative imports here.
 
 from __future__ import annotations
 
-import os
-
 from buildbot.plugins import steps
 from buildbot.plugins import util
 from buildbot.process.buildstep import BuildStep
@@ -68,12 +66,9 @@ def factory() -> util.BuildFactory:
 
 def builders_py(workernames: str = "WORKER_NAMES") -> str:
     """master.cfg snippet adding the builder (``workernames``: python source of a list)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return (
-        "import sys as _sys\n"
-        f"if {here!r} not in _sys.path:\n"
-        f"    _sys.path.insert(0, {here!r})\n"
-        "import list_args_cfg as _list_args_cfg\n"
+    from master_tests.e2e import harness  # in the pytest process only
+
+    return harness.cfg_import_py("list_args_cfg") + (
         f"c['builders'].append(util.BuilderConfig(name={BUILDER!r}, "
         f"workernames={workernames}, factory=_list_args_cfg.factory()))\n"
     )

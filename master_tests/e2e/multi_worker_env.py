@@ -7,20 +7,41 @@ that echoes ``hello-from-NAME``, so a test can check that worker's build.
 from __future__ import annotations
 
 import os
+import re
 import time
 
 from . import harness
 
 ATTACH_TIMEOUT = 30
 
-BUILDERS_PY = """
+
+
+def hello_builders_py(more_steps_py: str = "") -> str:
+    """Builders ``b-NAME``, one a worker, whose step ``hello`` echoes ``hello-from-NAME``;
+    ``more_steps_py``: python source of further steps (each ending in a comma) that may
+    use ``name``."""
+    return f"""
 for name in WORKER_NAMES:
     c['builders'].append(util.BuilderConfig(
         name='b-' + name, workernames=[name],
         factory=util.BuildFactory([
             steps.ShellCommand(name='hello', command=['sh', '-c', 'echo hello-from-$0', name]),
-        ])))
+{more_steps_py}        ])))
 """
+
+
+BUILDERS_PY = hello_builders_py()
+
+
+def check_hello_build(master: harness.Master, name: str, timeout: float,
+                      worker: harness.Worker | None = None) -> None:
+    """Worker ``name`` attaches within ``timeout`` s and the build of its builder succeeds
+    with its output (``worker``: its process, to fail fast if it dies)."""
+    master.wait_worker_connected(name, timeout, worker=worker)
+    build = master.run_build("b-" + name, timeout=60)
+    assert build["results"] == harness.SUCCESS, master.build_summary(build["buildid"])
+    text = master.step_log_text(master.step(build["buildid"], "hello")["stepid"])
+    assert f"hello-from-{name}" in text
 
 #: worker name -> (protocol spec, extra create-worker args, master port the worker uses)
 WorkerSpecs = dict[str, tuple[harness.ProtocolSpec, tuple[str, ...], int]]
@@ -58,7 +79,7 @@ class MultiWorkerEnv:
         for w in self.workers.values():
             w.start()
 
-    def close(self) -> None:
+    def stop(self) -> None:
         for w in self.workers.values():
             w.stop()
         if self.master is not None:
@@ -71,8 +92,26 @@ class MultiWorkerEnv:
 
     def check_build(self, name: str) -> None:
         """Worker ``name`` attaches and its builder's build succeeds with its output."""
-        self.master.wait_worker_connected(name, ATTACH_TIMEOUT, worker=self.workers[name])
-        build = self.master.run_build("b-" + name, timeout=60)
-        assert build["results"] == harness.SUCCESS, self.master.build_summary(build["buildid"])
-        text = self.master.step_log_text(self.master.step(build["buildid"], "hello")["stepid"])
-        assert f"hello-from-{name}" in text
+        check_hello_build(self.master, name, ATTACH_TIMEOUT, self.workers[name])
+
+    def wait_refusals(self, seconds: float) -> None:
+        """Let the workers run (and be refused) for ``seconds`` since they started."""
+        remaining = seconds - (time.monotonic() - self.started_at)
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def assert_never_attached(self, name: str, keeps_running: bool = True) -> None:
+        """Worker ``name`` never attached (and runs still, if ``keeps_running``)."""
+        if keeps_running:
+            assert self.workers[name].is_running, self.workers[name].diagnostics()
+        assert not self.master.worker_data(name)["connected_to"], self.e2e_diagnostics()
+        assert f"worker '{name}' attaching" not in self.master.log_text()
+
+
+def assert_backing_off(worker: harness.Worker) -> None:
+    """``worker`` retried with growing delays and never connected."""
+    log = worker.log_text()
+    delays = [float(d) for d in re.findall(r"Scheduling retry \d+ to connect .* in "
+                                           r"([0-9.]+) seconds", log)]
+    assert len(delays) >= 2 and delays[-1] > delays[0], worker.diagnostics()
+    assert "Connected to buildmaster" not in log

@@ -112,12 +112,9 @@ def upload_dir(data_dir: str, builder: str, buildnumber: int) -> str:
 
 def parity_builders_py(data_dir: str) -> str:
     """master.cfg snippet adding all parity builders (see harness.make_master_cfg)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    return (
-        "import sys as _sys\n"
-        f"if {here!r} not in _sys.path:\n"
-        f"    _sys.path.insert(0, {here!r})\n"
-        "import parity_cfg as _parity_cfg\n"
+    from master_tests.e2e import harness  # in the pytest process only
+
+    return harness.cfg_import_py("parity_cfg") + (
         f"c['builders'].extend(_parity_cfg.make_builders({os.path.abspath(data_dir)!r}))\n"
     )
 

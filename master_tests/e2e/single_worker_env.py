@@ -52,11 +52,7 @@ class SingleWorkerEnv:
                                                   WORKER, PASSWD, extra_create_args=create_args)
 
     def start(self) -> SingleWorkerEnv:
-        self.master.create()
-        self.worker.create()
-        self.master.start()
-        self.worker.start()
-        self.master.wait_worker_connected(WORKER, 30, worker=self.worker)
+        harness.start_attached(self.master, self.worker, 30)
         return self
 
     def stop(self) -> None:

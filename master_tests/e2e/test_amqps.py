@@ -17,11 +17,9 @@ Skips when rabbitmq-server is not installed.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-import time
 from typing import Any
 
 import pytest
@@ -31,8 +29,8 @@ from master_tests import rabbitmq
 from . import harness
 from . import tls_checks
 from .test_tls import Certs
+from .tls_checks import RejectingEnv
 from .tls_checks import assert_certificate_rejected
-from .transport_suite import PASSWD
 from .transport_suite import WORKER
 from .transport_suite import TransportEnv
 from .transport_suite import TransportSuite
@@ -57,42 +55,6 @@ def tls_broker(tmp_path_factory: Any) -> Any:
         yield certs, broker
     finally:
         rabbitmq.stop_private(broker)
-
-
-class AmqpsEnv(TransportEnv):
-    """The suite's master and worker, plus workers that must be rejected."""
-
-    def __init__(self, suite: TestAmqps, root: str) -> None:
-        super().__init__(suite, root)
-        certs = self.certs = suite.certs
-        self.broker = suite.broker
-        wrong_fp = tls_checks.wrong_fingerprint(certs.fingerprint)
-        args = {"wrong-ca": ("--tls-ca-file", certs.other_ca_file),
-                "pin-bad": ("--tls-fingerprint", wrong_fp)}
-        line = f"worker.MsgWorker({WORKER!r}, {PASSWD!r}),"
-        assert self.master.cfg_text.count(line) == 1
-        extra = "".join(f"\n    worker.MsgWorker({name!r}, {PASSWD!r})," for name in REJECTED)
-        self.master.cfg_text = self.master.cfg_text.replace(line, line + extra)
-        self.rejected: dict[str, harness.Worker] = {}
-        for name, kind in REJECTED.items():
-            basedir = os.path.join(root, name)
-            create = [harness.venv_exe("buildbot-worker-msgproto"), "create-worker",
-                      "--transport", "amqp", *_options(self.broker, name), *args[kind],
-                      basedir, suite.worker_master_arg(self), name, PASSWD]
-            self.rejected[name] = harness.Worker(basedir, create, name=name)
-        self.rejected_started = 0.0
-
-    def start(self) -> None:
-        super().start()
-        for w in self.rejected.values():
-            w.create()
-            w.start()
-        self.rejected_started = time.monotonic()
-
-    def stop(self) -> None:
-        for w in self.rejected.values():
-            w.stop()
-        super().stop()
 
 
 def _options(broker: rabbitmq.Broker, user: str) -> list[str]:
@@ -121,27 +83,27 @@ class TestAmqps(TransportSuite):
 
     @pytest.fixture(scope="class")
     def env(self, tmp_path_factory: Any, tls_broker: Any) -> Any:
-        self.certs, self.broker = tls_broker
-        env = AmqpsEnv(self, str(tmp_path_factory.mktemp("transport-amqps")))
-        try:
-            env.start()
-            yield env
-        finally:
-            env.stop()
+        certs, broker = self.certs, self.broker = tls_broker
+        wrong_fp = tls_checks.wrong_fingerprint(certs.fingerprint)
+        args = {"wrong-ca": ("--tls-ca-file", certs.other_ca_file),
+                "pin-bad": ("--tls-fingerprint", wrong_fp)}
+        yield from harness.started(RejectingEnv(
+            self, str(tmp_path_factory.mktemp("transport-amqps")),
+            {name: (*_options(broker, name), *args[kind]) for name, kind in REJECTED.items()}))
 
     # ------------------------------------------------------------------ TLS specifics
-    def test_master_and_worker_use_the_tls_listener(self, env: AmqpsEnv) -> None:
+    def test_master_and_worker_use_the_tls_listener(self, env: RejectingEnv) -> None:
         env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
-        assert (f"consuming from 'msgproto.master' on amqp://127.0.0.1:{env.broker.tls_port}/"
+        assert (f"consuming from 'msgproto.master' on amqp://127.0.0.1:{env.suite.broker.tls_port}/"
                 in env.master.log_text())
-        tac = harness.read_text(os.path.join(env.worker.basedir, "buildbot.tac"))
+        tac = env.worker.tac_text()
         assert f"tls_ca_file = {env.certs.ca_file!r}" in tac
         assert "use_tls = True" in tac
         # the broker's own view: both AMQP connections are TLS, on the TLS port
-        listing = env.broker.ctl("list_connections", "user", "ssl", "port", "--no-table-headers",
-                                 "--quiet")
+        listing = env.suite.broker.ctl("list_connections", "user", "ssl", "port",
+                                       "--no-table-headers", "--quiet")
         rows = {tuple(line.split("\t")) for line in listing.splitlines() if line.strip()}
-        tls_port = str(env.broker.tls_port)
+        tls_port = str(env.suite.broker.tls_port)
         assert (rabbitmq.MASTER_USER, "true", tls_port) in rows, listing
         assert (WORKER, "true", tls_port) in rows, listing
         # a worker that rejects the broker's certificate may show up for an instant (a
@@ -153,15 +115,15 @@ class TestAmqps(TransportSuite):
         ("w1", "is not trusted by the CAs of"),
         ("w2", "is not the pinned"),
     ])
-    def test_rejected_broker_certificate(self, env: AmqpsEnv, name: str, why: str) -> None:
+    def test_rejected_broker_certificate(self, env: RejectingEnv, name: str, why: str) -> None:
         assert_certificate_rejected(env.master, env.rejected[name], name, why,
-                                    f"127.0.0.1:{env.broker.tls_port}",
+                                    f"127.0.0.1:{env.suite.broker.tls_port}",
                                     env.rejected_started, REJECT_WAIT)
 
-    def test_master_rejects_an_untrusted_broker(self, env: AmqpsEnv) -> None:
+    def test_master_rejects_an_untrusted_broker(self, env: RejectingEnv) -> None:
         """The master's side, in a process of its own: listen() with an unrelated CA as
         ``ca_file`` never gets a broker connection and logs why."""
-        broker = env.broker
+        broker = env.suite.broker
         options = broker.master_options(
             url=broker.tls_url(broker.master_user, broker.master_password),
             ca_file=env.certs.other_ca_file, queue="msgproto.master.untrusted")

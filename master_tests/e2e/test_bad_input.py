@@ -44,12 +44,7 @@ class Env(SingleWorkerEnv):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    e = Env(str(tmp_path_factory.mktemp("bad-input")))
-    try:
-        e.start()
-        yield e
-    finally:
-        e.stop()
+    yield from harness.started(Env(str(tmp_path_factory.mktemp("bad-input"))))
 
 
 def _close_code(frames: list[dict]) -> str | None:
@@ -57,27 +52,26 @@ def _close_code(frames: list[dict]) -> str | None:
     return closes[-1]["code"] if closes else None
 
 
-def test_malformed_json_is_rejected(env):
+def _close_code_after_frame(env, frame: bytes) -> str | None:
+    """Choose msg, send ``frame``: the code of the master's close."""
     with RawClient(env.port) as c:
         c.choose_msg()
-        c.send_frame(b'{"type": "hello", "seq": 1, oops')
-        assert _close_code(c.read_until_closed()) == "bad_frame"
+        c.send_frame(frame)
+        return _close_code(c.read_until_closed())
+
+
+def test_malformed_json_is_rejected(env):
+    assert _close_code_after_frame(env, b'{"type": "hello", "seq": 1, oops') == "bad_frame"
     env.assert_log("frame is not valid JSON")
 
 
 def test_invalid_utf8_is_rejected(env):
-    with RawClient(env.port) as c:
-        c.choose_msg()
-        c.send_frame(b'{"type": "hello\xff\xfe"}')
-        assert _close_code(c.read_until_closed()) == "bad_frame"
+    assert _close_code_after_frame(env, b'{"type": "hello\xff\xfe"}') == "bad_frame"
     env.assert_log("frame is not valid UTF-8")
 
 
 def test_deeply_nested_json_is_rejected(env):
-    with RawClient(env.port) as c:
-        c.choose_msg()
-        c.send_frame(b"[" * 10000)
-        assert _close_code(c.read_until_closed()) == "bad_frame"
+    assert _close_code_after_frame(env, b"[" * 10000) == "bad_frame"
 
 
 def test_oversized_frame_is_rejected_without_buffering(env):

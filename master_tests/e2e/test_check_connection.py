@@ -105,7 +105,7 @@ class CheckEnv:
         assert line.startswith("port "), line
         self.proxy_port = int(line.split()[1])
 
-    def close(self) -> None:
+    def stop(self) -> None:
         if self.proxy is not None:
             self.proxy.terminate()
             self.proxy.wait(10)
@@ -143,12 +143,7 @@ class CheckEnv:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    env = CheckEnv(str(tmp_path_factory.mktemp("e2e-check")))
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
+    yield from harness.started(CheckEnv(str(tmp_path_factory.mktemp("e2e-check"))))
 
 
 def _fingerprint(path: str) -> str:

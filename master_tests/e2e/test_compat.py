@@ -17,17 +17,13 @@ import os
 import pytest
 
 from . import harness
+from .multi_worker_env import check_hello_build
+from .multi_worker_env import hello_builders_py
 
-BUILDERS_PY = """
-for name in WORKER_NAMES:
-    c['builders'].append(util.BuilderConfig(
-        name='b-' + name, workernames=[name],
-        factory=util.BuildFactory([
-            steps.ShellCommand(name='hello', command=['sh', '-c', 'echo hello-from-$0', name]),
+BUILDERS_PY = hello_builders_py("""\
             steps.StringDownload('payload-' + name, workerdest='p.txt'),
             steps.FileUpload(workersrc='p.txt', masterdest=name + '.txt'),
-        ])))
-"""
+""")
 
 STOCK = harness.ProtocolSpec(name="stock-pb", protocols_py="", worker_py="")
 OURS_PB = harness.ProtocolSpec(
@@ -57,11 +53,7 @@ def _start(root: str, protocols_py: str, workers: dict[str, tuple[str, harness.P
 
 
 def _check_build(master: harness.Master, name: str) -> None:
-    master.wait_worker_connected(name, ATTACH_TIMEOUT)
-    build = master.run_build("b-" + name, timeout=60)
-    assert build["results"] == harness.SUCCESS, master.build_summary(build["buildid"])
-    text = master.step_log_text(master.step(build["buildid"], "hello")["stepid"])
-    assert f"hello-from-{name}" in text
+    check_hello_build(master, name, ATTACH_TIMEOUT)
     with open(os.path.join(master.basedir, name + ".txt"), encoding="utf-8") as f:
         assert f.read() == "payload-" + name
 

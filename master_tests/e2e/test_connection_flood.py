@@ -196,12 +196,7 @@ class FloodEnv(SingleWorkerEnv):
 
 @pytest.fixture
 def flood_env(tmp_path):
-    e = FloodEnv(str(tmp_path))
-    try:
-        e.start()
-        yield e
-    finally:
-        e.stop()
+    yield from harness.started(FloodEnv(str(tmp_path)))
 
 
 def _close_code(received: bytes) -> str | None:

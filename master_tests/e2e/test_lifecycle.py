@@ -59,11 +59,8 @@ def _wait_log(proc: harness._Process, text: str, timeout: float) -> None:
 
 def test_briefly_frozen_worker_resumes_its_session(make_env):
     env = make_env(msg_options={**HEARTBEATS, "resume_window": 30})
-    os.killpg(env.worker.pid, signal.SIGSTOP)
-    try:
+    with env.worker.frozen():
         _wait_log(env.master, "connection lost (heartbeat_timeout", HEARTBEAT_TIMEOUT + 15)
-    finally:
-        os.killpg(env.worker.pid, signal.SIGCONT)
     _wait_log(env.master, "resumed its session", 30)
     assert env.master.worker_data(WORKER)["connected_to"], "the worker was detached"
     assert "Worker.detached" not in env.master.log_text()
@@ -72,26 +69,20 @@ def test_briefly_frozen_worker_resumes_its_session(make_env):
 
 def test_frozen_worker_is_detected_and_reconnects(make_env):
     env = make_env()
-    os.killpg(env.worker.pid, signal.SIGSTOP)
-    try:
+    with env.worker.frozen():
         # lost after the heartbeat timeout, detached after the window (plus a heartbeat
         # timeout, so that the worker's own window ends first)
         env.master.wait_worker_disconnected(WORKER, 2 * HEARTBEAT_TIMEOUT + RESUME_WINDOW + 15)
         _wait_log(env.master, "heartbeat_timeout", 5)
         _wait_log(env.master, "resume_window_expired", 5)
-    finally:
-        os.killpg(env.worker.pid, signal.SIGCONT)
     env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
     env.build_ok()
 
 
 def test_frozen_master_is_detected_by_the_worker(make_env):
     env = make_env()
-    os.killpg(env.master.pid, signal.SIGSTOP)
-    try:
+    with env.master.frozen():
         _wait_log(env.worker, "heartbeat_timeout", HEARTBEAT_TIMEOUT + 15)
-    finally:
-        os.killpg(env.master.pid, signal.SIGCONT)
     env.master.wait_worker_connected(WORKER, 60, worker=env.worker)
     env.build_ok()
 
@@ -128,17 +119,16 @@ def test_duplicate_worker_replaces_a_dead_connection(make_env):
                                          os.path.join(env.root, "second"), env.port, WORKER,
                                          PASSWD)
     second.create()
-    os.killpg(env.worker.pid, signal.SIGSTOP)
     try:
-        second.start()
-        _wait_log(env.master, "ping timed out", 40)
-        _wait_log(second, "Connected to buildmaster over msgproto", 40)
-        env.master.wait_worker_connected(WORKER, 30, worker=second)
-        build = env.master.run_build("b", timeout=60)
-        assert build["results"] == harness.SUCCESS
-        assert "hello from" in env.master.build_log_text(build["buildid"], "hello")
+        with env.worker.frozen():
+            second.start()
+            _wait_log(env.master, "ping timed out", 40)
+            _wait_log(second, "Connected to buildmaster over msgproto", 40)
+            env.master.wait_worker_connected(WORKER, 30, worker=second)
+            build = env.master.run_build("b", timeout=60)
+            assert build["results"] == harness.SUCCESS
+            assert "hello from" in env.master.build_log_text(build["buildid"], "hello")
     finally:
-        os.killpg(env.worker.pid, signal.SIGCONT)
         second.stop()
 
 

@@ -18,7 +18,7 @@ in, and still binds a presented one.
 from __future__ import annotations
 
 import os
-import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -61,16 +61,6 @@ class MTLSEnv(MultiWorkerEnv):
         self.start_all(protocols_py, {name: (spec, args, self.port)
                                       for name, (spec, args) in self.specs.items()})
 
-    def wait_refusals(self) -> None:
-        remaining = REJECT_WAIT - (time.monotonic() - self.started_at)
-        if remaining > 0:
-            time.sleep(remaining)
-
-    def assert_never_attached(self, name: str, keeps_running: bool = True) -> None:
-        if keeps_running:
-            assert self.workers[name].is_running, self.workers[name].diagnostics()
-        assert not self.master.worker_data(name)["connected_to"], self.e2e_diagnostics()
-        assert f"worker '{name}' attaching" not in self.master.log_text()
 
 
 @pytest.fixture(scope="module")
@@ -81,40 +71,31 @@ def layout(tmp_path_factory):
                                              "opt_impostor"]).layout
 
 
-def _env(tmp_path_factory, layout, mode: str, specs) -> MTLSEnv:
+def _env(tmp_path_factory, layout, mode: str, specs) -> Iterator[MTLSEnv]:
+    """A fixture's body: the started MTLSEnv of ``mode`` with the workers ``specs(env)``."""
     env = MTLSEnv(str(tmp_path_factory.mktemp(f"e2e-mtls-{mode}")), mode, layout)
     env.specs = specs(env)
-    return env
+    yield from harness.started(env)
 
 
 @pytest.fixture(scope="module")
 def required_env(tmp_path_factory, layout):
-    env = _env(tmp_path_factory, layout, "required", lambda e: {
+    yield from _env(tmp_path_factory, layout, "required", lambda e: {
         "good": e.ours("good"),
         "impostor": e.ours("good"),  # name 'impostor', certificate of 'good'
         "nocert": e.ours(None),
         "stock_good": e.stock("stock_good"),
         "stock_impostor": e.stock("good"),
     })
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
 
 
 @pytest.fixture(scope="module")
 def optional_env(tmp_path_factory, layout):
-    env = _env(tmp_path_factory, layout, "optional", lambda e: {
+    yield from _env(tmp_path_factory, layout, "optional", lambda e: {
         "plain": e.ours(None),
         "opt_good": e.ours("opt_good"),
         "opt_impostor": e.ours("good"),
     })
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
 
 
 def test_required_own_certificate_builds(required_env):
@@ -130,7 +111,7 @@ def test_required_stock_pb_worker_with_own_certificate_builds(required_env):
 
 
 def test_required_certificate_of_another_worker_is_refused(required_env):
-    required_env.wait_refusals()
+    required_env.wait_refusals(REJECT_WAIT)
     required_env.assert_never_attached("impostor")
     log = required_env.master.log_text()
     lines = [ln for ln in log.splitlines()
@@ -144,7 +125,7 @@ def test_required_certificate_of_another_worker_is_refused(required_env):
 
 
 def test_required_stock_pb_worker_with_another_certificate_is_refused(required_env):
-    required_env.wait_refusals()
+    required_env.wait_refusals(REJECT_WAIT)
     # a stock worker stops after a refused PB login, as after a wrong password
     required_env.assert_never_attached("stock_impostor", keeps_running=False)
     log = required_env.master.log_text()
@@ -155,7 +136,7 @@ def test_required_stock_pb_worker_with_another_certificate_is_refused(required_e
 
 
 def test_required_without_certificate_is_refused(required_env):
-    required_env.wait_refusals()
+    required_env.wait_refusals(REJECT_WAIT)
     required_env.assert_never_attached("nocert")
     log = required_env.master.log_text()
     assert "msgproto: TLS handshake with 127.0.0.1:" in log, required_env.e2e_diagnostics()
@@ -172,6 +153,6 @@ def test_optional_own_certificate_builds(optional_env):
 
 
 def test_optional_certificate_of_another_worker_is_refused(optional_env):
-    optional_env.wait_refusals()
+    optional_env.wait_refusals(REJECT_WAIT)
     optional_env.assert_never_attached("opt_impostor")
     assert "refusing worker 'opt_impostor' from 127.0.0.1:" in optional_env.master.log_text()

@@ -128,12 +128,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    e = Env(str(tmp_path_factory.mktemp("spec-conformance")))
-    try:
-        e.start()
-        yield e
-    finally:
-        e.stop()
+    yield from harness.started(Env(str(tmp_path_factory.mktemp("spec-conformance"))))
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,6 @@ the sshd's ``direct-tcpip`` channels (``MASTER`` = 127.0.0.1:PORT as seen from t
 from __future__ import annotations
 
 import os
-import re
-import time
 
 import pytest
 
@@ -25,6 +23,7 @@ from master_tests.sshd import ssh_server  # noqa: F401 - the fixture
 
 from . import harness
 from .multi_worker_env import MultiWorkerEnv
+from .multi_worker_env import assert_backing_off
 from .test_tls import Certs
 
 REJECT_WAIT = 10  # seconds the refused worker must stay unattached
@@ -62,16 +61,11 @@ class SSHEnv(MultiWorkerEnv):
 
 @pytest.fixture(scope="module")
 def ssh_env(ssh_server, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    env = SSHEnv(str(tmp_path_factory.mktemp("e2e-ssh")), ssh_server)
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
+    yield from harness.started(SSHEnv(str(tmp_path_factory.mktemp("e2e-ssh")), ssh_server))
 
 
 def test_tac_has_ssh_settings(ssh_env):
-    tac = harness.read_text(os.path.join(ssh_env.workers["ssh-tls"].basedir, "buildbot.tac"))
+    tac = ssh_env.workers["ssh-tls"].tac_text()
     assert f"ssh_tunnel = {ssh_env.server.tunnel!r}" in tac
     assert f"ssh_key = {[ssh_env.server.client_key]!r}" in tac
     assert f"ssh_known_hosts = {ssh_env.server.known_hosts!r}" in tac
@@ -102,21 +96,13 @@ def test_tls_inside_the_tunnel_is_verified(ssh_env):
 
 
 def test_wrong_host_key_is_refused(ssh_env):
-    remaining = REJECT_WAIT - (time.monotonic() - ssh_env.started_at)
-    if remaining > 0:
-        time.sleep(remaining)
+    ssh_env.wait_refusals(REJECT_WAIT)
     name = "ssh-badhost"
+    ssh_env.assert_never_attached(name)
     worker = ssh_env.workers[name]
-    assert worker.is_running, worker.diagnostics()
-    assert not ssh_env.master.worker_data(name)["connected_to"]
-    assert f"worker '{name}' attaching" not in ssh_env.master.log_text()
-    log = worker.log_text()
-    refusals = [ln for ln in log.splitlines() if "SSH tunnel to the master" in ln]
+    refusals = [ln for ln in worker.log_text().splitlines() if "SSH tunnel to the master" in ln]
     assert len(refusals) >= 2, worker.diagnostics()  # it keeps retrying...
     assert "is NOT the one for" in refusals[0], refusals[0]
     assert ssh_env.server.wrong_known_hosts in refusals[0]
     assert "SHA256:" in refusals[0]
-    delays = [float(d) for d in re.findall(r"Scheduling retry \d+ to connect .* in "
-                                           r"([0-9.]+) seconds", log)]
-    assert len(delays) >= 2 and delays[-1] > delays[0], worker.diagnostics()  # ...backing off
-    assert "Connected to buildmaster" not in log
+    assert_backing_off(worker)  # ...backing off

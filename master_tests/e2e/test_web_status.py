@@ -69,8 +69,8 @@ class StatusEnv(MultiWorkerEnv):
         for name, worker in self.workers.items():
             self.master.wait_worker_connected(name, WAIT, worker=worker)
 
-    def close(self) -> None:
-        super().close()
+    def stop(self) -> None:
+        super().stop()
         self.proxy.stop()
 
     def info(self, name: str) -> dict:
@@ -86,12 +86,7 @@ class StatusEnv(MultiWorkerEnv):
 def env(tmp_path_factory):
     layout = gen_keys.generate(str(tmp_path_factory.mktemp("status-keys")),
                                workers=["tls_pw", "certonly", "proxied"]).layout
-    env = StatusEnv(str(tmp_path_factory.mktemp("e2e-status")), layout)
-    try:
-        env.start()
-        yield env
-    finally:
-        env.close()
+    yield from harness.started(StatusEnv(str(tmp_path_factory.mktemp("e2e-status")), layout))
 
 
 def _measured(info: dict) -> bool:

@@ -289,7 +289,7 @@ class WireEnv:
             spec, os.path.join(self.root, "worker"), self.relay.port, WORKER, PASSWD,
             extra_create_args=extra_args)
         self.worker.create()
-        tac = harness.read_text(os.path.join(self.worker.basedir, "buildbot.tac"))
+        tac = self.worker.tac_text()
         assert f"port = {self.relay.port}" in tac, tac  # really goes through the relay
         self.worker.start()
         self.master.wait_worker_connected(WORKER, 30, worker=self.worker)
@@ -342,16 +342,22 @@ def _password_report(to_master: bytes, to_worker: bytes) -> list[str]:
             + [f"master->worker: {n}" for n in found_forms(PASSWD, to_worker)])
 
 
+def _run_captured(env: WireEnv, label: str) -> tuple[dict, bytes, bytes]:
+    """Run the build through the relay and check it; (build, bytes worker->master, bytes
+    master->worker), after at least one connection."""
+    build = env.run()
+    _check_build(env, build)
+    to_master, to_worker = env.relay.captured()
+    print(f"{label}: {env.relay.connections} connection(s), {len(to_master)} bytes "
+          f"worker->master, {len(to_worker)} bytes master->worker")
+    assert env.relay.connections >= 1
+    return build, to_master, to_worker
+
+
 @pytest.mark.parametrize("wire_env", ["tcp"], indirect=True)
 def test_plain_tcp_never_sends_the_password(wire_env):
-    build = wire_env.run()
-    _check_build(wire_env, build)
-    relay = wire_env.relay
-    to_master, to_worker = relay.captured()
-    print(f"plain tcp: {relay.connections} connection(s), {len(to_master)} bytes "
-          f"worker->master, {len(to_worker)} bytes master->worker")
+    build, to_master, to_worker = _run_captured(wire_env, "plain tcp")
     # the capture really works: handshake and transfers are visible in clear
-    assert relay.connections >= 1
     assert len(to_master) > 0 and len(to_worker) > 0
     assert b'"type":"hello"' in to_master, to_master[:300]
     assert b'"type":"start_command"' in to_worker
@@ -366,7 +372,7 @@ def test_plain_tcp_never_sends_the_password(wire_env):
     # line it runs in the 'header' stream of its first update (PB does the same).  The
     # command's own output carries only the hash.
     echoes = []
-    for stream, _ in relay.connection_streams():
+    for stream, _ in wire_env.relay.connection_streams():
         for frame in worker_frames(stream):
             for path in _paths_containing(frame, SECRET_VALUE):
                 echoes.append((frame["type"], path[:2], frame["updates"][path[1]][0]
@@ -380,13 +386,7 @@ def test_plain_tcp_never_sends_the_password(wire_env):
 
 @pytest.mark.parametrize("wire_env", ["tls"], indirect=True)
 def test_tls_hides_password_secret_and_file_contents(wire_env):
-    build = wire_env.run()
-    _check_build(wire_env, build)
-    relay = wire_env.relay
-    to_master, to_worker = relay.captured()
-    print(f"tls: {relay.connections} connection(s), {len(to_master)} bytes worker->master, "
-          f"{len(to_worker)} bytes master->worker")
-    assert relay.connections >= 1
+    _, to_master, to_worker = _run_captured(wire_env, "tls")
     # enough traffic for a handshake, a build and both transfers
     assert len(to_master) > len(UPLOAD_CONTENT) and len(to_worker) > len(DOWNLOAD_CONTENT)
     # it is TLS from the first byte: a handshake record carrying the ClientHello

@@ -1,10 +1,41 @@
-"""Assertions shared by the TLS end-to-end tests (wss, AMQPS)."""
+"""What the TLS end-to-end tests of the transport suite share (wss, AMQPS): workers that
+must be rejected, and the assertions about them."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from . import harness
+from .transport_suite import TransportEnv
+
+
+class RejectingEnv(TransportEnv):
+    """The suite's master and worker, plus workers the TLS check of the master (or of the
+    broker) must keep out: ``rejected_options`` maps each one's name to its create-worker
+    options.  They are configured on the master with the right password, so only the
+    TLS check keeps them out."""
+
+    def __init__(self, suite: Any, root: str,
+                 rejected_options: dict[str, tuple[str, ...]]) -> None:
+        super().__init__(suite, root, other_workers=rejected_options)
+        #: the test's certificates (a test_tls.Certs)
+        self.certs = suite.certs
+        self.rejected = {name: self.make_worker(name, options)
+                         for name, options in rejected_options.items()}
+        self.rejected_started = 0.0
+
+    def start(self) -> None:
+        super().start()
+        for w in self.rejected.values():
+            w.create()
+            w.start()
+        self.rejected_started = time.monotonic()
+
+    def stop(self) -> None:
+        for w in self.rejected.values():
+            w.stop()
+        super().stop()
 
 
 def assert_certificate_rejected(master: harness.Master, worker: harness.Worker, name: str,

@@ -15,6 +15,8 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -74,12 +76,8 @@ class TransportSuite:
     # ------------------------------------------------------------------ fixture
     @pytest.fixture(scope="class")
     def env(self, tmp_path_factory: Any) -> Any:
-        env = TransportEnv(self, str(tmp_path_factory.mktemp(f"transport-{self.transport}")))
-        try:
-            env.start()
-            yield env
-        finally:
-            env.stop()
+        root = str(tmp_path_factory.mktemp(f"transport-{self.transport}"))
+        yield from harness.started(TransportEnv(self, root))
 
     # ------------------------------------------------------------------ the suite
     def test_worker_uses_the_transport(self, env: TransportEnv) -> None:
@@ -162,9 +160,11 @@ class TransportSuite:
 
 
 class TransportEnv:
-    """One master with the transport enabled and one worker created for it."""
+    """One master with the transport enabled and one worker created for it;
+    ``other_workers`` are configured on the master too (with the same password)."""
 
-    def __init__(self, suite: TransportSuite, root: str) -> None:
+    def __init__(self, suite: TransportSuite, root: str,
+                 other_workers: Iterable[str] = ()) -> None:
         self.suite = suite
         self.root = root
         self.port = harness.free_port()
@@ -179,23 +179,26 @@ class TransportEnv:
         protocols_py = ("{'msg': {'port': 'tcp:{PORT}:interface=127.0.0.1', "
                         f"'transports': {transports_py}}}}}")
         extra = f"DATA_FILE = {self.data_file!r}\nFILE_SIZE = {FILE_SIZE}\n"
-        cfg = harness.make_master_cfg(protocols_py, f"worker.MsgWorker({WORKER!r}, {PASSWD!r})",
-                                      self.port, www_port,
+        workers_py = [f"worker.MsgWorker({name!r}, {PASSWD!r})"
+                      for name in (WORKER, *other_workers)]
+        cfg = harness.make_master_cfg(protocols_py, workers_py, self.port, www_port,
                                       extra + BUILDERS_PY + list_args_cfg.builders_py())
         self.master = harness.Master(os.path.join(root, "master"), cfg, www_port=www_port,
                                      master_port=self.port)
-        basedir = os.path.join(root, "worker")
+        self.worker = self.make_worker(WORKER, suite.worker_create_options(self), "worker")
+
+    def make_worker(self, name: str, options: Sequence[str],
+                    dirname: str | None = None) -> harness.Worker:
+        """Worker ``name`` of this transport (not created yet) in ``root/dirname`` (default:
+        its name), made by create-worker with ``options``."""
+        basedir = os.path.join(self.root, dirname or name)
         create = [harness.venv_exe("buildbot-worker-msgproto"), "create-worker",
-                  "--transport", suite.transport, *suite.worker_create_options(self),
-                  basedir, suite.worker_master_arg(self), WORKER, PASSWD]
-        self.worker = harness.Worker(basedir, create, name=WORKER)
+                  "--transport", self.suite.transport, *options,
+                  basedir, self.suite.worker_master_arg(self), name, PASSWD]
+        return harness.Worker(basedir, create, name=name)
 
     def start(self) -> None:
-        self.master.create()
-        self.worker.create()
-        self.master.start()
-        self.worker.start()
-        self.master.wait_worker_connected(WORKER, 60, worker=self.worker)
+        harness.start_attached(self.master, self.worker, 60)
 
     def stop(self) -> None:
         self.worker.stop()
