@@ -351,6 +351,13 @@ class MasterHandshake(MessageHandler):
         if ownership is not None:
             owner = yield ownership.claim(worker_name)
             if owner is not None:
+                left = owner.expires_at - driver.reactor.seconds()
+                log.msg(f"msgproto: worker {worker_name!r} from {driver.peer}: master "
+                        f"{owner.master_name!r} holds its lease for {left:.1f} s more; "
+                        "taking it over if it lapses")
+                owner = yield ownership.claim_when_lapsed(
+                    worker_name, owner, lambda: not driver.session.is_closed)
+            if owner is not None:
                 reason = refusal_reason(worker_name, owner, driver.reactor.seconds())
                 log.msg(f"msgproto: refusing worker {worker_name!r} from {driver.peer}: "
                         f"{reason}")

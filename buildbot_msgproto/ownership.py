@@ -25,6 +25,8 @@ from buildbot_msgproto.lease import WorkerLeases
 DEFAULT_LEASE_SECONDS = 4.0
 #: Renewals per lease period (a lease survives this many minus one missed renewals).
 RENEWALS_PER_LEASE = 3
+#: Seconds past a lease's expiry at which a waiting login claims it again.
+LAPSE_MARGIN = 0.05
 
 
 class WorkerOwnership(service.Service):
@@ -69,6 +71,27 @@ class WorkerOwnership(service.Service):
         if owner is None:
             self.held[worker] = self.held.get(worker, 0) + 1
         return owner
+
+    @defer.inlineCallbacks
+    def claim_when_lapsed(self, worker: str, owner: Owner,
+                          still_wanted: Callable[[], bool]) -> Any:
+        """Wait for ``owner``'s lease on ``worker`` to lapse, then claim it again: None if
+        this master holds it now, else the Owner (who renewed it: that master is alive).
+
+        A killed master's workers come to the next master while their leases still run;
+        holding their logins until the leases lapse (at most ``duration``) takes them over
+        at once, instead of a refusal and a round of reconnects per worker.  A lease that
+        runs longer than ``duration`` (a skewed clock), or a login that ended meanwhile
+        (``still_wanted()`` false), is not waited for.
+        """
+        wait = owner.expires_at - self.now()
+        if wait > self.duration or not still_wanted():
+            return owner
+        yield task.deferLater(self.master.reactor, max(0.0, wait) + LAPSE_MARGIN,
+                              lambda: None)
+        if not still_wanted():
+            return owner
+        return (yield self.claim(worker))
 
     @defer.inlineCallbacks
     def release(self, worker: str) -> Any:

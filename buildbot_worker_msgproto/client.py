@@ -92,13 +92,25 @@ class WorkerSessions:
         self.limits = limits
         self.software = software or {}
         self.driver: SessionDriver | None = None
+        #: With several masters: the index of the master the suspended session was on.
+        self.session_master: int | None = None
 
     def new_driver(self) -> FrameReceiver:
         """The receiver for a new connection: a new port of the suspended session (which
         then asks to resume), or a new session's driver."""
         driver = self.driver
         if driver is not None and driver.session.may_resume:
-            return driver.new_port()
+            if not self._on_another_master():
+                return driver.new_port()
+            # sessions live in one master's memory: asking another one to resume costs a
+            # round trip and ends in session_expired anyway (many at once after a master died)
+            was, now = (self.masters.masters[i] for i in (self.session_master,
+                                                          self.masters.current))
+            log.msg(f"msgproto: connected to master {now}; the suspended session was on "
+                    f"master {was} and cannot resume here: logging in anew")
+            driver.close(CloseCode.SESSION_EXPIRED,
+                         f"failed over from master {was} to {now}: a session resumes "
+                         "only on its own master")
         session = Session(Role.WORKER, self.limits, now=self.reactor.seconds(),
                           worker_name=self.name, password=self.password,
                           certificate_login=self.password is None, software=self.software)
@@ -112,6 +124,7 @@ class WorkerSessions:
         to normal once it did."""
         if isinstance(event, LinkLost):
             if self.masters is not None:
+                self.session_master = self.masters.current
                 self.masters.pin()
             if self.retry_policy is not None:
                 self.retry_policy.resume_until(self.reactor.seconds() + event.window)
@@ -120,6 +133,11 @@ class WorkerSessions:
             self.masters.unpin()
         if self.retry_policy is not None:
             self.retry_policy.logged_in()
+
+    def _on_another_master(self) -> bool:
+        """The new connection goes to another master than the suspended session's."""
+        return (self.masters is not None and self.session_master is not None
+                and self.masters.current != self.session_master)
 
     def _session_ended(self, code: str, reason: str, by_peer: bool) -> None:
         """Count failed logins and apply the retry policy to them, as PB does

@@ -9,8 +9,16 @@ from twisted.internet import defer
 from twisted.internet import error
 from twisted.internet import task
 
+from buildbot_worker_msgproto.client import WorkerSessions
+from buildbot_worker_msgproto.driver import SessionDriver
+from buildbot_worker_msgproto.protocol.session import Role
+from buildbot_worker_msgproto.protocol.session import Session
 from buildbot_worker_msgproto.reach.failover import FailoverEndpoint
 from buildbot_worker_msgproto.reach.failover import MasterList
+from worker_tests.test_driver import LIMITS
+from worker_tests.test_driver import Handler
+from worker_tests.test_driver import connect as connect_in_memory
+from worker_tests.test_driver import settle
 
 MASTERS = ["a:9989", "b:9989", "c:9989"]
 
@@ -120,3 +128,44 @@ def test_a_master_that_could_not_be_reached_is_tried_last_for_a_while():
     masters.unreachable(0)
     masters.connected(0)  # it answered again after all
     assert masters.candidates() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- a suspended session
+def _suspended_on_first_master():
+    """A worker's session, opened on master 0 of three, whose link was just cut."""
+    clock = task.Clock()
+    Handler.registry = {}
+    masters = MasterList(MASTERS)
+    handler = Handler()
+    sessions = WorkerSessions(handler, "w1", "pw", clock, LIMITS, masters=masters)
+    master = SessionDriver(Session(Role.MASTER, LIMITS, now=0), Handler(), clock)
+    masters.connected(0)
+    wire = connect_in_memory(clock, master, sessions.new_driver())
+    settle(clock)
+    old = sessions.driver
+    assert old.session.is_open
+    wire.cut()
+    assert old.session.is_suspended
+    return sessions, masters, old, handler
+
+
+def test_a_suspended_session_resumes_on_its_own_master():
+    sessions, masters, old, handler = _suspended_on_first_master()
+    masters.connected(0)
+    receiver = sessions.new_driver()
+    assert not isinstance(receiver, SessionDriver)  # a new port of the old session
+    assert sessions.driver is old and old.session.is_suspended
+    assert handler.ended == []
+
+
+def test_a_failed_over_worker_logs_in_anew_without_asking_to_resume():
+    """Sessions live in one master's memory: on another master the worker logs in anew
+    at once instead of asking to resume and being told session_expired."""
+    sessions, masters, old, handler = _suspended_on_first_master()
+    masters.unreachable(0)
+    masters.connected(1)
+    receiver = sessions.new_driver()
+    assert isinstance(receiver, SessionDriver) and receiver is sessions.driver
+    assert receiver is not old and old.session.is_closed
+    assert handler.ended == [("session_expired", False)]
+    assert receiver.session.resume_key is None  # a fresh login, not a resume
