@@ -71,7 +71,7 @@ Normal operation
     Each direction of the proxy becomes a bottleneck link of that many bytes per second
     (``down`` sets target-to-client apart; ``None`` removes the cap), shared by all
     connections in that direction, in front of the delay: a chunk read at ``now`` is due
-    at ``max(now, previous chunk's departure) + size / rate + delay``.  Reads are cut to
+    at ``max(now, previous chunk's departure + size / rate) + delay``.  Reads are cut to
     about 2 ms of the rate (at least 16 KiB), and the proxy stops reading a direction while
     more than 10 ms of data wait for its link (the bottleneck's queue), so a sender blocks
     as on a real slow path; it then has at most the bandwidth-delay product plus that

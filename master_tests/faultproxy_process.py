@@ -20,12 +20,13 @@ receiving socket takes them.  End of stream (FIN) and reset (RST) travel through
 queue as markers, so they keep their place behind the data and get the same delay.
 
 With a rate, each direction of the proxy is one :class:`Link` (a bottleneck shared by all
-connections in that direction): a chunk read at ``now`` starts to "leave" at
-``max(now, link.busy_until)``, occupies the link for ``size / rate`` seconds and is due
-``delay`` after that.  Reads are then cut to about ``RATE_CHUNK_SECONDS`` of the rate, and
-a flow is not read while its link has more than ``RATE_QUEUE_SECONDS`` of data waiting
-(the bottleneck's queue), so senders block as on a slow path instead of parking the
-whole transfer in the proxy.
+connections in that direction): a chunk read at ``now`` leaves at ``max(now, previous
+departure + size / rate)`` and is due ``delay`` after that (a chunk on an idle link is not
+held for its own size: the proxy's timers have a granularity of about a millisecond, which
+would otherwise be added to every small message).  Reads are then cut to about
+``RATE_CHUNK_SECONDS`` of the rate, and a flow is not read while its link has more than
+``RATE_QUEUE_SECONDS`` of data waiting (the bottleneck's queue), so senders block as on a
+slow path instead of parking the whole transfer in the proxy.
 """
 
 from __future__ import annotations
@@ -142,13 +143,13 @@ class Link:
 
     def __init__(self, rate: float | None = None) -> None:
         self.rate = rate
-        self.busy_until = 0.0  # when the last chunk put on the link has left it
+        self.busy_until = 0.0  # when the last chunk put on the link left (or will leave) it
 
     def send(self, now: float, size: int) -> float:
-        """Put ``size`` bytes on the link at ``now``; returns when they have left it."""
+        """Put ``size`` bytes on the link at ``now``; returns when they leave it."""
         if self.rate is None:
             return now
-        self.busy_until = max(now, self.busy_until) + size / self.rate
+        self.busy_until = max(now, self.busy_until + size / self.rate)
         return self.busy_until
 
     def read_size(self) -> int:
