@@ -2,7 +2,7 @@
 """File transfers over a delayed link, as a fraction of the raw link through the same proxy.
 
     .venv/bin/python bench/delay_link.py [--rtt 0,20,100,200] [--mib 64] [--repeat 3] \
-        [--columns pb,msgpack,msg/tcp,msg/amp,msg/websocket,msg/zmq,msg/amqp]
+        [--rate-mbit N] [--columns pb,msgpack,msg/tcp,msg/amp,msg/websocket,msg/zmq,msg/amqp]
 
 Per column (pb, msgpack = stock msgpack_experimental_v7, msg/<transport> = this package): one
 fresh master (sqlite) and one worker that reaches it through ``master_tests/faultproxy.py``
@@ -29,9 +29,13 @@ KiB for file uploads), so at RTT > 0 they transfer ``--baseline-mib`` instead of
 comparable, seconds are not.  A column ``NAME@VENV`` runs NAME with the master and worker of
 another virtualenv (e.g. ``msg/tcp@/tmp/before/.venv``: the code before a change, in the same
 run); ``NAME+W`` runs msg with a transfer window of at most W MiB on both sides
-(``max_transfer_window`` W MiB, ``max_replay_bytes`` 2W MiB; default 32 and 64). Everything
-runs on 127.0.0.1; every process started here is stopped by its pid. See bench/README.rst
-("Transfers over a delayed link").
+(``max_transfer_window`` W MiB, ``max_replay_bytes`` 2W MiB; default 32 and 64).
+``--rate-mbit N`` caps the proxy at N Mbit/s (10**6 bits) in each direction
+(``FaultProxy.set_rate``) for the raw link and every column alike; 0, the default, is no
+cap (then the raw link streams at whatever the proxy process manages, 1-2 GiB/s, a
+bandwidth-delay product no real long path has).  Everything runs on 127.0.0.1; every
+process started here is stopped by its pid. See bench/README.rst ("Transfers over a
+delayed link", "... with a bandwidth cap").
 """
 
 from __future__ import annotations
@@ -204,7 +208,7 @@ class DelayBench:
                 out: dict[str, dict[int, float]] = {"upload": {}, "download": {}}
                 for size in sizes:
                     for direction, (times, _cpu) in raw_link.measure(
-                            server, rtt, size, self.a.repeat).items():
+                            server, rtt, size, self.a.repeat, self.a.rate_mbit).items():
                         out[direction][size] = statistics.median(times)
                 self.raw[rtt] = out
                 log(f"raw link at {rtt:g} ms: " + ", ".join(
@@ -262,7 +266,8 @@ class DelayBench:
             builders_py(self.sources, upload_dest, dir_dest, self.a.dir_files, self.python),
             extra_py=proto.master_extra_py)
         master = Master(os.path.join(cdir, "master"), cfg, www_port=www, master_port=port)
-        proxy = FaultProxy.start("127.0.0.1", target)
+        proxy = FaultProxy.start("127.0.0.1", target,
+                                 rate=raw_link.rate_bytes(self.a.rate_mbit))
         worker = self._worker(proto, ep, cdir, proxy.port)
         self.results[column] = {}
         try:
@@ -429,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir-files", type=int, default=1000,
                     help="files in the uploaded directory (default 1000)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per RTT (default 3)")
+    ap.add_argument("--rate-mbit", type=float, default=0,
+                    help="bandwidth cap of the proxy in Mbit/s each way, for the raw link "
+                         "and all columns (default 0: none)")
     ap.add_argument("--columns", default="pb,msgpack,msg/tcp",
                     help="comma separated: pb, msgpack, msg/<transport> (default "
                          "pb,msgpack,msg/tcp)")
@@ -446,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what we started
     bench = DelayBench(args)
     started = time.time()
-    log(f"delay bench: columns {columns}, RTTs {bench.rtts} ms, {args.mib:g} MiB "
+    log(f"delay bench: columns {columns}, RTTs {bench.rtts} ms, "
+        f"{raw_link.rate_label(args.rate_mbit)}, {args.mib:g} MiB "
         f"(pb/msgpack at RTT > 0: {args.baseline_mib:g} MiB), directory of "
         f"{args.dir_files} files ({bench.dir_tar_bytes / MiB:.2f} MiB as tar), "
         f"{args.repeat} rounds {loadavg()}")
@@ -469,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = bench.rows()
     table = bench.render(rows)
     print()
-    print(f"delay bench, {time.time() - started:.0f} s, load average after each RTT: "
+    print(f"delay bench, {raw_link.rate_label(args.rate_mbit)}, "
+          f"{time.time() - started:.0f} s, load average after each RTT: "
           + " ".join(f"{x:.2f}" for x in bench.load) + f" {loadavg()}")
     print(table)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)

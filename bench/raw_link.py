@@ -13,8 +13,11 @@ this process (threads, blocking sockets, 4 MiB buffers); the proxy is its own pr
 Both are timed from the client's first byte to its last, so each includes one round trip.
 Printed per RTT and direction: seconds, MiB/s, MiB/s once that round trip is taken off
 (what the proxy streams), and the proxy's CPU seconds (user + system) per transfer.
+``--rate-mbit N`` caps the proxy at N Mbit/s (10**6 bits) in each direction
+(``FaultProxy.set_rate``; 0, the default: no cap); the ``direct`` row is never capped.
 
-Run from the repository root: ``.venv/bin/python bench/raw_link.py [--mib 64] [--repeat 3]``.
+Run from the repository root:
+``.venv/bin/python bench/raw_link.py [--mib 64] [--repeat 3] [--rtt 0,20,100,200] [--rate-mbit N]``.
 """
 
 from __future__ import annotations
@@ -95,15 +98,27 @@ def transfer(address: tuple[str, int], direction: str, size: int) -> float:
         return time.monotonic() - started
 
 
-def measure(server: Server, rtt_ms: float | None, size: int, repeat: int) -> dict:
-    """Samples per direction: ``rtt_ms`` None = direct, without the proxy."""
+def rate_bytes(rate_mbit: float) -> float | None:
+    """Bytes per second for ``--rate-mbit`` (0: None, no cap)."""
+    return rate_mbit * 1e6 / 8 if rate_mbit > 0 else None
+
+
+def rate_label(rate_mbit: float) -> str:
+    return f"{rate_mbit:g} Mbit/s each way" if rate_mbit > 0 else "no bandwidth cap"
+
+
+def measure(server: Server, rtt_ms: float | None, size: int, repeat: int,
+            rate_mbit: float = 0) -> dict:
+    """Samples per direction: ``rtt_ms`` None = direct, without the proxy; ``rate_mbit``
+    > 0 caps the proxy at that many Mbit/s each way."""
     results: dict = {}
     if rtt_ms is None:
         for direction in ("upload", "download"):
             results[direction] = ([transfer(("127.0.0.1", server.port), direction, size)
                                    for _ in range(repeat)], [])
         return results
-    with FaultProxy.start("127.0.0.1", server.port, delay=rtt_ms / 2000) as proxy:
+    with FaultProxy.start("127.0.0.1", server.port, delay=rtt_ms / 2000,
+                          rate=rate_bytes(rate_mbit)) as proxy:
         for direction in ("upload", "download"):
             times, cpu = [], []
             for _ in range(repeat):
@@ -123,18 +138,22 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per cell (default 3)")
     parser.add_argument("--rtt", default="0,20,100,200",
                         help="comma separated RTTs in ms (default 0,20,100,200)")
+    parser.add_argument("--rate-mbit", type=float, default=0,
+                        help="bandwidth cap of the proxy, Mbit/s each way (default 0: none)")
     args = parser.parse_args()
     size = args.mib << 20
     server = Server()
     rows = [("direct", None)] + [(f"{float(r):g} ms", float(r)) for r in args.rtt.split(",")]
-    print(f"raw link: {args.mib} MiB per transfer, medians of {args.repeat}, "
+    print(f"raw link: {args.mib} MiB per transfer, {rate_label(args.rate_mbit)}, "
+          f"medians of {args.repeat}, "
           f"load average {os.getloadavg()[0]:.2f}")
     header = (f"{'RTT':>8}  {'direction':<9} {'seconds':>8} {'MiB/s':>7} "
               f"{'MiB/s-RTT':>9} {'proxy CPU s':>11}  samples (s)")
     print(header)
     print("-" * len(header))
     for label, rtt_ms in rows:
-        for direction, (times, cpu) in measure(server, rtt_ms, size, args.repeat).items():
+        for direction, (times, cpu) in measure(server, rtt_ms, size, args.repeat,
+                                                    args.rate_mbit).items():
             seconds = statistics.median(times)
             streaming = seconds - (rtt_ms or 0) / 1000
             print(f"{label:>8}  {direction:<9} {seconds:8.3f} {args.mib / seconds:7.0f} "

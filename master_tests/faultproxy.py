@@ -8,6 +8,7 @@ master (or a worker and the RabbitMQ broker) are made by putting this proxy in b
         proxy.blackhole(); ...; proxy.heal()          # silent partition
         proxy.cut(); ...; proxy.restore()             # reset, then refuse, then accept again
         proxy.set_delay(0.05)                         # 100 ms round-trip time
+        proxy.set_rate(125_000_000)                   # 1 Gbit/s each way
 
 The proxy is its own process (``faultproxy_process.py``, standard library only), so it
 never competes with a test's reactor.  It listens on one port (127.0.0.1 or ::1) and
@@ -56,14 +57,26 @@ Normal operation
 
 ``set_delay(one_way_seconds)``
     Every chunk read from either side is stamped ``now + delay`` and written when due,
-    so the round-trip time grows by twice the delay; there is no bandwidth cap (reads are
-    up to 1 MiB; the proxy does not throttle to the delay).  The delay applies to data
+    so the round-trip time grows by twice the delay; without :meth:`set_rate` there is no
+    bandwidth cap (reads are up to 1 MiB; the proxy does not throttle to the delay).  The
+    delay applies to data
     read after the call; FIFO order is kept, so a chunk never overtakes an earlier one.
     Connection set-up is not delayed (the client's ``connect()`` completes at once), the
     first bytes are.  Buffer limits per direction of a connection (documented defaults):
     at most ``DEFAULT_MAX_IN_FLIGHT`` (256 MiB) on the "wire" (read, not yet due) and
     ``DEFAULT_WINDOW`` (4 MiB) due but not yet taken by a slow receiver; past either the
     proxy stops reading from the sender, which then blocks.
+
+``set_rate(bytes_per_second, down=...)``: a bandwidth cap (default: none)
+    Each direction of the proxy becomes a bottleneck link of that many bytes per second
+    (``down`` sets target-to-client apart; ``None`` removes the cap), shared by all
+    connections in that direction, in front of the delay: a chunk read at ``now`` is due
+    at ``max(now, previous chunk's departure + size / rate) + delay``.  Reads are cut to
+    about 2 ms of the rate (at least 16 KiB), and the proxy stops reading a direction while
+    more than 10 ms of data wait for its link (the bottleneck's queue), so a sender blocks
+    as on a real slow path; it then has at most the bandwidth-delay product plus that
+    queue in the proxy, as a well-tuned TCP would have in flight.  Not modelled: loss,
+    congestion control, slow start.  The cap applies to data read after the call.
 
 ``stats()``
     Counters since start: connections accepted / active / closed (by FIN on both sides) /
@@ -102,6 +115,13 @@ PROCESS_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                               "faultproxy_process.py")
 
 
+_SAME = object()  # set_rate(): down as up
+
+
+def _rate_arg(rate: Any) -> float | None:
+    return None if rate is None else float(rate)
+
+
 class FaultProxyError(RuntimeError):
     """The proxy process did not start, did not answer in time, or refused a command."""
 
@@ -123,6 +143,8 @@ class ProxyStats:
     blackholed: bool
     listening: bool
     delay: float
+    rate_up: float | None
+    rate_down: float | None
     port: int
     cpu_seconds: float
 
@@ -144,15 +166,17 @@ class FaultProxy:
     @classmethod
     def start(cls, target_host: str, target_port: int, listen_port: int = 0, *,
               listen_host: str = "127.0.0.1", delay: float = 0.0,
-              max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+              rate: float | None = None, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
               window: int = DEFAULT_WINDOW) -> FaultProxy:
         """Start a proxy to ``target_host:target_port`` listening on ``listen_host`` and
-        ``listen_port`` (0: a free port, see :attr:`port`)."""
+        ``listen_port`` (0: a free port, see :attr:`port`); ``delay`` and ``rate`` as
+        :meth:`set_delay` and :meth:`set_rate` (both directions)."""
         stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by stop())
         process = subprocess.Popen(
             [sys.executable, PROCESS_SCRIPT, "--target", target_host, str(target_port),
              "--listen", listen_host, str(listen_port), "--delay", repr(float(delay)),
-             "--max-in-flight", str(max_in_flight), "--window", str(window)],
+             "--max-in-flight", str(max_in_flight), "--window", str(window)]
+            + ([] if rate is None else ["--rate", repr(float(rate))]),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr_file, bufsize=0)
         proxy = cls(process, listen_host, 0, (target_host, target_port), stderr_file)
         try:
@@ -193,6 +217,13 @@ class FaultProxy:
     def set_delay(self, one_way_seconds: float) -> None:
         """Delay every byte by ``one_way_seconds`` in each direction (RTT + 2x)."""
         self._call("delay", seconds=float(one_way_seconds))
+
+    def set_rate(self, bytes_per_second: float | None,
+                 down: float | None | object = _SAME) -> None:
+        """Cap each direction at ``bytes_per_second`` (``down``: target to client, if it
+        differs); ``None``: no cap.  See the module docstring."""
+        down_rate = bytes_per_second if down is _SAME else down
+        self._call("rate", up=_rate_arg(bytes_per_second), down=_rate_arg(down_rate))
 
     def stats(self) -> ProxyStats:
         reply = self._call("stats")

@@ -1,10 +1,11 @@
 """The fault proxy's own process: one thread, one ``selectors`` loop, standard library only.
 
 Started by :class:`master_tests.faultproxy.FaultProxy`, which documents what the proxy does
-(blackhole, cut, delay).  This module is the mechanism::
+(blackhole, cut, delay, rate).  This module is the mechanism::
 
     python faultproxy_process.py --target HOST PORT [--listen HOST PORT] [--delay SECONDS]
-                                 [--max-in-flight BYTES] [--window BYTES]
+                                 [--rate BYTES_PER_SECOND] [--max-in-flight BYTES]
+                                 [--window BYTES]
 
 Once listening it prints one JSON line ``{"ok": true, "port": P, "pid": PID}`` on stdout.
 Then it reads one JSON command per line on stdin (``{"cmd": NAME, "id": N, ...}``) and
@@ -17,6 +18,15 @@ target->client ("down").  A flow stamps every chunk it reads with ``now + delay`
 it ``in_flight`` until then; due chunks move to ``arrived`` and are written as fast as the
 receiving socket takes them.  End of stream (FIN) and reset (RST) travel through the same
 queue as markers, so they keep their place behind the data and get the same delay.
+
+With a rate, each direction of the proxy is one :class:`Link` (a bottleneck shared by all
+connections in that direction): a chunk read at ``now`` leaves at ``max(now, previous
+departure + size / rate)`` and is due ``delay`` after that (a chunk on an idle link is not
+held for its own size: the proxy's timers have a granularity of about a millisecond, which
+would otherwise be added to every small message).  Reads are then cut to about
+``RATE_CHUNK_SECONDS`` of the rate, and a flow is not read while its link has more than
+``RATE_QUEUE_SECONDS`` of data waiting (the bottleneck's queue), so senders block as on a
+slow path instead of parking the whole transfer in the proxy.
 """
 
 from __future__ import annotations
@@ -44,6 +54,13 @@ DEFAULT_MAX_IN_FLIGHT = 256 << 20
 #: Bytes a flow may hold that are due but not yet taken by the receiving socket (its
 #: "receive window"): past this the proxy stops reading from the sender.
 DEFAULT_WINDOW = 4 << 20
+#: With a rate: the largest read, in seconds of the rate (at least ``MIN_RATE_CHUNK`` bytes),
+#: so that the link hands out data in small, evenly paced chunks.
+RATE_CHUNK_SECONDS = 0.002
+MIN_RATE_CHUNK = 16 << 10
+#: With a rate: the bottleneck's queue, in seconds of the rate.  While more than this
+#: waits to leave the link, no flow in that direction is read.
+RATE_QUEUE_SECONDS = 0.01
 LISTEN_BACKLOG = 128
 
 EOF = "eof"  # queue marker: the sender shut down its side (FIN)
@@ -120,6 +137,33 @@ class Flow:
         return self.in_flight_bytes + self.arrived_bytes
 
 
+class Link:
+    """One direction of the proxy's path: a bottleneck of ``rate`` bytes per second (None:
+    no cap) shared by every connection's flow in that direction."""
+
+    def __init__(self, rate: float | None = None) -> None:
+        self.rate = rate
+        self.busy_until = 0.0  # when the last chunk put on the link left (or will leave) it
+
+    def send(self, now: float, size: int) -> float:
+        """Put ``size`` bytes on the link at ``now``; returns when they leave it."""
+        if self.rate is None:
+            return now
+        self.busy_until = max(now, self.busy_until + size / self.rate)
+        return self.busy_until
+
+    def read_size(self) -> int:
+        if self.rate is None:
+            return READ_CHUNK
+        return max(MIN_RATE_CHUNK, min(READ_CHUNK, int(self.rate * RATE_CHUNK_SECONDS)))
+
+    def congested_until(self) -> float:
+        """Until when the link's queue is full (readers must wait); 0.0 without a cap."""
+        if self.rate is None:
+            return 0.0
+        return self.busy_until - RATE_QUEUE_SECONDS
+
+
 class Connection:
     """An accepted client and its connection to the target."""
 
@@ -144,7 +188,7 @@ class Proxy:
     """The event loop: listener, connections, control commands on stdin, timers."""
 
     def __init__(self, listen: tuple[str, int], target: tuple[str, int], delay: float,
-                 max_in_flight: int, window: int) -> None:
+                 max_in_flight: int, window: int, rate: float | None = None) -> None:
         self.selector = selectors.DefaultSelector()
         self.listen_host = listen[0]
         self.port = listen[1]
@@ -152,6 +196,7 @@ class Proxy:
             target[0], target[1], type=socket.SOCK_STREAM)[0]
         self.target_family = family
         self.delay = delay
+        self.links = {"up": Link(rate), "down": Link(rate)}
         self.max_in_flight = max_in_flight
         self.window = window
         self.blackholed = False
@@ -223,9 +268,17 @@ class Proxy:
         self.finish(conn, reset=True)
 
     # ------------------------------------------------------------------ data
-    def may_read(self, flow: Flow) -> bool:
+    def link(self, conn: Connection, flow: Flow) -> Link:
+        return self.links["up" if flow is conn.up else "down"]
+
+    def may_read(self, conn: Connection, flow: Flow, now: float) -> bool:
         return (not self.blackholed and flow.reading and flow.src.ready
-                and flow.buffered < self.max_in_flight and flow.arrived_bytes < self.window)
+                and flow.buffered < self.max_in_flight and flow.arrived_bytes < self.window
+                and self.link(conn, flow).congested_until() <= now)
+
+    def due(self, conn: Connection, flow: Flow, size: int) -> float:
+        """When ``size`` bytes (0: a marker) read now for ``flow`` reach its receiver."""
+        return self.link(conn, flow).send(time.monotonic(), size) + self.delay
 
     def on_socket(self, conn: Connection, side: Side, mask: int) -> None:
         if conn not in self.connections:  # finished by an earlier event of this batch
@@ -244,22 +297,22 @@ class Proxy:
 
     def read(self, conn: Connection, side: Side) -> None:
         flow = conn.flow_from(side)
+        read_size = self.link(conn, flow).read_size()
         for _ in range(READS_PER_EVENT):
-            if not self.may_read(flow):
+            if not self.may_read(conn, flow, time.monotonic()):
                 return
             try:
-                data = side.sock.recv(READ_CHUNK)
+                data = side.sock.recv(read_size)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.side_failed(conn, side)
                 return
-            due = time.monotonic() + self.delay
             if not data:
                 flow.reading = False
-                flow.push(due, EOF)
+                flow.push(self.due(conn, flow, 0), EOF)
                 return
-            flow.push(due, data)
+            flow.push(self.due(conn, flow, len(data)), data)
 
     def side_failed(self, conn: Connection, side: Side) -> None:
         """``side`` was reset (or a write to it failed): reset the other side in turn,
@@ -273,7 +326,7 @@ class Proxy:
         conn.flow_to(side).drop()
         outgoing = conn.flow_from(side)
         outgoing.reading = False
-        outgoing.push(time.monotonic() + self.delay, RESET)
+        outgoing.push(self.due(conn, outgoing, 0), RESET)
 
     def write(self, conn: Connection, flow: Flow) -> None:
         dst = flow.dst
@@ -343,6 +396,7 @@ class Proxy:
 
     # ------------------------------------------------------------------ the loop
     def update_interest(self) -> None:
+        now = time.monotonic()
         for conn in self.connections:
             for side in conn.sides():
                 mask = 0
@@ -350,7 +404,7 @@ class Proxy:
                     if side.connecting:
                         mask = selectors.EVENT_WRITE
                     else:
-                        if self.may_read(conn.flow_from(side)):
+                        if self.may_read(conn, conn.flow_from(side), now):
                             mask |= selectors.EVENT_READ
                         if conn.flow_to(side).arrived and not side.writable:
                             mask |= selectors.EVENT_WRITE
@@ -373,6 +427,10 @@ class Proxy:
                     due = flow.next_due()
                     if due is not None and flow.dst.ready:
                         times.append(due)
+            if self.connections:  # a full link queue: read again once it has drained
+                times.extend(until for until in (link.congested_until()
+                                                 for link in self.links.values())
+                             if until > now)
         return max(0.0, min(times) - now) if times else None
 
     def run_timers(self, now: float) -> None:
@@ -435,6 +493,14 @@ class Proxy:
             if not seconds >= 0:
                 raise ValueError(f"delay must be >= 0, not {seconds!r}")
             self.delay = seconds
+        elif name == "rate":
+            for direction in ("up", "down"):
+                rate = command.get(direction)
+                if rate is not None and not (float(rate) > 0 and float(rate) < float("inf")):
+                    raise ValueError(f"rate must be > 0 or null, not {rate!r}")
+            for direction in ("up", "down"):
+                rate = command.get(direction)
+                self.links[direction].rate = None if rate is None else float(rate)
         elif name == "stats":
             return self.stats()
         elif name != "ping":
@@ -454,6 +520,8 @@ class Proxy:
         for conn in list(self.connections):
             self.counters["cut"] += 1
             self.finish(conn, reset=True)
+        for link in self.links.values():  # what was on the links is dropped
+            link.busy_until = 0.0
         if refuse:
             self.stop_listening()
 
@@ -467,7 +535,8 @@ class Proxy:
                     buffered_up=sum(c.up.buffered for c in self.connections),
                     buffered_down=sum(c.down.buffered for c in self.connections),
                     blackholed=self.blackholed, listening=self.listener is not None,
-                    delay=self.delay, port=self.port,
+                    delay=self.delay, rate_up=self.links["up"].rate,
+                    rate_down=self.links["down"].rate, port=self.port,
                     cpu_seconds=time.process_time())
 
 
@@ -484,11 +553,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", nargs=2, metavar=("HOST", "PORT"),
                         default=("127.0.0.1", "0"))
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--rate", type=float, default=None,
+                        help="bytes per second in each direction (default: no cap)")
     parser.add_argument("--max-in-flight", type=int, default=DEFAULT_MAX_IN_FLIGHT)
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW)
     args = parser.parse_args(argv)
     proxy = Proxy((args.listen[0], int(args.listen[1])), (args.target[0], int(args.target[1])),
-                  args.delay, args.max_in_flight, args.window)
+                  args.delay, args.max_in_flight, args.window, args.rate)
     proxy.listen()
     send_line({"ok": True, "port": proxy.port, "pid": os.getpid()})
     try:

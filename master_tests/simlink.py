@@ -1,11 +1,12 @@
 """A simulated network link between two frame receivers, on a fake clock.
 
-There is no netem on the test machines and ``faultproxy.py`` has no bandwidth cap, so a
-slow, long link is simulated here: each direction is a bottleneck of ``rate`` bytes per
-second followed by a one-way ``delay``, in order, like one TCP connection over such a
-path.  Each end reports itself not writable while more than ``send_buffer`` bytes wait
-for the bottleneck (a kernel send buffer), and writable again once half of it has left.
-Everything runs on a :class:`twisted.internet.task.Clock`, so a minute of a 1 MB/s link
+There is no netem on the test machines and ``faultproxy.py`` (even with ``set_rate``)
+runs in real time, so a slow, long link is simulated here: each direction is a
+bottleneck of ``rate`` bytes per second followed by a one-way ``delay``, in order, like
+one TCP connection over such a path.  Each end reports itself not writable while more
+than ``send_buffer`` bytes wait for the bottleneck (a kernel send buffer), and writable
+again once half of it has left.  Everything runs on a
+:class:`twisted.internet.task.Clock`, so a minute of a 1 MB/s link
 takes milliseconds and every run is the same.
 """
 

@@ -369,6 +369,59 @@ def test_delay_applies_to_the_close(proxy, target):
     assert time.monotonic() - started >= 0.2
 
 
+# ----------------------------------------------------------------------------- rate
+def timed_transfer(client: socket.socket, server: socket.socket, payload: bytes) -> float:
+    """Seconds from the first byte sent by ``client`` to the last received by ``server``."""
+    started = time.monotonic()
+    sender = threading.Thread(target=client.sendall, args=(payload,))
+    sender.start()
+    assert recv_exactly(server, len(payload)) == payload
+    elapsed = time.monotonic() - started
+    sender.join(WAIT)
+    return elapsed
+
+
+def test_rate_caps_the_bandwidth_each_way(proxy, target):
+    rate = 32 << 20  # 4 MiB take 0.125 s at least
+    payload = os.urandom(4 << 20)
+    client, server = pair(proxy, target)
+    unlimited = timed_transfer(client, server, payload)  # no assertion: machines are noisy
+    proxy.set_rate(rate)
+    stats = proxy.stats()
+    assert (stats.rate_up, stats.rate_down) == (rate, rate)
+    up = timed_transfer(client, server, payload)
+    down = timed_transfer(server, client, payload)
+    assert up >= 0.9 * len(payload) / rate, (up, unlimited)
+    assert down >= 0.9 * len(payload) / rate, (down, unlimited)
+    proxy.set_rate(None)
+    assert proxy.stats().rate_up is None
+    client.sendall(b"after")
+    assert recv_exactly(server, 5) == b"after"
+
+
+def test_rate_per_direction_and_with_delay(target, fault_proxy_factory):  # noqa: F811
+    proxy = fault_proxy_factory("127.0.0.1", target.getsockname()[1], delay=0.05,
+                                rate=16 << 20)
+    proxy.set_rate(16 << 20, down=None)
+    stats = proxy.stats()
+    assert (stats.rate_up, stats.rate_down, stats.delay) == (16 << 20, None, 0.05)
+    client, server = pair(proxy, target)
+    payload = os.urandom(2 << 20)
+    # 2 MiB at 16 MiB/s: 0.125 s on the link, then the one-way delay
+    assert timed_transfer(client, server, payload) >= 0.9 * 0.125 + 0.05
+    server.sendall(b"x")
+    assert recv_exactly(client, 1) == b"x"
+    client.close()
+    assert server.recv(1) == b""
+
+
+def test_bad_rate_is_refused(proxy):
+    for bad in (0, -1, float("inf")):
+        with pytest.raises(FaultProxyError, match="rate must be"):
+            proxy.set_rate(bad)
+    assert proxy.stats().rate_up is None
+
+
 # ----------------------------------------------------------------------------- control
 def test_bad_commands_are_refused(proxy):
     with pytest.raises(FaultProxyError, match="delay must be >= 0"):
