@@ -10,6 +10,7 @@ from twisted.python import log
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
 from buildbot_worker_msgproto.negotiating import NegotiatingProtocol
+from buildbot_worker_msgproto.probation import ProbationHandler
 from buildbot_worker_msgproto.protocol import negotiation
 from buildbot_worker_msgproto.protocol.codes import LOGIN_FAILURES
 from buildbot_worker_msgproto.protocol.codes import CloseCode
@@ -102,22 +103,68 @@ class WorkerSessions:
         if driver is not None and driver.session.may_resume:
             if not self._on_another_master():
                 return driver.new_port()
-            # sessions live in one master's memory: asking another one to resume costs a
-            # round trip and ends in session_expired anyway (many at once after a master died)
-            was, now = (self.masters.masters[i] for i in (self.session_master,
-                                                          self.masters.current))
-            log.msg(f"msgproto: connected to master {now}; the suspended session was on "
-                    f"master {was} and cannot resume here: logging in anew")
-            driver.close(CloseCode.SESSION_EXPIRED,
-                         f"failed over from master {was} to {now}: a session resumes "
-                         "only on its own master")
-        session = Session(Role.WORKER, self.limits, now=self.reactor.seconds(),
-                          worker_name=self.name, password=self.password,
-                          certificate_login=self.password is None, software=self.software)
-        self.driver = SessionDriver(session, self.bot, self.reactor, label="msgproto-worker")
+            return self._probation_driver()
+        self.driver = self._session_driver(self.bot)
         self.driver.end_callbacks.append(self._session_ended)
         self.driver.link_callbacks.append(self._link_event)
         return self.driver
+
+    def _session_driver(self, handler: MessageHandler) -> SessionDriver:
+        session = Session(Role.WORKER, self.limits, now=self.reactor.seconds(),
+                          worker_name=self.name, password=self.password,
+                          certificate_login=self.password is None, software=self.software)
+        return SessionDriver(session, handler, self.reactor, label="msgproto-worker")
+
+    def _probation_driver(self) -> SessionDriver:
+        """A fresh login to another master while the suspended session may still resume
+        on its own (see :mod:`buildbot_worker_msgproto.probation`)."""
+        was, now = (self.masters.masters[i] for i in (self.session_master,
+                                                      self.masters.current))
+        log.msg(f"msgproto: connected to master {now} while the session on master {was} "
+                f"may still resume: logging in to {now}, keeping the session on {was} "
+                f"until {now} takes this worker over")
+        driver = self._session_driver(ProbationHandler(self.bot, self._take_over))
+
+        def link_event(event: LinkLost | Resumed) -> None:
+            if driver is self.driver:
+                self._link_event(event)
+            elif isinstance(event, LinkLost):  # before the master took the worker over
+                driver.close(CloseCode.NORMAL, "connection lost during the login")
+
+        driver.link_callbacks.append(link_event)
+        driver.end_callbacks.append(lambda code, reason, by_peer: self._probation_ended(
+            driver, code, reason, by_peer))
+        return driver
+
+    def _take_over(self, driver: SessionDriver) -> None:
+        """The other master took this worker over (its first message): the old master is
+        gone, so its session ends (and with it the commands it ran) and ``driver`` is the
+        worker's session from now on."""
+        old, was = self.driver, self.masters.masters[self.session_master]
+        log.msg(f"msgproto: master {self.masters.masters[self.masters.current]} took this "
+                f"worker over: ending the session on master {was}")
+        if old is not None and not old.session.is_closed:
+            old.close(CloseCode.SESSION_EXPIRED, f"another master took this worker over; "
+                      f"the session on master {was} cannot resume")
+        self.driver = driver
+        self.session_master = None
+
+    def _probation_ended(self, driver: SessionDriver, code: str, reason: str,
+                         by_peer: bool) -> None:
+        if driver is self.driver:  # it had become the worker's session
+            self._session_ended(code, reason, by_peer)
+            return
+        old = self.driver
+        if old is None or not old.session.may_resume:
+            self._session_ended(code, reason, by_peer)
+            return
+        was = self.masters.masters[self.session_master]
+        log.msg(f"msgproto: master {self.masters.masters[self.masters.current]} did not take "
+                f"this worker over ({code}: {reason}); the session on master {was} may still "
+                "resume: trying it first")
+        self.masters.back_to(self.session_master)
+        if code in LOGIN_FAILURES:
+            self.login_failed(code, reason)
 
     def _link_event(self, event: LinkLost | Resumed) -> None:
         """Retry quickly, and the same master first, while the session may resume; back

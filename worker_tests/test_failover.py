@@ -158,14 +158,44 @@ def test_a_suspended_session_resumes_on_its_own_master():
     assert handler.ended == []
 
 
-def test_a_failed_over_worker_logs_in_anew_without_asking_to_resume():
-    """Sessions live in one master's memory: on another master the worker logs in anew
-    at once instead of asking to resume and being told session_expired."""
-    sessions, masters, old, handler = _suspended_on_first_master()
+def _log_in_to_second_master(sessions, masters):
+    """The first master could not be reached; the second let the worker in."""
     masters.unreachable(0)
     masters.connected(1)
     receiver = sessions.new_driver()
-    assert isinstance(receiver, SessionDriver) and receiver is sessions.driver
-    assert receiver is not old and old.session.is_closed
-    assert handler.ended == [("session_expired", False)]
-    assert receiver.session.resume_key is None  # a fresh login, not a resume
+    assert isinstance(receiver, SessionDriver)  # a fresh login, not a resume
+    second = SessionDriver(Session(Role.MASTER, LIMITS, now=0), Handler(), receiver.reactor)
+    connect_in_memory(receiver.reactor, second, receiver)
+    settle(receiver.reactor)
+    assert receiver.session.is_open and second.session.is_open
+    return receiver, second
+
+
+def test_a_failed_over_worker_keeps_its_session_until_the_other_master_takes_it_over():
+    """Sessions live in one master's memory: the worker logs in to the other master but
+    keeps its suspended session (and its commands) until that master's first message
+    says it took the worker over; then the old session ends."""
+    sessions, masters, old, handler = _suspended_on_first_master()
+    new, second = _log_in_to_second_master(sessions, masters)
+    assert sessions.driver is old and old.session.is_suspended  # on probation
+    assert handler.ended == []
+    answer = second.request("print", message="taken over")
+    settle(new.reactor)
+    assert old.session.is_closed and handler.ended == [("session_expired", False)]
+    assert sessions.driver is new and new.session.is_open
+    assert answer.called and answer.result == "printed taken over"
+
+
+def test_a_worker_refused_by_the_other_master_resumes_on_its_own():
+    """The other master refused the worker (its own master is alive and renewed the
+    lease): the suspended session is untouched and its master is tried first again."""
+    sessions, masters, old, handler = _suspended_on_first_master()
+    new, second = _log_in_to_second_master(sessions, masters)
+    second.close("not_owner", "master a owns this worker")
+    settle(new.reactor)
+    assert new.session.is_closed
+    assert sessions.driver is old and old.session.is_suspended and old.session.may_resume
+    assert handler.ended == []  # the bot heard nothing of the refused login
+    assert masters.candidates()[0] == 0  # back to its own master, reachable or not
+    masters.connected(0)
+    assert not isinstance(sessions.new_driver(), SessionDriver)  # it resumes

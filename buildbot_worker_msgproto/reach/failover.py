@@ -87,6 +87,14 @@ class MasterList:
         if self.order == "preferred":  # the preferred one is not tried first again
             self.pinned = True
 
+    def back_to(self, index: int) -> None:
+        """Master ``index`` holds a session that may resume and is alive (another master
+        would not take the worker over): try it first again, even if it just could not be
+        reached."""
+        self.current = index
+        self.pinned = True
+        self._down_until.pop(index, None)
+
     def pin(self) -> None:
         """A session on the current master may resume: try it first."""
         self.pinned = True

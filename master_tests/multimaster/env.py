@@ -24,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Callable
 
@@ -197,12 +198,14 @@ class MultiMasterEnv:
     # -- workers ---------------------------------------------------------------------------
     def add_worker(self, name: str, index: int, *, basedir_name: str | None = None,
                    attach: bool = True, masters: Sequence[int] = (),
-                   create_args: Sequence[str] = ()) -> harness.Worker:
+                   create_args: Sequence[str] = (),
+                   addresses: Mapping[int, str] | None = None) -> harness.Worker:
         """Create and start a worker process called ``name`` (one of ``worker_names``) for
         master ``index``; returns once that master lists it as connected (``attach=False``:
         once the process runs).  ``basedir_name`` (default ``name``) lets two processes use
         the same worker name.  ``masters``: the indexes of the masters the worker knows
-        (a list, ``HOST:PORT,HOST:PORT``; default: master ``index`` only)."""
+        (a list, ``HOST:PORT,HOST:PORT``; default: master ``index`` only); ``addresses``:
+        ``HOST:PORT`` the worker uses for some of them (e.g. a fault proxy's)."""
         master = self.masters[index]
         worker = harness.Worker.for_protocol(
             self.protocol, os.path.join(self.root, "workers", basedir_name or name),
@@ -210,7 +213,8 @@ class MultiMasterEnv:
         if masters:
             master_arg = f"127.0.0.1:{int(master.master_port)}"
             worker.create_cmd[worker.create_cmd.index(master_arg)] = ",".join(
-                f"127.0.0.1:{self.masters[i].master_port}" for i in masters)
+                (addresses or {}).get(i, f"127.0.0.1:{self.masters[i].master_port}")
+                for i in masters)
         self.workers.append(worker.create())
         worker.start()
         if not attach:

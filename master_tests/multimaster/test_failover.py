@@ -14,6 +14,7 @@ import pytest
 
 from master_tests import rabbitmq
 from master_tests.e2e import harness
+from master_tests.faultproxy import FaultProxy
 from master_tests.rabbitmq import amqp_broker  # noqa: F401  (the fixture)
 
 A, B = 0, 1
@@ -89,6 +90,38 @@ def test_cleanly_stopped_master_its_worker_moves_on(cluster):
     build = master_b.run_build("on-w1", timeout=60)
     assert build["results"] == harness.SUCCESS, master_b.build_summary(build["buildid"])
     assert build["masterid"] == cluster.masterid(B)
+
+
+def test_a_worker_cut_off_from_its_live_master_resumes_there(make_cluster, protocol):
+    """The link to master A is cut (RST, then refused) during a build; the worker gets
+    into master B, which holds the login while A renews the worker's lease and then
+    refuses it (``not_owner``).  The worker kept its session meanwhile: it resumes on A
+    when the link is back, and the build ends SUCCESS there, run once."""
+    if protocol.name != "msg":
+        pytest.skip("master lists and failover are msg features")
+    cluster = make_cluster(worker_names=("w1",), extra_py=EXTRA_PY + (
+        "c['protocols']['msg']['resume_window'] = 40\n"))
+    master_a, master_b = cluster.masters
+    with FaultProxy.start("127.0.0.1", master_a.master_port) as proxy:
+        host, port = proxy.address
+        cluster.add_worker("w1", A, masters=(A, B), addresses={A: f"{host}:{port}"})
+        gate = cluster.gate()
+        brid = master_b.force_build("on-w1", {"gate": gate})
+        first = master_b.wait_build_started(brid, timeout=60)
+        assert first["masterid"] == cluster.masterid(A)
+        proxy.cut(refuse=True)
+        harness.wait_for(lambda: "refusing worker 'w1'" in master_b.log_text(), 30,
+                         "master B to refuse worker w1 (A holds its lease)", 0.1,
+                         cluster.e2e_diagnostics)
+        proxy.restore()
+        harness.wait_for(lambda: "'w1' resumed from" in master_a.log_text(), 30,
+                         "the session to resume on master A", 0.1, cluster.e2e_diagnostics)
+        cluster.release(gate)
+        build = master_b.wait_build(brid, timeout=60)
+    assert build["results"] == harness.SUCCESS, master_b.build_summary(build["buildid"])
+    assert build["buildid"] == first["buildid"] and build["masterid"] == cluster.masterid(A)
+    assert [b["buildid"] for b in master_b.builds_for_request(brid)] == [first["buildid"]]
+    assert cluster.connected_to(master_b.worker_data("w1")) == {cluster.masterid(A)}
 
 
 # ----------------------------------------------------------------------------- amqp
