@@ -97,6 +97,12 @@ def test_master_restart(make_env):
 
 def test_graceful_shutdown_requested_by_worker(make_env):
     env = make_env(("--allow-shutdown", "signal"))
+    # Buildbot's race, not the protocol's: a shutdown request while the worker's builders
+    # are still attaching finds them "busy" (WorkerForBuilder.isBusy: not AVAILABLE) and
+    # is never looked at again (only buildFinished calls maybeShutdown); PB has it too.
+    # So signal once the builder has attached (its "attached" message, the second one).
+    harness.wait_for(lambda: env.worker.log_text().count("message from master: attached") >= 2,
+                     30, "the builder to attach", 0.1, env.worker.diagnostics)
     env.worker.popen.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and env.worker.popen.poll() is None:
