@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 from twisted.python import log
 
 
@@ -17,3 +18,11 @@ def logged():
     log.addObserver(observer)
     yield lines
     log.removeObserver(observer)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """A SQLite database of the test's own (the masters' shared database, in small)."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.sqlite'}")
+    yield engine
+    engine.dispose()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-import sqlalchemy as sa
 from twisted.internet import defer
 
 from buildbot_msgproto.lease import Owner
@@ -12,18 +10,16 @@ from buildbot_msgproto.lease import WorkerLeases
 DURATION = 6.0
 
 
-@pytest.fixture
-def engine(tmp_path):
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.sqlite'}")
-    yield engine
-    engine.dispose()
-
-
-def leases(engine, masterid: int) -> WorkerLeases:
+def run_on(engine):
+    """The database runner WorkerLeases takes (Buildbot's ``db.pool.do``), in-thread."""
     def run(fn):
         with engine.connect() as conn:
             return defer.succeed(fn(conn))
-    return WorkerLeases(run, masterid, f"master-{masterid}", DURATION)
+    return run
+
+
+def leases(engine, masterid: int) -> WorkerLeases:
+    return WorkerLeases(run_on(engine), masterid, f"master-{masterid}", DURATION)
 
 
 def result(d: defer.Deferred):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import types
 
 import pytest
-import sqlalchemy as sa
 from twisted.internet import defer
 from twisted.internet import task
 
@@ -13,22 +12,9 @@ from buildbot_msgproto.lease import Owner
 from buildbot_msgproto.lease import WorkerLeases
 from buildbot_msgproto.ownership import LAPSE_MARGIN
 from buildbot_msgproto.ownership import WorkerOwnership
-
-DURATION = 6.0
-
-
-@pytest.fixture
-def engine(tmp_path):
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.sqlite'}")
-    yield engine
-    engine.dispose()
-
-
-def run_on(engine):
-    def run(fn):
-        with engine.connect() as conn:
-            return defer.succeed(fn(conn))
-    return run
+from master_tests.test_lease import DURATION
+from master_tests.test_lease import leases
+from master_tests.test_lease import run_on
 
 
 def ownership_of(engine, clock: task.Clock, masterid: int) -> WorkerOwnership:
@@ -51,7 +37,7 @@ def clock():
 
 
 def held_by_a(engine, at: float) -> WorkerLeases:
-    a = WorkerLeases(run_on(engine), 1, "master-1", DURATION)
+    a = leases(engine, 1)
     assert outcome(a.acquire("w1", at)) == [None]
     return a
 
