@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import tempfile
+from collections.abc import Callable
 
 from master_tests import system_deps
 
@@ -60,6 +61,23 @@ def _run(*args: str) -> str:
 def dump_dom(url: str, budget_ms: int = DEFAULT_BUDGET_MS) -> str:
     """The page's DOM (HTML) once it rendered."""
     return _run(f"--virtual-time-budget={budget_ms}", "--dump-dom", url)
+
+
+#: Loads of one page before ``dump_dom_until`` gives up: on a loaded machine Chromium's
+#: virtual time can run out while Buildbot's data API calls are still in flight.
+RENDER_ATTEMPTS = 4
+
+
+def dump_dom_until(url: str, rendered: Callable[[str], bool],
+                   attempts: int = RENDER_ATTEMPTS, budget_ms: int = DEFAULT_BUDGET_MS) -> str:
+    """The page's DOM once ``rendered(dom)`` holds, loading it again (with a doubled
+    budget) up to ``attempts`` times; the last DOM if it never does, for the test to show."""
+    dom = ""
+    for attempt in range(attempts):
+        dom = dump_dom(url, budget_ms * 2 ** min(attempt, 2))
+        if rendered(dom):
+            break
+    return dom
 
 
 def screenshot(url: str, path: str, width: int = 1600, height: int = 1000,

@@ -156,12 +156,14 @@ def test_the_worker_page_shows_the_status_in_a_browser(env, tmp_path):
         if target:
             os.makedirs(target, exist_ok=True)
             shutil.copy(shot, os.path.join(target, filename))
-    listing = _text(browser.dump_dom(base))
-    for name in ("tls_pw", "certonly", "proxied", "pbworker"):
+    names = ("tls_pw", "certonly", "proxied", "pbworker")
+    listing = _text(browser.dump_dom_until(base, lambda dom: all(n in dom for n in names)))
+    for name in names:
         assert name in listing, listing[:3000]
-    text = _text(browser.dump_dom(url))
-    for column in ("msg_protocol", "msg_transport", "msg_encryption", "msg_auth",
-                   "msg_master", "msg_rtt_ms", "msg_resumes"):
+    columns = ("msg_protocol", "msg_transport", "msg_encryption", "msg_auth",
+               "msg_master", "msg_rtt_ms", "msg_resumes")
+    text = _text(browser.dump_dom_until(url, lambda dom: all(c in dom for c in columns)))
+    for column in columns:
         assert column in text, text[:3000]
     assert "tls_pw" in text
     assert "msg v1 (blob, resume)" in text
