@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from typing import Any
+from typing import Callable
 
 from buildbot.worker.protocols import base
 from twisted.internet import defer
@@ -13,6 +14,7 @@ from buildbot_msgproto import compat
 from buildbot_msgproto.config import DEFAULT_RTT_PROBE_INTERVAL
 from buildbot_msgproto.status import ConnectionStatus
 from buildbot_msgproto.suspension import SuspensionNotice
+from buildbot_msgproto.transfer_outcomes import TransferOutcomes
 from buildbot_worker_msgproto.driver import Binary
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
@@ -70,6 +72,8 @@ class MsgConnection(base.Connection, MessageHandler):
         self._commands: dict[Any, Any] = {}
         self._writers: dict[Any, Any] = {}
         self._readers: dict[Any, Any] = {}
+        #: The writer calls of each command (its ``complete`` may follow them unanswered).
+        self._transfers = TransferOutcomes()
         self._detached = False
         #: What the running steps show while the session is suspended.
         self.suspension = SuspensionNotice(master.reactor, lambda: list(self._commands.values()))
@@ -119,6 +123,7 @@ class MsgConnection(base.Connection, MessageHandler):
         self._commands.clear()
         self._writers.clear()
         self._readers.clear()
+        self._transfers.clear()
         self.notifyDisconnected()
 
     def session_ended(self, driver: SessionDriver, code: str, reason: str,
@@ -213,6 +218,7 @@ class MsgConnection(base.Connection, MessageHandler):
         self._commands.pop(command_id, None)
         self._writers.pop(command_id, None)
         self._readers.pop(command_id, None)
+        self._transfers.forget(command_id)
 
     @listener("update")
     def on_update(self, message: dict[str, Any]) -> None:
@@ -230,27 +236,44 @@ class MsgConnection(base.Connection, MessageHandler):
         except UnknownCommand as e:
             log.msg(f"msgproto: ignoring completion from {self.worker.workername!r}: {e}")
             return
+        command_id = message["command_id"]
         failure = payloads.decode_failure(message.get("failure"))
-        self._forget(message["command_id"])
+        settled = self._transfers.settle(command_id)
+        settled.addCallback(self._complete, command_id, command, failure)
+        settled.addErrback(log.err, f"msgproto: completing command {command_id!r}")
+
+    def _complete(self, transfer_failure: str | None, command_id: Any, command: Any,
+                  failure: str | None) -> None:
+        """End the command once its writer calls did; a failed one fails the command
+        (a ``pipelined_close`` worker did not wait for that answer)."""
+        if failure is None and transfer_failure is not None:
+            log.msg(f"msgproto: command {command_id!r} of {self.worker.workername!r} "
+                    f"fails: its upload failed on the master ({transfer_failure.splitlines()[0]})")
+            failure = transfer_failure
+        self._forget(command_id)
         command.remote_complete(failure)
+
+    def _writer_call(self, message: dict[str, Any], what: str, call: Callable[[Any], Any]) -> Any:
+        writer = self._lookup(self._writers, message, what)
+        return self._transfers.run(message["command_id"], lambda: call(writer))
 
     @responder("write_file")
     def on_write_file(self, message: dict[str, Any]) -> Any:
-        writer = self._lookup(self._writers, message, "file writer")
-        return writer.remote_write(payloads.block_in(message, "data"))
+        block = payloads.block_in(message, "data")
+        return self._writer_call(message, "file writer", lambda w: w.remote_write(block))
 
     @responder("utime_file")
     def on_utime_file(self, message: dict[str, Any]) -> Any:
-        writer = self._lookup(self._writers, message, "file writer")
-        return writer.remote_utime((message["access_time"], message["modified_time"]))
+        times = (message["access_time"], message["modified_time"])
+        return self._writer_call(message, "file writer", lambda w: w.remote_utime(times))
 
     @responder("close_writer")
     def on_close_writer(self, message: dict[str, Any]) -> Any:
-        return self._lookup(self._writers, message, "file writer").remote_close()
+        return self._writer_call(message, "file writer", lambda w: w.remote_close())
 
     @responder("unpack_writer")
     def on_unpack_writer(self, message: dict[str, Any]) -> Any:
-        return self._lookup(self._writers, message, "directory writer").remote_unpack()
+        return self._writer_call(message, "directory writer", lambda w: w.remote_unpack())
 
     @responder("read_file")
     @defer.inlineCallbacks

@@ -22,14 +22,16 @@ MIB = 1 << 20
 class FakeDriver:
     """Records requests; the test answers them (``read_file`` from ``data``, in order)."""
 
-    def __init__(self, data: bytes = b"", frame_limit: int = 16 << 20) -> None:
+    def __init__(self, data: bytes = b"", frame_limit: int = 16 << 20,
+                 pipelined_close: bool = False) -> None:
         self.data = data
         self.offset = 0
         self.pending: list[tuple[str, dict, defer.Deferred]] = []
         self.log: list[tuple[str, dict]] = []
         self.written = bytearray()
         self.session = types.SimpleNamespace(max_incoming_frame_size=frame_limit,
-                                             blobs_enabled=True, buffer_full=False)
+                                             blobs_enabled=True, buffer_full=False,
+                                             pipelined_close=pipelined_close)
         self.reactor = task.Clock()
         self.writable = True
         self._writable_waiters: list[defer.Deferred] = []
@@ -209,6 +211,32 @@ def test_a_write_error_is_raised_after_the_close_was_sent():
     end = channel.end_writes("close_writer")
     driver.answer()
     assert driver.types()[-1] == "close_writer"
+    errors = []
+    end.addErrback(errors.append)
+    assert errors and "disk full" in str(errors[0].value)
+
+
+def test_with_pipelined_close_the_command_goes_on_without_the_answers():
+    driver = FakeDriver(pipelined_close=True)
+    channel = channel_for(driver)
+    write_all(channel, driver, b"a" * (3 * WRITE_CHUNK + 10), WRITE_CHUNK, answer=False)
+    end = channel.end_writes("close_writer")
+    assert driver.types() == ["write_file"] * 4 + ["close_writer"]
+    assert end.called and end.result is None  # nothing answered yet
+    driver.answer(4)
+    driver.answer(fail="destination is a directory")  # logged: the master fails the step
+    assert driver.written == b"a" * (3 * WRITE_CHUNK + 10)
+
+
+def test_with_pipelined_close_a_known_write_error_still_ends_the_command():
+    driver = FakeDriver(pipelined_close=True)
+    channel = channel_for(driver)
+    write_all(channel, driver, b"b" * (2 * WRITE_CHUNK), WRITE_CHUNK, answer=False)
+    driver.answer(1, fail="disk full")
+    channel.write(b"c").addErrback(lambda f: None)
+    end = channel.end_writes("close_writer")
+    assert not end.called  # it waits for the close's answer, as without the feature
+    driver.answer()
     errors = []
     end.addErrback(errors.append)
     assert errors and "disk full" in str(errors[0].value)

@@ -199,6 +199,12 @@ class Session:
         return "blob" in self.features
 
     @property
+    def pipelined_close(self) -> bool:
+        """Both sides agreed that ``complete`` may follow a command's last transfer
+        request without waiting for its answer (docs/commands.rst section 7.5)."""
+        return "pipelined_close" in self.features
+
+    @property
     def pending_requests(self) -> int:
         return len(self._pending)
 

@@ -393,6 +393,17 @@ def _upload_errors_factory(data_dir):
                 masterdest=dest("nodir"),
                 haltOnFailure=False,
             ),
+            # the master's close fails: its destination is a directory that is not empty
+            steps.MasterShellCommand(
+                name="block_dest",
+                command=["mkdir", "-p", dest(os.path.join("blocked.bin", "inside"))],
+            ),
+            steps.FileUpload(
+                name="upload_close_fails",
+                workersrc="big.bin",
+                masterdest=dest("blocked.bin"),
+                haltOnFailure=False,
+            ),
             _sh("alive", "echo still-alive", alwaysRun=True),
         ]
     )

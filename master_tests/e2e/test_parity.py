@@ -336,12 +336,14 @@ def test_upload_errors(parity_env):
     check_results(
         parity_env,
         b,
-        FAILURE,
+        EXCEPTION,
         {
             "upload_missing": FAILURE,
             "gen": SUCCESS,
             "upload_maxsize": FAILURE,
             "upload_dir_missing": FAILURE,
+            "block_dest": SUCCESS,
+            "upload_close_fails": EXCEPTION,
             "alive": SUCCESS,
         },
     )
@@ -352,6 +354,8 @@ def test_upload_errors(parity_env):
     assert not os.path.exists(os.path.join(dest, "missing.bin"))
     truncated = os.path.join(dest, "truncated.bin")
     assert not os.path.exists(truncated) or os.path.getsize(truncated) <= 1000
+    # the failed close left the master's directory as it was, and no file in its place
+    assert os.listdir(os.path.join(dest, "blocked.bin")) == ["inside"]
     assert parity_env.master.worker_data(P.MAIN_WORKER)["connected_to"]
 
 
