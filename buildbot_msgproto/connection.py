@@ -12,6 +12,7 @@ from twisted.python import log
 
 from buildbot_msgproto import compat
 from buildbot_msgproto.config import DEFAULT_RTT_PROBE_INTERVAL
+from buildbot_msgproto.download_push import DownloadPush
 from buildbot_msgproto.status import ConnectionStatus
 from buildbot_msgproto.suspension import SuspensionNotice
 from buildbot_msgproto.transfer_outcomes import TransferOutcomes
@@ -74,6 +75,8 @@ class MsgConnection(base.Connection, MessageHandler):
         self._readers: dict[Any, Any] = {}
         #: The writer calls of each command (its ``complete`` may follow them unanswered).
         self._transfers = TransferOutcomes()
+        #: Downloads whose first bytes are being pushed (``pushed_download``).
+        self._pushes: dict[Any, DownloadPush] = {}
         self._detached = False
         #: What the running steps show while the session is suspended.
         self.suspension = SuspensionNotice(master.reactor, lambda: list(self._commands.values()))
@@ -124,6 +127,9 @@ class MsgConnection(base.Connection, MessageHandler):
         self._writers.clear()
         self._readers.clear()
         self._transfers.clear()
+        for push in self._pushes.values():
+            push.cancel()
+        self._pushes.clear()
         self.notifyDisconnected()
 
     def session_ended(self, driver: SessionDriver, code: str, reason: str,
@@ -179,9 +185,16 @@ class MsgConnection(base.Connection, MessageHandler):
             self._readers[commandId] = reader
             args["reader"] = True
         self._commands[commandId] = remoteCommand
+        push = reader is not None and self.driver.session.pushed_download
+        started = self.driver.request("start_command", builder=builderName,
+                                      command_id=commandId, command=commandName,
+                                      args=_jsonable(args), **({"push": True} if push else {}))
+        if push:  # the file's first bytes go right behind the start
+            self._pushes[commandId] = DownloadPush(
+                self.driver, commandId, reader, self.driver.session.limits.initial_transfer_window)
+            self._pushes[commandId].start()
         try:
-            yield self.driver.request("start_command", builder=builderName, command_id=commandId,
-                                      command=commandName, args=_jsonable(args))
+            yield started
         except Exception:
             self._forget(commandId)
             raise
@@ -219,6 +232,9 @@ class MsgConnection(base.Connection, MessageHandler):
         self._writers.pop(command_id, None)
         self._readers.pop(command_id, None)
         self._transfers.forget(command_id)
+        push = self._pushes.pop(command_id, None)
+        if push is not None:
+            push.cancel()
 
     @listener("update")
     def on_update(self, message: dict[str, Any]) -> None:
@@ -284,6 +300,7 @@ class MsgConnection(base.Connection, MessageHandler):
         messages; waiting reads go on in the order received, so the file is read in order
         (``read_file`` carries no offset)."""
         reader = self._lookup(self._readers, message, "file reader")
+        yield self._push_ended(message)  # reads continue after the pushed bytes
         while not self.driver.writable:
             yield self.driver.wait_writable()
         data = yield reader.remote_read(message["length"])
@@ -292,8 +309,15 @@ class MsgConnection(base.Connection, MessageHandler):
         return Binary(data or b"")
 
     @responder("close_reader")
+    @defer.inlineCallbacks
     def on_close_reader(self, message: dict[str, Any]) -> Any:
-        return self._lookup(self._readers, message, "file reader").remote_close()
+        reader = self._lookup(self._readers, message, "file reader")
+        yield self._push_ended(message)
+        return reader.remote_close()
+
+    def _push_ended(self, message: dict[str, Any]) -> defer.Deferred:
+        push = self._pushes.get(message["command_id"])
+        return defer.succeed(None) if push is None else push.ended()
 
     @responder("request_shutdown")
     def on_request_shutdown(self, message: dict[str, Any]) -> None:

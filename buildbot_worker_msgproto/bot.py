@@ -22,6 +22,7 @@ from buildbot_worker_msgproto import compat
 from buildbot_worker_msgproto import list_arguments
 from buildbot_worker_msgproto.driver import MessageHandler
 from buildbot_worker_msgproto.driver import SessionDriver
+from buildbot_worker_msgproto.driver import listener
 from buildbot_worker_msgproto.driver import responder
 from buildbot_worker_msgproto.flow import TransferFlow
 from buildbot_worker_msgproto.protocol import payloads
@@ -48,7 +49,7 @@ class CommandChannel:
     """
 
     def __init__(self, driver: SessionDriver, command_id: str | int, flow: TransferFlow,
-                 on_finished: Callable[[], None] | None = None) -> None:
+                 on_finished: Callable[[], None] | None = None, pushed: bool = False) -> None:
         self.driver = driver
         self.command_id = command_id
         self.flow = flow
@@ -62,6 +63,10 @@ class CommandChannel:
         self._read_buffer = bytearray()
         self._read_eof = False
         self._received = 0  # bytes the master sent that the command has not taken yet
+        #: The master pushes the download's first bytes (``file_data``): "waiting" for
+        #: the first, "flowing", then "ended" (``last``); None: no push.
+        self._push: str | None = "waiting" if pushed else None
+        self._push_waiter: defer.Deferred | None = None
 
     # --- disconnect notification, as PB RemoteReferences offer it
     def notifyOnDisconnect(self, callback: Callable) -> None:  # noqa: N802 - PB's name
@@ -173,12 +178,17 @@ class CommandChannel:
         """Up to ``length`` bytes of the master's file (b'' at its end), read ahead.
 
         buildbot-worker's transfer commands read one block at a time, so at most one
-        ``read`` is pending; the read-ahead chunks arrive in order.
+        ``read`` is pending; the read-ahead chunks arrive in order, after the pushed ones.
         """
         if self._read_buffer or (self._read_eof and not self._reads):
             block = self._take(length)
             self._prefetch(length)
             return defer.succeed(block)
+        if self._push in ("waiting", "flowing"):  # more pushed bytes are on their way
+            self._prefetch(length)
+            waiter = self._push_waiter = defer.Deferred()
+            waiter.addCallback(lambda _: self.read(length))
+            return waiter
         self._prefetch(length)
         result = defer.Deferred()
         d = self._reads.popleft()
@@ -190,7 +200,7 @@ class CommandChannel:
     def _prefetch(self, length: int) -> None:
         """Ask for more chunks while the download window has room for them beyond what
         is buffered (one request is always allowed, so that the transfer goes on)."""
-        if self._read_eof:
+        if self._read_eof or self._push == "waiting":  # a small file may be pushed whole
             return
         # a chunk must fit in one frame, also as base64 in JSON (peers without 'blob')
         fits = self.driver.session.max_incoming_frame_size * 3 // 4 - 4096
@@ -202,6 +212,19 @@ class CommandChannel:
             d.addCallbacks(self._read_answered, self._read_failed,
                            callbackArgs=(sample,), errbackArgs=(sample,))
             self._reads.append(d)
+
+    def pushed(self, block: bytes, last: bool, eof: bool) -> None:
+        """The master pushed the next ``block`` of the file (``file_data``)."""
+        if self._push is None or self._push == "ended":
+            raise ValueError(f"file_data for command {self.command_id!r}, which expects none")
+        self._read_buffer += block
+        self._received += len(block)
+        if eof:
+            self._read_eof = True
+        self._push = "ended" if last or eof else "flowing"
+        waiter, self._push_waiter = self._push_waiter, None
+        if waiter is not None:
+            waiter.callback(None)
 
     def _read_answered(self, result: bytes | str | None, sample: Any) -> bytes:
         chunk = payloads.block_result(result)
@@ -230,6 +253,8 @@ class CommandChannel:
         self._reads.clear()
         self._read_buffer.clear()
         self._received = 0
+        if self._push is not None:
+            self._push = "ended"  # pushed bytes still on their way are dropped
 
 
 class ProtocolCommandMsg(ProtocolCommandPb):
@@ -374,10 +399,19 @@ class BotMsg(BotPb, MessageHandler):
             raise KeyError(f"no such builder {message['builder']!r} on this worker")
         command_id = message["command_id"]
         channel = CommandChannel(self.driver, command_id, self.flow,
-                                 on_finished=lambda: self._channels.pop(command_id, None))
+                                 on_finished=lambda: self._channels.pop(command_id, None),
+                                 pushed=bool(message.get("push")))
         self._channels[command_id] = channel
         builder.remote_startCommand(channel, command_id, message["command"],
                                     dict(message["args"]))
+
+    @listener("file_data")
+    def on_file_data(self, message: dict[str, Any]) -> None:
+        channel = self._channels.get(message["command_id"])
+        if channel is None:  # the command ended (maxsize, an error): the rest is not needed
+            return
+        channel.pushed(payloads.block_in(message, "data"), bool(message["last"]),
+                       bool(message["eof"]))
 
     @responder("interrupt_command")
     def on_interrupt_command(self, message: dict[str, Any]) -> None:

@@ -349,12 +349,13 @@ class SessionDriver:
         self._after()
         return d
 
-    def notify(self, message_type: str, **body: Any) -> None:
-        """Send a notification (dropped with a log line if the session is gone)."""
+    def notify(self, message_type: str, blob: bytes | None = None, **body: Any) -> None:
+        """Send a notification (dropped with a log line if the session is gone);
+        ``blob`` as in :meth:`request`."""
         if not self._usable():
             log.msg(f"{self.label}: dropping {message_type!r} for {self.peer}: session not open")
             return
-        self.session.send_notification(message_type, body, self.reactor.seconds())
+        self.session.send_notification(message_type, body, self.reactor.seconds(), blob)
         self._after()
 
     def _usable(self) -> bool:

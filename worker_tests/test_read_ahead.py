@@ -78,9 +78,10 @@ class FakeDriver:
         return [t for t, _ in self.log]
 
 
-def channel_for(driver: FakeDriver, limits: Limits | None = None) -> CommandChannel:
+def channel_for(driver: FakeDriver, limits: Limits | None = None,
+                pushed: bool = False) -> CommandChannel:
     flow = TransferFlow(driver, limits or Limits())
-    return CommandChannel(driver, "c1", flow)
+    return CommandChannel(driver, "c1", flow, pushed=pushed)
 
 
 def read_all(channel: CommandChannel, driver: FakeDriver, block: int) -> tuple[bytes, int]:
@@ -129,6 +130,58 @@ def test_a_block_larger_than_the_chunk_is_asked_for_as_is():
 def test_empty_file():
     driver = FakeDriver(b"")
     assert read_all(channel_for(driver), driver, 4096) == (b"", 1)
+
+
+# ---------------------------------------------------------------------- pushed downloads
+def push(channel: CommandChannel, driver: FakeDriver, size: int, chunk: int) -> None:
+    """Play the master of ``pushed_download``: the first ``size`` bytes of the file as
+    ``file_data`` blocks; the reads go on after them."""
+    end = min(size, len(driver.data))
+    eof = end == len(driver.data)
+    for offset in range(0, end, chunk):
+        final = offset + chunk >= end
+        channel.pushed(driver.data[offset:min(offset + chunk, end)], last=final,
+                       eof=final and eof)
+    driver.offset = end
+
+
+def test_pushed_bytes_come_first_and_the_reads_go_on_after_them():
+    data = bytes(range(256)) * 20000  # 5,120,000 bytes
+    driver = FakeDriver(data)
+    channel = channel_for(driver, Limits(initial_transfer_window=1 * MIB), pushed=True)
+    first = channel.read(16 * 1024)
+    assert not first.called and driver.pending == []  # nothing asked before the push
+    push(channel, driver, 1 * MIB, READ_AHEAD_CHUNK)
+    assert first.called and first.result == data[:16 * 1024]
+    out = bytearray(first.result)
+    rest, _ = read_all(channel, driver, 16 * 1024)
+    assert bytes(out + rest) == data
+
+
+def test_a_pushed_small_file_needs_no_read_at_all():
+    driver = FakeDriver(b"small file\n")
+    channel = channel_for(driver, pushed=True)
+    waiting = channel.read(16 * 1024)
+    push(channel, driver, 4 * MIB, READ_AHEAD_CHUNK)
+    assert waiting.result == b"small file\n"
+    assert channel.read(16 * 1024).result == b""
+    assert driver.log == []
+
+
+def test_reads_asked_during_the_push_are_answered_after_it():
+    data = b"p" * READ_AHEAD_CHUNK + b"r" * (2 * READ_AHEAD_CHUNK)
+    driver = FakeDriver(data)
+    channel = channel_for(driver, pushed=True)
+    channel.pushed(data[:1000], last=False, eof=False)  # the push is flowing
+    assert channel.read(1000).result == data[:1000]
+    assert driver.types() and set(driver.types()) == {"read_file"}  # read-ahead began
+    waiting = channel.read(1000)
+    assert not waiting.called
+    channel.pushed(data[1000:READ_AHEAD_CHUNK], last=True, eof=False)
+    driver.offset = READ_AHEAD_CHUNK
+    assert waiting.result == data[1000:2000]
+    rest, _ = read_all(channel, driver, 64 * 1024)
+    assert data[:2000] + rest == data
 
 
 def test_read_ahead_grows_with_the_window_on_a_long_path():

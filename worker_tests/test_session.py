@@ -186,7 +186,7 @@ def test_full_handshake():
     assert worker.is_open and worker.session_id == master.session_id
     assert worker.version == master.version == 1
     assert worker.resumable and worker.password == PASSWORD  # kept for resumed logins
-    assert welcome["features"] == ["blob", "pipelined_close", "resume"]
+    assert welcome["features"] == ["blob", "pipelined_close", "pushed_download", "resume"]
     assert welcome["resume_window"] == LIMITS.resume_window
     assert worker.max_incoming_frame_size == LIMITS.max_frame_size
     assert worker.frames_to_send() == []

@@ -13,7 +13,7 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 #: Optional protocol features this code supports, announced in hello / welcome.
 #: ``blob``: binary side frames (file blocks travel as raw bytes instead of base64).
 #: ``resume``: a session outlives its connection and resumes over a new one.
-SUPPORTED_FEATURES: tuple[str, ...] = ("blob", "pipelined_close", "resume")
+SUPPORTED_FEATURES: tuple[str, ...] = ("blob", "pipelined_close", "pushed_download", "resume")
 
 #: The banana dialect name a master offers ahead of ``pb`` on a negotiated port.
 MSG_DIALECT = b"msgproto-v1"

@@ -246,6 +246,10 @@ MESSAGES: tuple[MessageSpec, ...] = (
                     _f("args", "object", "The command's arguments, as Buildbot builds them "
                        "(docs/schemas/commands/<command>.json); file writers and readers are "
                        "replaced by true."),
+                    _f("push", "boolean", "true: file_data messages with the first bytes of "
+                       "the download follow this request (only for downloadFile, and only if "
+                       "both sides announced the 'pushed_download' feature); absent or false: "
+                       "none do.", False),
                 )),
     MessageSpec("interrupt_command", Kind.REQUEST, Sender.MASTER, Phase.OPEN,
                 "Interrupt a running command; answered (null) at once, the command then ends with "
@@ -259,6 +263,17 @@ MESSAGES: tuple[MessageSpec, ...] = (
                 "with code shutdown."),
     MessageSpec("keepalive", Kind.REQUEST, Sender.BOTH, Phase.OPEN,
                 "Application-level keepalive: proves the other side's event loop is responsive."),
+    MessageSpec("file_data", Kind.NOTIFICATION, Sender.MASTER, Phase.OPEN,
+                "Download: the next bytes of the master's file, pushed without a read_file "
+                "right behind a start_command with push true (docs/commands.rst section 7.5).", (
+                    _COMMAND_ID,
+                    _f("data", "string", _BLOB + " Absent when the block travels in the "
+                       "binary side frame (blob): exactly one of the two.", False),
+                    _f("last", "boolean", "true: the master pushes nothing more for this "
+                       "command; the worker reads the rest with read_file."),
+                    _f("eof", "boolean", "true: the file ended (this block may be empty); "
+                       "implies last, and every read_file returns no bytes."),
+                )),
     # --- worker -> master ------------------------------------------------------------------
     MessageSpec("update", Kind.NOTIFICATION, Sender.WORKER, Phase.OPEN,
                 "Progress of a running command: output, rc, and other status keys.", (

@@ -199,6 +199,12 @@ class Session:
         return "blob" in self.features
 
     @property
+    def pushed_download(self) -> bool:
+        """Both sides agreed that the master pushes a download's first bytes with its
+        start (docs/commands.rst section 7.5)."""
+        return "pushed_download" in self.features
+
+    @property
     def pipelined_close(self) -> bool:
         """Both sides agreed that ``complete`` may follow a command's last transfer
         request without waiting for its answer (docs/commands.rst section 7.5)."""
@@ -345,11 +351,12 @@ class Session:
         self._pending[request_id] = message_type
         return request_id
 
-    def send_notification(self, message_type: str, body: dict[str, Any], now: float) -> None:
-        """Send a one-way message."""
+    def send_notification(self, message_type: str, body: dict[str, Any], now: float,
+                          blob: bytes | None = None) -> None:
+        """Send a one-way message (``blob`` as in :meth:`send_request`)."""
         self._check_sendable(message_type, Kind.NOTIFICATION)
         self._check_body(message_type, body)
-        self._send(message_type, body, now)
+        self._send(message_type, body, now, blob)
 
     def send_response(self, reply_to: int, result: Any, now: float,
                       blob: bytes | None = None) -> None:

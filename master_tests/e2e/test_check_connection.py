@@ -161,7 +161,7 @@ def test_a_check_reports_everything_and_does_not_disturb_the_running_worker(env)
     assert re.search(r"encryption:\s+TLS \(TLSv1\.[23], \S+\)", out), out
     assert f"SHA-256 {_fingerprint(env.layout.master_cert)}" in out
     assert f"verification: verified: issued by a CA of {env.layout.ca_cert}" in out
-    assert "protocol:     msg v1, features: blob, pipelined_close, resume" in out
+    assert "protocol:     msg v1, features: blob, pipelined_close, pushed_download, resume" in out
     assert "login:        password" in out
     assert re.search(r"round trip:\s+\d+\.\d\d ms", out), out
     assert "not attached" in out.splitlines()[-1]

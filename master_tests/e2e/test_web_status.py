@@ -37,6 +37,7 @@ STOCK = harness.ProtocolSpec(name="stock-pb", protocols_py="", worker_py="")
 BUILDBOT_KEYS = {"admin", "host", "access_uri", "version"}
 DELAY = 0.05  # seconds, each way, through the proxy
 TLS = r"TLS \(TLSv1\.[23], [A-Z0-9_-]+\)"
+PROTOCOL = "msg v1 (blob, pipelined_close, pushed_download, resume)"
 WAIT = 60
 
 
@@ -99,7 +100,7 @@ def test_api_shows_protocol_transport_encryption_auth_master_and_rtt(env):
                        ("certonly", r"TLS client certificate \(CN=certonly,.*\)"),
                        ("proxied", r"password")):
         info = env.wait_info(name, _measured, "a round-trip time")
-        assert info["msg_protocol"] == "msg v1 (blob, pipelined_close, resume)", info
+        assert info["msg_protocol"] == PROTOCOL, info
         assert info["msg_transport"] == "tcp", info
         assert re.fullmatch(TLS, info["msg_encryption"]), info
         assert re.fullmatch(auth, info["msg_auth"]), info
@@ -166,6 +167,6 @@ def test_the_worker_page_shows_the_status_in_a_browser(env, tmp_path):
     for column in columns:
         assert column in text, text[:3000]
     assert "tls_pw" in text
-    assert "msg v1 (blob, pipelined_close, resume)" in text
+    assert PROTOCOL in text
     assert re.search(TLS, text), text[:3000]
     assert re.search(r"password \+ TLS client certificate \(CN=tls_pw", text), text[:3000]

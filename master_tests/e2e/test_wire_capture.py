@@ -212,7 +212,18 @@ def worker_frames(stream: bytes) -> list[dict]:
     put into its message's ``blob`` field (as latin-1 text, so it is searched too)."""
     choice = negotiation.encode_string(MSG_DIALECT)
     assert stream.startswith(choice), stream[:40]
-    rest = stream[len(choice):]
+    return _frames(stream[len(choice):])
+
+
+def master_frames(stream: bytes) -> list[dict]:
+    """The JSON messages of one plain master -> worker connection: the dialect offer,
+    then frames, as :func:`worker_frames`."""
+    parsed = negotiation.parse_offer(stream)
+    assert parsed is not None, stream[:40]
+    return _frames(parsed[1])
+
+
+def _frames(rest: bytes) -> list[dict]:
     frames = []
     while len(rest) >= 4:
         (length,) = struct.unpack("!I", rest[:4])
@@ -382,6 +393,32 @@ def test_plain_tcp_never_sends_the_password(wire_env):
     # and the master redacts it before storing the log
     full_log = wire_env.master.build_log_text(build["buildid"], "use_secret")
     assert SECRET_VALUE not in full_log and "<wire_token>" in full_log, full_log
+    _check_one_round_trip_transfers(wire_env.relay.connection_streams())
+
+
+def _check_one_round_trip_transfers(streams: list[tuple[bytes, bytes]]) -> None:
+    """pipelined_close and pushed_download on the wire (docs/commands.rst 7.4, 7.5): the
+    upload's ``complete`` went out before the master answered its ``close_writer``; the
+    download's bytes came pushed right behind its ``start_command``, before any answer
+    to a ``read_file``."""
+    [(to_master, to_worker)] = streams
+    from_worker, from_master = worker_frames(to_master), master_frames(to_worker)
+    assert "pipelined_close" in from_master[1]["features"], from_master[1]
+    assert "pushed_download" in from_master[1]["features"], from_master[1]
+    close = next(f for f in from_worker if f["type"] == "close_writer")
+    complete = next(f for f in from_worker
+                    if f["type"] == "complete" and f["command_id"] == close["command_id"])
+    answer = next(f for f in from_master if f.get("reply_to") == close["id"])
+    # the complete's ack shows what the worker had received when it sent it
+    assert complete["ack"] < answer["seq"], (complete, answer)
+    start = next(f for f in from_master if f["type"] == "start_command" and f.get("push"))
+    pushed = [f for f in from_master
+              if f["type"] == "file_data" and f["command_id"] == start["command_id"]]
+    assert pushed and pushed[-1]["last"] and pushed[-1]["eof"], pushed
+    assert DOWNLOAD_CONTENT.decode("latin-1") in "".join(f["blob"] for f in pushed)
+    reads = {f["id"] for f in from_worker
+             if f["type"] == "read_file" and f["command_id"] == start["command_id"]}
+    assert all(f["seq"] > pushed[-1]["seq"] for f in from_master if f.get("reply_to") in reads)
 
 
 @pytest.mark.parametrize("wire_env", ["tls"], indirect=True)
