@@ -26,6 +26,8 @@ from buildbot_worker_msgproto.driver import listener
 from buildbot_worker_msgproto.driver import responder
 from buildbot_worker_msgproto.flow import TransferFlow
 from buildbot_worker_msgproto.protocol import payloads
+from buildbot_worker_msgproto.protocol.codes import CloseCode
+from buildbot_worker_msgproto.protocol.errors import ProtocolError
 from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
 
@@ -64,7 +66,8 @@ class CommandChannel:
         self._read_eof = False
         self._received = 0  # bytes the master sent that the command has not taken yet
         #: The master pushes the download's first bytes (``file_data``): "waiting" for
-        #: the first, "flowing", then "ended" (``last``); None: no push.
+        #: the first, "flowing", then "ended" (``last``) or "dropped" (the command
+        #: stopped reading); None: no push.
         self._push: str | None = "waiting" if pushed else None
         self._push_waiter: defer.Deferred | None = None
 
@@ -215,8 +218,11 @@ class CommandChannel:
 
     def pushed(self, block: bytes, last: bool, eof: bool) -> None:
         """The master pushed the next ``block`` of the file (``file_data``)."""
+        if self._push == "dropped":  # the command stopped reading (maxsize, an error)
+            return
         if self._push is None or self._push == "ended":
-            raise ValueError(f"file_data for command {self.command_id!r}, which expects none")
+            raise ProtocolError(f"file_data for command {self.command_id!r}, which expects "
+                                "none", code=CloseCode.UNEXPECTED_MESSAGE)
         self._read_buffer += block
         self._received += len(block)
         if eof:
@@ -254,7 +260,7 @@ class CommandChannel:
         self._read_buffer.clear()
         self._received = 0
         if self._push is not None:
-            self._push = "ended"  # pushed bytes still on their way are dropped
+            self._push = "dropped"  # pushed bytes still on their way are ignored
 
 
 class ProtocolCommandMsg(ProtocolCommandPb):

@@ -14,6 +14,7 @@ from buildbot_worker_msgproto.bot import WRITE_CHUNK
 from buildbot_worker_msgproto.bot import CommandChannel
 from buildbot_worker_msgproto.driver import RemoteError
 from buildbot_worker_msgproto.flow import TransferFlow
+from buildbot_worker_msgproto.protocol.errors import ProtocolError
 from buildbot_worker_msgproto.protocol.limits import Limits
 
 MIB = 1 << 20
@@ -182,6 +183,22 @@ def test_reads_asked_during_the_push_are_answered_after_it():
     assert waiting.result == data[1000:2000]
     rest, _ = read_all(channel, driver, 64 * 1024)
     assert data[:2000] + rest == data
+
+
+def test_pushed_bytes_after_the_command_stopped_reading_are_ignored():
+    driver = FakeDriver(b"m" * (2 * READ_AHEAD_CHUNK))
+    channel = channel_for(driver, Limits(initial_transfer_window=1 * MIB), pushed=True)
+    channel.pushed(b"m" * 1000, last=False, eof=False)
+    assert channel.read(1000).result == b"m" * 1000  # maxsize reached: close_reader
+    channel.discard_reads()
+    channel.pushed(b"m" * 1000, last=True, eof=True)  # was already on its way
+    assert channel._read_buffer == b""
+
+
+def test_unexpected_pushed_bytes_are_a_protocol_error():
+    channel = channel_for(FakeDriver(b"x"))
+    with pytest.raises(ProtocolError, match="expects none"):
+        channel.pushed(b"x", last=True, eof=True)
 
 
 def test_read_ahead_grows_with_the_window_on_a_long_path():
