@@ -191,7 +191,7 @@ class MsgConnection(base.Connection, MessageHandler):
                                       args=_jsonable(args), **({"push": True} if push else {}))
         if push:  # the file's first bytes go right behind the start
             self._pushes[commandId] = DownloadPush(
-                self.driver, commandId, reader, self.driver.session.limits.initial_transfer_window)
+                self.driver, commandId, reader, self.driver.session.limits.transfer_window_limit)
             self._pushes[commandId].start()
         try:
             yield started
@@ -312,7 +312,10 @@ class MsgConnection(base.Connection, MessageHandler):
     @defer.inlineCallbacks
     def on_close_reader(self, message: dict[str, Any]) -> Any:
         reader = self._lookup(self._readers, message, "file reader")
-        yield self._push_ended(message)
+        push = self._pushes.get(message["command_id"])
+        if push is not None:  # the worker wants no more bytes
+            push.cancel()
+            yield push.ended()
         return reader.remote_close()
 
     def _push_ended(self, message: dict[str, Any]) -> defer.Deferred:

@@ -177,6 +177,18 @@ def test_shrinks_to_the_need_not_below():
     assert 2e6 <= w.size <= GAIN * 2e6 * 1.3
 
 
+def test_late_answers_to_a_sender_that_does_not_fill_the_window_do_not_shrink_it():
+    """Grown to 32 MiB, the window carries a slow producer (a directory being tarred)
+    to a receiver that answers late (busy unpacking): not our queue, so no shrinking,
+    and the next big transfer starts with the full window."""
+    w, now = grown(initial=4 * MIB)
+    for _ in range(20):
+        sample = w.sent(CHUNK, now)
+        now += 0.4  # four times the path's RTT
+        w.answered(sample, CHUNK, now)
+    assert w.srtt > 0.3 and w.size == 32 * MIB
+
+
 def test_queueing_never_takes_it_below_the_initial_window():
     """A slow path from the start: data queues, but the initial window stays (what a
     fixed window of that size did before); only pushback goes lower."""

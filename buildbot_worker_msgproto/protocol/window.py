@@ -16,7 +16,10 @@ BBR's model of the path (docs/protocol.rst section 12.1):
   nothing in flight (the first of a transfer): samples taken behind other data measure
   the queue, not the path;
 * it **shrinks** when the growth made data queue instead of flow: when the smoothed RTT
-  exceeds the lowest by more than ``max(min RTT, QUEUE_ALLOWANCE)``, to ``GAIN`` x the
+  exceeds the lowest by more than ``max(min RTT, QUEUE_ALLOWANCE)`` and the late answer
+  was to a request sent with the window at least half used (a sender that does not fill
+  its window, say a slow tar, cannot be what makes answers late: a busy receiver is, and
+  a smaller window would not help it), to ``GAIN`` x the
   bandwidth-delay product, but not below ``initial`` (a
   short path's RTT samples are mostly processing time, and the initial window is what
   keeps every stage of a fast local transfer busy); and on explicit pushback (the
@@ -68,6 +71,8 @@ class Sample:
     path: int
     #: Nothing else was in flight: its RTT is the path's, without queueing.
     idle: bool
+    #: The window was at least half used with it: a late answer may be our own queue.
+    window_limited: bool = True
 
 
 class TransferWindow:
@@ -133,7 +138,8 @@ class TransferWindow:
         if idle:  # a first flight, or one after idling: rates start now
             self.delivered_at = now
         self.in_flight += size
-        return Sample(size, now, self.delivered, self.delivered_at, self._path, idle)
+        return Sample(size, now, self.delivered, self.delivered_at, self._path, idle,
+                      self.in_flight * 2 >= self.size)
 
     def answered(self, sample: Sample, size: int, now: float) -> None:
         """The request of ``sample`` was answered at ``now``, delivering ``size`` bytes
@@ -150,7 +156,7 @@ class TransferWindow:
         interval = now - sample.delivered_at
         if interval > 0 and sample.sent_at >= self._last_cut:  # not from a larger window
             self._add_rate((self.delivered - sample.delivered) / interval, now)
-        self._adapt(now)
+        self._adapt(now, sample.window_limited)
 
     def cancelled(self, sample: Sample) -> None:
         """The request of ``sample`` will not be answered (error, lost session)."""
@@ -187,13 +193,13 @@ class TransferWindow:
                                   or rates[0][2] < oldest):
             rates.popleft()
 
-    def _adapt(self, now: float) -> None:
+    def _adapt(self, now: float, window_limited: bool) -> None:
         target = self.target
         if target is None:
             return
         if target > self.size:
             self.size = target
-        elif (self._queueing() and max(target, self.initial) < self.size
+        elif (window_limited and self._queueing() and max(target, self.initial) < self.size
               and self._may_cut(now)):
             self._cut(max(target, self.initial), now)
 
