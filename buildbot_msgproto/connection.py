@@ -191,7 +191,7 @@ class MsgConnection(base.Connection, MessageHandler):
                                       args=_jsonable(args), **({"push": True} if push else {}))
         if push:  # the file's first bytes go right behind the start
             self._pushes[commandId] = DownloadPush(
-                self.driver, commandId, reader, self.driver.session.limits.transfer_window_limit)
+                self.driver, commandId, reader, self.driver.session.limits.initial_transfer_window)
             self._pushes[commandId].start()
         try:
             yield started
