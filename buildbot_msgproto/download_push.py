@@ -18,14 +18,13 @@ from twisted.python import log
 from buildbot_worker_msgproto.protocol import payloads
 
 #: Bytes per ``file_data`` message (the worker's read-ahead chunk).
-PUSH_CHUNK = 256 * 1024
+PUSH_CHUNK = payloads.TRANSFER_BLOCK
 
 
 def chunk_size(session: Any) -> int:
     """The largest push chunk that fits the session's frames (as base64 too)."""
-    if session.blobs_enabled:
-        return min(PUSH_CHUNK, session.max_outgoing_frame_size)
-    return max(1, min(PUSH_CHUNK, session.max_outgoing_frame_size * 3 // 4 - 4096))
+    return min(PUSH_CHUNK, payloads.largest_block(session.max_outgoing_frame_size,
+                                                  session.blobs_enabled))
 
 
 class DownloadPush:

@@ -1,6 +1,6 @@
 """What the master's file writers made of each command's upload requests.
 
-With the ``pipelined_close`` feature (docs/commands.rst section 7.5) a worker sends
+With the ``pipelined_close`` feature (docs/commands.rst section 7.4) a worker sends
 ``complete`` right behind its last ``close_writer`` / ``utime_file`` / ``unpack_writer``,
 without waiting for their answers.  The master then has to do what the worker would
 have done with an error answer: complete the command with that error.  This keeps, per

@@ -32,13 +32,12 @@ from buildbot_worker_msgproto.protocol.limits import DEFAULT_LIMITS
 from buildbot_worker_msgproto.protocol.limits import Limits
 
 #: Downloads (master -> worker) are read ahead in chunks of at least this many bytes and
-#: handed to the command in the block sizes it asks for (FileDownload asks for 16 KiB):
-#: 16x fewer messages, which is what a broker (AMQP) or WebSocket pays for per message.
-READ_AHEAD_CHUNK = 256 * 1024
+#: handed to the command in the block sizes it asks for (FileDownload asks for 16 KiB).
+READ_AHEAD_CHUNK = payloads.TRANSFER_BLOCK
 #: Uploads (worker -> master) are sent in ``write_file`` blocks of at least this many bytes:
 #: DirectoryUpload writes 16 KiB at a time, FileUpload 256 KiB.  The master writes the
 #: blocks of one command in order, so joining them changes nothing but the message count.
-WRITE_CHUNK = 256 * 1024
+WRITE_CHUNK = payloads.TRANSFER_BLOCK
 
 
 class CommandChannel:
@@ -206,7 +205,7 @@ class CommandChannel:
         if self._read_eof or self._push == "waiting":  # a small file may be pushed whole
             return
         # a chunk must fit in one frame, also as base64 in JSON (peers without 'blob')
-        fits = self.driver.session.max_incoming_frame_size * 3 // 4 - 4096
+        fits = payloads.largest_block(self.driver.session.max_incoming_frame_size, blobs=False)
         chunk = max(length, min(READ_AHEAD_CHUNK, fits))
         window = self.flow.download
         while not self._reads or window.in_flight + self._received + chunk <= window.size:
