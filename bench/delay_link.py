@@ -29,7 +29,7 @@ KiB for file uploads), so at RTT > 0 they transfer ``--baseline-mib`` instead of
 comparable, seconds are not.  A column ``NAME@VENV`` runs NAME with the master and worker of
 another virtualenv (e.g. ``msg/tcp@/tmp/before/.venv``: the code before a change, in the same
 run); ``NAME+W`` runs msg with a transfer window of at most W MiB on both sides
-(``max_transfer_window`` W MiB, ``max_replay_bytes`` 2W MiB; default 32 and 64).
+(``max_transfer_window`` W MiB, ``max_replay_bytes`` 2W MiB; default 64 and 128).
 ``--rate-mbit N`` caps the proxy at N Mbit/s (10**6 bits) in each direction
 (``FaultProxy.set_rate``) for the raw link and every column alike; 0, the default, is no
 cap (then the raw link streams at whatever the proxy process manages, 1-2 GiB/s, a

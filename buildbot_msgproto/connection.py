@@ -13,6 +13,7 @@ from twisted.python import log
 from buildbot_msgproto import compat
 from buildbot_msgproto.config import DEFAULT_RTT_PROBE_INTERVAL
 from buildbot_msgproto.download_push import DownloadPush
+from buildbot_msgproto.download_push import PushBudget
 from buildbot_msgproto.status import ConnectionStatus
 from buildbot_msgproto.suspension import SuspensionNotice
 from buildbot_msgproto.transfer_outcomes import TransferOutcomes
@@ -77,6 +78,7 @@ class MsgConnection(base.Connection, MessageHandler):
         self._transfers = TransferOutcomes()
         #: Downloads whose first bytes are being pushed (``pushed_download``).
         self._pushes: dict[Any, DownloadPush] = {}
+        self._push_budget = PushBudget(driver.session.limits)
         self._detached = False
         #: What the running steps show while the session is suspended.
         self.suspension = SuspensionNotice(master.reactor, lambda: list(self._commands.values()))
@@ -191,7 +193,7 @@ class MsgConnection(base.Connection, MessageHandler):
                                       args=_jsonable(args), **({"push": True} if push else {}))
         if push:  # the file's first bytes go right behind the start
             self._pushes[commandId] = DownloadPush(
-                self.driver, commandId, reader, self.driver.session.limits.initial_transfer_window)
+                self.driver, commandId, reader, self._push_budget.size)
             self._pushes[commandId].start()
         try:
             yield started
@@ -300,6 +302,7 @@ class MsgConnection(base.Connection, MessageHandler):
         messages; waiting reads go on in the order received, so the file is read in order
         (``read_file`` carries no offset)."""
         reader = self._lookup(self._readers, message, "file reader")
+        self._push_budget.announced(message.get("window"))
         yield self._push_ended(message)  # reads continue after the pushed bytes
         while not self.driver.writable:
             yield self.driver.wait_writable()

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet import task
 from twisted.python import log
 
 from buildbot_worker_msgproto.protocol import payloads
@@ -25,6 +26,27 @@ def chunk_size(session: Any) -> int:
     """The largest push chunk that fits the session's frames (as base64 too)."""
     return min(PUSH_CHUNK, payloads.largest_block(session.max_outgoing_frame_size,
                                                   session.blobs_enabled))
+
+
+class PushBudget:
+    """How many bytes of a download the master pushes: the download window the worker
+    announced with its last ``read_file`` (``window``), or ``initial_transfer_window``
+    before it announced one; never more than the master's ``transfer_window_limit``.
+
+    The worker's window is sized to the path (protocol.rst section 12.1): a long fat path
+    gets a push that fills its first round trip, a short one a push that does not make
+    the master read and frame more than the path can take (docs/commands.rst 7.5).
+    """
+
+    def __init__(self, limits: Any) -> None:
+        self.limit = limits.transfer_window_limit
+        self.size = min(limits.initial_transfer_window, self.limit)
+
+    def announced(self, window: Any) -> None:
+        """The worker's ``read_file`` said its download window is ``window`` bytes (None:
+        it did not say)."""
+        if isinstance(window, int) and not isinstance(window, bool):
+            self.size = max(PUSH_CHUNK, min(self.limit, window))
 
 
 class DownloadPush:
@@ -91,6 +113,10 @@ class DownloadPush:
             self._send(data, last=last, eof=eof)
             if last:
                 return
+            # a reactor turn per block: the transport sends this one while the next is
+            # read and framed (a transport that stays writable for many MiB, AMQP's, would
+            # otherwise see the whole push framed before its first byte went out)
+            yield task.deferLater(self.driver.reactor, 0, lambda: None)
 
     def _send(self, data: bytes, last: bool, eof: bool) -> None:
         if self._cancelled:

@@ -40,6 +40,16 @@ READ_AHEAD_CHUNK = payloads.TRANSFER_BLOCK
 WRITE_CHUNK = payloads.TRANSFER_BLOCK
 
 
+#: Transfer commands whose ``blocksize`` only sets how the worker cuts the file locally:
+#: the blocks on the wire are ``READ_AHEAD_CHUNK`` / ``WRITE_CHUNK`` whatever it is, so
+#: over a transport with large reads the command takes and writes whole transfer blocks
+#: too (FileDownload and DirectoryUpload ask for 16 KiB: 16 times the reactor turns and
+#: Deferreds, which made the worker's CPU the limit of a download; docs/commands.rst
+#: section 7).
+LOCAL_BLOCK_COMMANDS = frozenset({"downloadFile", "download_file", "uploadDirectory",
+                                  "upload_directory", "uploadFile", "upload_file"})
+
+
 class CommandChannel:
     """The worker's handle on one running command: sends its messages to the master.
 
@@ -109,21 +119,25 @@ class CommandChannel:
         if self._write_error is not None:
             return defer.fail(self._write_error)
         self._out += data
-        sent = self._send_out() if len(self._out) >= WRITE_CHUNK else defer.succeed(None)
+        sent = self._send_out(whole_blocks_only=True)
         ready = defer.Deferred()
         sent.addBoth(lambda _: self.reactor.callLater(0, ready.callback, None))
         return ready
 
-    def _send_out(self) -> defer.Deferred:
-        """Send what ``write`` collected as one ``write_file`` once the window has room."""
-        if not self._out:
-            return defer.succeed(None)
-        block = bytes(self._out)
-        self._out.clear()
-        d = self.flow.room_for(len(block), self)
-        d.addCallback(lambda _: self._send_block(block))
-        d.addErrback(self._remember_write_error)
-        return d
+    def _send_out(self, whole_blocks_only: bool = False) -> defer.Deferred:
+        """Send what ``write`` collected as ``write_file`` blocks of at most one frame,
+        each once the window has room; with ``whole_blocks_only`` keep a short rest for
+        the next ``write``.  Fires when the last block went out."""
+        size = min(WRITE_CHUNK, payloads.largest_block(
+            self.driver.session.max_outgoing_frame_size, self.driver.session.blobs_enabled))
+        sent = defer.succeed(None)
+        while len(self._out) >= size or (self._out and not whole_blocks_only):
+            block = bytes(self._out[:size])
+            del self._out[:size]
+            sent = self.flow.room_for(len(block), self)
+            sent.addCallback(lambda _, block=block: self._send_block(block))
+            sent.addErrback(self._remember_write_error)
+        return sent
 
     def _send_block(self, block: bytes) -> None:
         window = self.flow.upload
@@ -175,6 +189,17 @@ class CommandChannel:
                 f"with an error after the command completed ({failure.getErrorMessage()}); "
                 "the master fails the step with it")
 
+    def local_block_size(self) -> int | None:
+        """The block in which the command reads its file or takes a download: one
+        transfer block, or less where the session's frames are smaller (as base64 too);
+        None (the step's own) where the transport reads less than a block at a time
+        (WebSocket: 64 KiB; whole blocks made its downloads slower, bench/README.rst)."""
+        if not getattr(self.driver.transport, "large_reads", False):
+            return None
+        session = self.driver.session
+        frame = min(session.max_incoming_frame_size, session.max_outgoing_frame_size)
+        return min(payloads.TRANSFER_BLOCK, payloads.largest_block(frame, blobs=False))
+
     # --- read-ahead download
     def read(self, length: int) -> defer.Deferred:
         """Up to ``length`` bytes of the master's file (b'' at its end), read ahead.
@@ -209,8 +234,9 @@ class CommandChannel:
         chunk = max(length, min(READ_AHEAD_CHUNK, fits))
         window = self.flow.download
         while not self._reads or window.in_flight + self._received + chunk <= window.size:
+            announce = {"window": window.size} if self.driver.session.pushed_download else {}
             sample = self.flow.sent(window, chunk)
-            d = self.request("read_file", length=chunk)
+            d = self.request("read_file", length=chunk, **announce)
             d.addCallbacks(self._read_answered, self._read_failed,
                            callbackArgs=(sample,), errbackArgs=(sample,))
             self._reads.append(d)
@@ -282,6 +308,11 @@ class ProtocolCommandMsg(ProtocolCommandPb):
             args["writer"] = self.command_ref
         if command in ("downloadFile", "download_file"):
             args["reader"] = self.command_ref
+        if (command in LOCAL_BLOCK_COMMANDS and self.command_ref is not None
+                and isinstance(args.get("blocksize"), int)):
+            local_block = self.command_ref.local_block_size()
+            if local_block is not None:
+                args["blocksize"] = max(args["blocksize"], local_block)
 
     def protocol_send_update_message(self, message: list[tuple[str, Any]]) -> None:
         if self.command_ref is None:

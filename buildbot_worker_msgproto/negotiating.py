@@ -15,7 +15,7 @@ from twisted.python import log
 
 from buildbot_worker_msgproto.protocol.negotiation import NegotiationError
 from buildbot_worker_msgproto.transports.base import peer_address
-from buildbot_worker_msgproto.transports.stream import set_nodelay
+from buildbot_worker_msgproto.transports.stream import tune_tcp
 
 
 class NegotiatingProtocol(protocol.Protocol):
@@ -53,7 +53,7 @@ class NegotiatingProtocol(protocol.Protocol):
 
     # --- Protocol
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
-        set_nodelay(self.transport)
+        tune_tcp(self.transport)
         self._timer = self.reactor.callLater(self.timeout, self._timed_out)
 
     def _timed_out(self) -> None:

@@ -7,10 +7,13 @@ import types
 
 from buildbot.process.remotetransfer import FileReader
 from twisted.internet import defer
+from twisted.internet import task
 
 from buildbot_msgproto.download_push import PUSH_CHUNK
 from buildbot_msgproto.download_push import DownloadPush
+from buildbot_msgproto.download_push import PushBudget
 from buildbot_msgproto.download_push import chunk_size
+from buildbot_worker_msgproto.protocol.limits import Limits
 
 KIB = 1024
 
@@ -21,6 +24,8 @@ class RecordingDriver:
         self.sent: list[tuple[dict, bytes | None]] = []
         self.writable = True
         self._waiters: list[defer.Deferred] = []
+        #: The push takes a reactor turn between blocks: :func:`run` turns this clock.
+        self.reactor = task.Clock()
 
     def notify(self, message_type, blob=None, **body):
         assert message_type == "file_data"
@@ -44,9 +49,19 @@ def reader_of(tmp_path, data: bytes) -> FileReader:
     return FileReader(open(path, "rb"))  # noqa: SIM115 - the reader closes it
 
 
+def turn(driver, turns: int = 1000) -> None:
+    """Run the reactor turns the push asked for (at most ``turns``)."""
+    for _ in range(turns):
+        if not driver.reactor.getDelayedCalls():
+            return
+        driver.reactor.advance(0)
+    raise AssertionError("the push never stops asking for reactor turns")
+
+
 def run(driver, reader, budget: int) -> DownloadPush:
     push = DownloadPush(driver, "c1", reader, budget)
     push.start()
+    turn(driver)
     return push
 
 
@@ -103,3 +118,27 @@ def test_a_reader_error_ends_the_push_and_leaves_the_rest_to_read_file(tmp_path)
     push = run(driver, BrokenReader(), 4096 * KIB)
     assert push.ended().called
     assert driver.sent == [({"command_id": "c1", "last": True, "eof": False}, b"")]
+
+
+def test_the_push_budget_follows_the_window_the_worker_announced():
+    limits = Limits(initial_transfer_window=4 << 20, max_transfer_window=32 << 20)
+    budget = PushBudget(limits)
+    assert budget.size == 4 << 20  # nothing announced yet
+    budget.announced(12 << 20)
+    assert budget.size == 12 << 20
+    budget.announced(1 << 30)  # never more than the master's own window limit
+    assert budget.size == limits.transfer_window_limit == 32 << 20
+    budget.announced(1000)  # a window cut by pushback: at least one block goes
+    assert budget.size == PUSH_CHUNK
+    for unusable in (None, True, "8388608", 2.5):
+        budget.announced(unusable)
+        assert budget.size == PUSH_CHUNK
+
+
+def test_each_pushed_block_leaves_the_reactor_a_turn(tmp_path):
+    driver = RecordingDriver()
+    push = DownloadPush(driver, "c1", reader_of(tmp_path, b"t" * (3 * PUSH_CHUNK)), 4 << 20)
+    push.start()
+    assert len(driver.sent) == 1 and not push.ended().called
+    turn(driver)
+    assert len(driver.sent) == 4 and push.ended().called

@@ -39,3 +39,38 @@ def test_write_worker_dir_makes_the_directory_tac_and_info_files(tmp_path):
         assert f.read() == "# tac\n"
     assert os.path.isfile(os.path.join(basedir, "info", "admin"))
     assert os.path.isfile(os.path.join(basedir, "info", "host"))
+
+
+def test_enlarged_socket_io_reads_and_sends_more_per_call():
+    """``enlarge_socket_io`` relies on Twisted's ``tcp.Connection`` reading
+    ``bufferSize`` bytes per ``doRead`` and sending ``SEND_LIMIT`` per ``writeSomeData``
+    (a Unix socket pair under a real ``tcp.Connection``; no reactor runs)."""
+    import socket
+
+    from twisted.internet import tcp
+    from twisted.internet.protocol import Protocol
+
+    class Recorder(Protocol):
+        def __init__(self) -> None:
+            self.reads: list[int] = []
+
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802
+            self.reads.append(len(data))
+
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.setblocking(False)
+        ours.setblocking(False)
+        recorder = Recorder()
+        connection = tcp.Connection(ours, recorder)
+        recorder.makeConnection(connection)
+        compat.enlarge_socket_io(connection)
+        theirs.sendall(b"r" * (150 * 1024))
+        connection.doRead()
+        assert recorder.reads == [150 * 1024], "tcp.Connection.doRead no longer reads bufferSize"
+        sent = connection.writeSomeData(b"s" * (4 << 20))
+        assert 128 * 1024 < sent <= compat.STREAM_IO_BYTES, \
+            f"tcp.Connection.writeSomeData sent {sent} bytes: SEND_LIMIT no longer applies"
+    finally:
+        ours.close()
+        theirs.close()

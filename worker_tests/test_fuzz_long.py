@@ -373,6 +373,7 @@ def test_updates_for_another_workers_commands_are_ignored():
 
     from buildbot_msgproto.connection import MsgConnection
     from buildbot_msgproto.connection import UnknownCommand
+    from buildbot_worker_msgproto.protocol.limits import Limits
 
     class Driver:
         handler = None
@@ -380,6 +381,7 @@ def test_updates_for_another_workers_commands_are_ignored():
 
         class session:  # noqa: N801 - a namespace standing in for the Session
             is_closed = False
+            limits = Limits()
 
         def request(self, *args: Any, **kwargs: Any) -> defer.Deferred:
             return defer.succeed(None)

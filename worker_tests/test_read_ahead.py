@@ -24,18 +24,22 @@ class FakeDriver:
     """Records requests; the test answers them (``read_file`` from ``data``, in order)."""
 
     def __init__(self, data: bytes = b"", frame_limit: int = 16 << 20,
-                 pipelined_close: bool = False) -> None:
+                 pipelined_close: bool = False, pushed_download: bool = False) -> None:
         self.data = data
         self.offset = 0
         self.pending: list[tuple[str, dict, defer.Deferred]] = []
         self.log: list[tuple[str, dict]] = []
         self.written = bytearray()
         self.session = types.SimpleNamespace(max_incoming_frame_size=frame_limit,
+                                             max_outgoing_frame_size=frame_limit,
                                              blobs_enabled=True, buffer_full=False,
-                                             pipelined_close=pipelined_close)
+                                             pipelined_close=pipelined_close,
+                                             pushed_download=pushed_download)
         self.reactor = task.Clock()
         self.writable = True
         self._writable_waiters: list[defer.Deferred] = []
+        #: framed TCP's: one read delivers a whole block (bot.LOCAL_BLOCK_COMMANDS)
+        self.transport = types.SimpleNamespace(large_reads=True)
 
     def request(self, message_type, blob=None, command_id=None, **body):
         d = defer.Deferred()
@@ -126,6 +130,17 @@ def test_a_block_larger_than_the_chunk_is_asked_for_as_is():
     driver = FakeDriver(b"y" * (2 * READ_AHEAD_CHUNK))
     channel_for(driver).read(READ_AHEAD_CHUNK * 2)
     assert driver.pending[0][1]["length"] == READ_AHEAD_CHUNK * 2
+
+
+def test_reads_announce_the_download_window_only_with_pushed_download():
+    for pushed_download in (True, False):
+        driver = FakeDriver(b"w" * (4 * MIB), pushed_download=pushed_download)
+        channel = channel_for(driver, Limits(initial_transfer_window=1 * MIB))
+        channel.read(16 * 1024)
+        windows = [body.get("window") for _, body, _ in driver.pending]
+        expected = channel.flow.download.size if pushed_download else None
+        assert windows == [expected] * len(windows) and len(windows) == 4, windows
+        assert expected is None or expected == 1 * MIB
 
 
 def test_empty_file():
@@ -259,6 +274,20 @@ def test_small_blocks_are_joined_and_arrive_in_order():
     assert driver.types()[-1] == "unpack_writer"
 
 
+@pytest.mark.parametrize("frame_limit, block", [(16 << 20, 3 * WRITE_CHUNK // 2),
+                                                (64 * 1024, WRITE_CHUNK)])
+def test_upload_blocks_never_exceed_the_transfer_block_or_a_frame(frame_limit, block):
+    data = bytes(range(256)) * 3000 + b"end"  # 768,003 bytes in blocks larger than a frame
+    driver = FakeDriver(frame_limit=frame_limit)
+    channel = channel_for(driver)
+    write_all(channel, driver, data, block)
+    channel.end_writes("close_writer")
+    driver.answer()
+    assert driver.written == data
+    sizes = [len(body["blob"]) for t, body in driver.log if t == "write_file"]
+    assert max(sizes) == min(WRITE_CHUNK, frame_limit), sizes
+
+
 def test_close_follows_the_last_write_without_waiting_for_answers():
     driver = FakeDriver()
     channel = channel_for(driver)
@@ -368,3 +397,40 @@ def test_a_finished_command_drops_its_waiting_uploads():
     driver.set_writable(True)
     driver.reactor.advance(0)
     assert driver.types() == []
+
+
+# ---------------------------------------------------------------------- the command's blocks
+@pytest.mark.parametrize("frame_limit, large_reads, expected", [
+    (16 << 20, True, READ_AHEAD_CHUNK),
+    (64 * 1024, True, None),  # as much as fits a frame as base64
+    (16 << 20, False, 16 * 1024),  # WebSocket's 64 KiB reads: the step's own
+])
+def test_a_download_command_takes_whole_transfer_blocks(tmp_path, frame_limit, large_reads,
+                                                        expected):
+    """FileDownload's 16 KiB ``blocksize`` is raised to one transfer block (less where a
+    frame is smaller) over a transport with large reads, and the file still arrives
+    whole (buildbot-worker's real command)."""
+    from buildbot_worker_msgproto.bot import ProtocolCommandMsg
+
+    data = bytes(range(256)) * 5000 + b"tail"
+    driver = FakeDriver(data, frame_limit=frame_limit)
+    driver.transport.large_reads = large_reads
+    channel = channel_for(driver)
+    command = ProtocolCommandMsg(
+        "utf-8", str(tmp_path), str(tmp_path / "builder"), 64 * 1024, 5, 4096, None,
+        True, lambda: None, lambda *_: None, "downloadFile", "c1",
+        {"workdir": ".", "workerdest": "got.bin", "reader": True, "maxsize": None,
+         "blocksize": 16 * 1024, "mode": None}, channel)
+    command.send_update = lambda updates: None
+    command.command._reactor = driver.reactor  # buildbot-worker's commands take a reactor
+    blocksize = command.command.blocksize
+    assert blocksize == (expected or channel.local_block_size())
+    assert 16 * 1024 < blocksize <= READ_AHEAD_CHUNK or not large_reads
+    done = command.command.doStart()
+    for _ in range(200):
+        driver.reactor.advance(0)
+        driver.answer()
+        if done.called:
+            break
+    assert done.called
+    assert (tmp_path / "builder" / "got.bin").read_bytes() == data

@@ -201,8 +201,9 @@ _MAX_TIME = _a("maxTime", "number|null", "Seconds a helper process may run in to
                "for no limit.", default=None)
 _MAXSIZE = _a("maxsize", "integer|null", "Most bytes to transfer; null for no limit.  "
               "Always sent by the master: buildbot-worker requires the key.", required=True)
-_BLOCKSIZE = _a("blocksize", "integer", "Bytes per write_file / read_file block.",
-                required=True)
+_BLOCKSIZE = _a("blocksize", "integer", "The step's block size: a worker may read, write "
+                "and send blocks of any size (ours: at least 256 KiB, at most one frame; "
+                "docs/commands.rst section 7).", required=True)
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec(
@@ -267,7 +268,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
         paths=(PathRule("path", ("workdir", "workersrc"), expand_user=True),),
         transfer=Transfer.UPLOAD,
         behaviour="Sends ``header`` \"sending PATH\", the file in ``write_file`` blocks "
-                  "of at most ``blocksize`` bytes, then ``close_writer`` and, with "
+                  "(of any size), then ``close_writer`` and, with "
                   "``keepstamp``, ``utime_file``; then ``rc`` (0, or 1 on any error, "
                   "with ``stderr``) and ``elapsed``.  A file that cannot be opened gives "
                   "no write_file but still close_writer, rc 1 and stderr; more than "

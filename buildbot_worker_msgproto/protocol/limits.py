@@ -55,7 +55,7 @@ class Limits:
     resume_window: float = 300.0
     #: Bytes of sent, unacknowledged frames a side keeps for a resume.  Above it the
     #: sender reports "not writable": file transfers and command output pause.
-    max_replay_bytes: int = 64 * MIB
+    max_replay_bytes: int = 128 * MIB
     #: PBKDF2 iterations for the SCRAM-SHA-256 style authentication (RFC 7677 minimum).
     auth_iterations: int = 4096
     #: Upper bound on iterations a worker accepts from a master (CPU-exhaustion guard).
@@ -66,7 +66,8 @@ class Limits:
     #: The most bytes of file data in flight per session and direction: the memory limit
     #: of the transfer window.  Only half of ``max_replay_bytes`` is ever used, so that a
     #: full window leaves room for other output (see :attr:`transfer_window_limit`).
-    max_transfer_window: int = 32 * MIB
+    #: 64 MiB fills 100 ms at up to 5 Gbit/s; the window reaches it only on such a path.
+    max_transfer_window: int = 64 * MIB
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

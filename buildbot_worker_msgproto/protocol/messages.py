@@ -313,6 +313,10 @@ MESSAGES: tuple[MessageSpec, ...] = (
                     _COMMAND_ID,
                     _f("length", "integer", "Maximum number of bytes to return; 0 returns nothing, "
                        "which reads as the end, so workers ask for at least 1.", minimum=0),
+                    _f("window", "integer", "The worker's download window in bytes when it sent "
+                       "this read (only with the 'pushed_download' feature): the master pushes "
+                       "that much of the session's next download (docs/commands.rst section "
+                       "7.5).", False, minimum=0),
                 )),
     MessageSpec("close_reader", Kind.REQUEST, Sender.WORKER, Phase.OPEN,
                 "Download: the worker has read all it wants (sent once, also after an error).",

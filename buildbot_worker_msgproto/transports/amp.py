@@ -72,13 +72,17 @@ class AmpFrameProtocol(amp.AMP, StreamFrameTransport):
         self.stream_opened()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if not self._receiving:
-            return
-        self._unboxed += len(data)
-        if self._unboxed > MAX_UNBOXED_BYTES:
-            self._refuse(self._unboxed)
-            return
-        super().dataReceived(data)
+        # fed to AMP a chunk at a time, so that the boxes each piece completes are counted
+        # before the next piece is (a socket read may carry many boxes)
+        for start in range(0, len(data), CHUNK):
+            if not self._receiving:
+                return
+            piece = data[start:start + CHUNK]
+            self._unboxed += len(piece)
+            if self._unboxed > MAX_UNBOXED_BYTES:
+                self._refuse(self._unboxed)
+                return
+            super().dataReceived(piece)
 
     def ampBoxReceived(self, box: Any) -> None:  # noqa: N802
         self._unboxed = 0

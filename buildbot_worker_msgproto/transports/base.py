@@ -92,6 +92,9 @@ class FrameTransport:
     guarantees: TransportGuarantees
     #: The transport's name in the registry (``tcp``, ``amp``...), for status displays.
     transport_name = "?"
+    #: One socket read delivers a whole 256 KiB file block or more (framed TCP and AMP
+    #: read ``compat.STREAM_IO_BYTES``): the worker's commands then take whole blocks.
+    large_reads = False
 
     def send_frames(self, frames: list[bytes]) -> None:
         """Queue frames for sending, in order."""

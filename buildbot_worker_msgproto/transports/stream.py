@@ -19,6 +19,7 @@ from twisted.internet.interfaces import ITCPTransport
 from twisted.python import log
 from zope.interface import implementer
 
+from buildbot_worker_msgproto import compat
 from buildbot_worker_msgproto.transports.base import FrameReceiver
 from buildbot_worker_msgproto.transports.base import FrameTransport
 from buildbot_worker_msgproto.transports.base import TransportGuarantees
@@ -69,17 +70,25 @@ class TlsStreamMasterOptions(StreamMasterOptions):
                              f"(the master adds TLS itself), not {port!r}")
 
 
-def set_nodelay(transport: object) -> None:
-    """Disable Nagle's algorithm where the transport supports it (TLS wraps TCP, too)."""
+def tune_tcp(transport: object, large_io: bool = False) -> bool:
+    """Disable Nagle's algorithm where the transport supports it (TLS wraps TCP, too);
+    with ``large_io`` also let the TCP connection read and write
+    ``compat.STREAM_IO_BYTES`` per call.  Only for our frame parsers, which copy each
+    frame once: PB's banana and autobahn re-slice their buffer per item, so larger reads
+    make them slower (a WebSocket upload took 0.18 s instead of 0.12 s).  True if it
+    found a TCP connection under ``transport``."""
     target = transport
     while target is not None:
         if ITCPTransport.providedBy(target):
+            if large_io:
+                compat.enlarge_socket_io(target)
             try:
                 target.setTcpNoDelay(True)
             except Exception as e:  # e.g. a socket type without the option
                 log.msg(f"msgproto: could not set TCP_NODELAY: {e}")
-            return
+            return True
         target = getattr(target, "transport", None)
+    return False
 
 
 @implementer(IPushProducer)
@@ -110,7 +119,7 @@ class StreamFrameTransport(FrameTransport):
 
     def stream_opened(self) -> None:
         """From ``connectionMade``: set TCP_NODELAY, note TLS, report writability, open."""
-        set_nodelay(self.transport)
+        self.large_reads = tune_tcp(self.transport, large_io=True)
         if ISSLTransport.providedBy(self.transport):
             self.guarantees = dataclasses.replace(self.guarantees, encrypted=True)
         self.transport.registerProducer(WritabilityReporter(self.receiver), True)

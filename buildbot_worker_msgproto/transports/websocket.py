@@ -50,8 +50,8 @@ from buildbot_worker_msgproto.transports.stream import PortListening
 from buildbot_worker_msgproto.transports.stream import TlsStreamMasterOptions
 from buildbot_worker_msgproto.transports.stream import WritabilityReporter
 from buildbot_worker_msgproto.transports.stream import server_endpoint
-from buildbot_worker_msgproto.transports.stream import set_nodelay
 from buildbot_worker_msgproto.transports.stream import stream_guarantees
+from buildbot_worker_msgproto.transports.stream import tune_tcp
 
 NAME = "websocket"
 
@@ -204,7 +204,7 @@ class _FrameProtocol:
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         super().connectionMade()
-        set_nodelay(self.transport)  # autobahn's tcpNoDelay misses TCP under TLS
+        tune_tcp(self.transport)  # autobahn's tcpNoDelay misses TCP under TLS
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.state in _CONNECTING and len(self.data) + len(data) > MAX_HANDSHAKE_SIZE \

@@ -54,8 +54,16 @@ c['builders'].append(util.BuilderConfig(
             'for i in 1 2 3; do printf "upload-payload-%s-Zq7P\\\\n" "$i"; done > up.txt; '
             'sha256sum dl.txt']),
         steps.FileUpload(name='upload', workersrc='up.txt', masterdest={upload_dest!r}),
+        steps.FileDownload(name='big1', mastersrc={big_src!r}, workerdest='big1.bin'),
+        steps.FileDownload(name='big2', mastersrc={big_src!r}, workerdest='big2.bin'),
+        steps.ShellCommand(name='check_big', command=['sha256sum', 'big1.bin', 'big2.bin']),
     ])))
 """
+#: Downloaded twice: the master pushes its initial window (``MASTER_INITIAL_WINDOW``) of
+#: the first, the worker reads the rest announcing its download window (its initial 4 MiB),
+#: and the master pushes that much of the second: all of it.
+BIG_CONTENT = hashlib.sha256(b"big").digest() * (3 * 2**20 // 32)
+MASTER_INITIAL_WINDOW = 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -224,18 +232,18 @@ def master_frames(stream: bytes) -> list[dict]:
 
 
 def _frames(rest: bytes) -> list[dict]:
-    frames = []
-    while len(rest) >= 4:
-        (length,) = struct.unpack("!I", rest[:4])
-        if len(rest) < 4 + length:
+    frames, at = [], 0
+    while len(rest) - at >= 4:
+        (length,) = struct.unpack_from("!I", rest, at)
+        if len(rest) < at + 4 + length:
             break  # cut by the worker's shutdown
-        message = json.loads(rest[4:4 + length])
-        rest = rest[4 + length:]
-        if isinstance(message.get("blob"), int) and len(rest) >= 4:
+        message = json.loads(rest[at + 4:at + 4 + length])
+        at += 4 + length
+        if isinstance(message.get("blob"), int) and len(rest) - at >= 4:
             # the next frame is the message's binary side frame (feature 'blob')
-            (blob_length,) = struct.unpack("!I", rest[:4])
-            message["blob"] = rest[4:4 + blob_length].decode("latin-1")
-            rest = rest[4 + blob_length:]
+            (blob_length,) = struct.unpack_from("!I", rest, at)
+            message["blob"] = rest[at + 4:at + 4 + blob_length].decode("latin-1")
+            at += 4 + blob_length
         frames.append(message)
     return frames
 
@@ -277,18 +285,24 @@ class WireEnv:
         with open(self.download_src, "wb") as f:
             f.write(DOWNLOAD_CONTENT)
         self.upload_dest = os.path.join(data, "uploaded.txt")
+        self.big_src = os.path.join(data, "big.bin")
+        with open(self.big_src, "wb") as f:
+            f.write(BIG_CONTENT)
         secrets_dir = harness.write_secrets(os.path.join(self.root, "secrets"),
                                             {SECRET_NAME: SECRET_VALUE})
         extra_args: tuple[str, ...] = ()
         if self.tls:
             certs = Certs(os.path.join(self.root, "certs"))
-            protocols_py = repr({"msg": {"port": certs.strport(port)}})
+            protocols_py = repr({"msg": {"port": certs.strport(port),
+                                         "initial_transfer_window": MASTER_INITIAL_WINDOW}})
             extra_args = ("--tls-ca-file", certs.ca_file)
         else:
-            protocols_py = repr({"msg": {"port": f"tcp:{port}:interface=127.0.0.1"}})
+            protocols_py = repr({"msg": {"port": f"tcp:{port}:interface=127.0.0.1",
+                                         "initial_transfer_window": MASTER_INITIAL_WINDOW}})
         spec = harness.PROTOCOLS["msg"]
         builders_py = BUILDERS_PY_TEMPLATE.format(
-            secret=SECRET_NAME, download_src=self.download_src, upload_dest=self.upload_dest)
+            secret=SECRET_NAME, download_src=self.download_src, upload_dest=self.upload_dest,
+            big_src=self.big_src)
         cfg = harness.make_master_cfg(protocols_py, spec.master_worker_py(WORKER, PASSWD),
                                       port, www_port, builders_py, secrets_dir=secrets_dir)
         self.master = harness.Master(os.path.join(self.root, "master"), cfg,
@@ -345,6 +359,8 @@ def _check_build(env: WireEnv, build: dict) -> None:
     assert hashlib.sha256(DOWNLOAD_CONTENT).hexdigest() in upload_log, upload_log
     with open(env.upload_dest, "rb") as f:
         assert f.read() == UPLOAD_CONTENT
+    big_log = m.build_log_text(build["buildid"], "check_big", streams="o")
+    assert big_log.count(hashlib.sha256(BIG_CONTENT).hexdigest()) == 2, big_log
     assert f"worker '{WORKER}' attaching over msgproto" in m.log_text()
 
 
@@ -419,6 +435,34 @@ def _check_one_round_trip_transfers(streams: list[tuple[bytes, bytes]]) -> None:
     reads = {f["id"] for f in from_worker
              if f["type"] == "read_file" and f["command_id"] == start["command_id"]}
     assert all(f["seq"] > pushed[-1]["seq"] for f in from_master if f.get("reply_to") in reads)
+    _check_push_sized_by_the_worker(from_worker, from_master)
+
+
+def _check_push_sized_by_the_worker(from_worker: list[dict], from_master: list[dict]) -> None:
+    """The first big download: the master's initial window pushed, the rest read with
+    the worker's window announced; the second: pushed up to that window (docs/commands.rst
+    7.5), here the whole file with its end."""
+    big = [f for f in from_master if f["type"] == "start_command" and f.get("push")
+           and f["args"].get("workerdest", "").startswith("big")]
+    assert len(big) == 2, [f["args"] for f in big]
+
+    def pushed(start: dict) -> list[dict]:
+        return [f for f in from_master
+                if f["type"] == "file_data" and f["command_id"] == start["command_id"]]
+
+    def reads(start: dict) -> list[dict]:
+        return [f for f in from_worker
+                if f["type"] == "read_file" and f["command_id"] == start["command_id"]]
+
+    first, second = pushed(big[0]), pushed(big[1])
+    assert sum(len(f["blob"]) for f in first) == MASTER_INITIAL_WINDOW
+    assert first[-1]["last"] and not first[-1]["eof"]
+    assert reads(big[0]) and all(f["window"] == 4 * 2**20 for f in reads(big[0])), reads(big[0])
+    assert sum(len(f["blob"]) for f in second) == len(BIG_CONTENT)
+    assert second[-1]["last"] and second[-1]["eof"]
+    # the worker read ahead while the push flowed; those reads found the end
+    asked = {f["id"] for f in reads(big[1])}
+    assert all(f.get("blob", "") == "" for f in from_master if f.get("reply_to") in asked)
 
 
 @pytest.mark.parametrize("wire_env", ["tls"], indirect=True)
