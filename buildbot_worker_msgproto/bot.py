@@ -191,14 +191,18 @@ class CommandChannel:
 
     def local_block_size(self) -> int | None:
         """The block in which the command reads its file or takes a download: one
-        transfer block, or less where the session's frames are smaller (as base64 too);
+        read-ahead chunk (less than a transfer block where frames are small);
         None (the step's own) where the transport reads less than a block at a time
         (WebSocket: 64 KiB; whole blocks made its downloads slower, bench/README.rst)."""
         if not getattr(self.driver.transport, "large_reads", False):
             return None
-        session = self.driver.session
-        frame = min(session.max_incoming_frame_size, session.max_outgoing_frame_size)
-        return min(payloads.TRANSFER_BLOCK, payloads.largest_block(frame, blobs=False))
+        return self._read_chunk()  # uploads are cut to the outgoing frames in _send_out
+
+    def _read_chunk(self) -> int:
+        """One read-ahead chunk: a transfer block, or less if it would not fit one incoming
+        frame as base64 in JSON (peers without 'blob')."""
+        fits = payloads.largest_block(self.driver.session.max_incoming_frame_size, blobs=False)
+        return min(READ_AHEAD_CHUNK, fits)
 
     # --- read-ahead download
     def read(self, length: int) -> defer.Deferred:
@@ -229,9 +233,7 @@ class CommandChannel:
         is buffered (one request is always allowed, so that the transfer goes on)."""
         if self._read_eof or self._push == "waiting":  # a small file may be pushed whole
             return
-        # a chunk must fit in one frame, also as base64 in JSON (peers without 'blob')
-        fits = payloads.largest_block(self.driver.session.max_incoming_frame_size, blobs=False)
-        chunk = max(length, min(READ_AHEAD_CHUNK, fits))
+        chunk = max(length, self._read_chunk())
         window = self.flow.download
         while not self._reads or window.in_flight + self._received + chunk <= window.size:
             announce = {"window": window.size} if self.driver.session.pushed_download else {}

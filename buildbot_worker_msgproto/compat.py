@@ -44,7 +44,7 @@ def running_process(builder: Any) -> Any:
 #: Bytes a framed stream connection reads per ``recv`` and writes per ``send``, and keeps
 #: buffered before it reports itself not writable (Twisted's defaults: 64 KiB, 128 KiB and
 #: 64 KiB).  A 256 KiB file block then takes one reactor turn instead of four reads or two
-#: sends (bench/README.rst, "Larger socket reads and a push sized to the path").
+#: sends (bench/README.rst, "A push sized to the path, larger socket reads, whole blocks").
 STREAM_IO_BYTES = 1 << 20
 
 
